@@ -1,0 +1,61 @@
+# classforge developer entry points. `make test` and `make demo` work on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto')
+GEN_DIR := gen/python
+
+.PHONY: help venv protos lint test test-unit test-integration infra-up infra-down infra-status bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+venv: $(STAMP) ## create .venv and install the locked dependencies
+
+protos: $(STAMP) ## generate Python code from protos/ into gen/python (never edit it by hand)
+	$(PY) -m services.common.protogen --out $(GEN_DIR)
+
+lint: $(STAMP) ## buf lint the protos and ruff the Python
+	deploy/local/buf.sh lint protos
+	$(VENV)/bin/ruff check services tests bench
+
+infra-up: ## install (once, cached) and start Kafka, MinIO and Prometheus on 127.0.0.1
+	deploy/local/infra.sh up
+
+infra-down: ## stop the local infrastructure
+	deploy/local/infra.sh down
+
+infra-status: ## show whether each local component is up
+	deploy/local/infra.sh status
+
+test-unit: protos ## unit tests only (no infrastructure)
+	$(PY) -m pytest -m "not integration" tests
+
+# Starts the real infrastructure, runs every test, and stops it again even when tests fail.
+test: protos ## unit and integration tests against real Kafka, MinIO and Prometheus
+	deploy/local/infra.sh up
+	rc=0; $(PY) -m pytest tests || rc=$$?; deploy/local/infra.sh down || true; exit $$rc
+
+bench: protos ## run the benchmarks under bench/ and print one table
+	$(PY) -m bench
+
+lock: ## re-resolve requirements.lock from pyproject.toml in a scratch venv
+	rm -rf .lock-venv && $(PYTHON_BASE) -m venv .lock-venv
+	.lock-venv/bin/pip install -q '.[dev]'
+	{ head -2 requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^classforge'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
+
+clean: ## remove the venv and local infrastructure state
+	rm -rf $(VENV) .infra

@@ -1,0 +1,1 @@
+"""classforge services: one package per gRPC service, shared runtime in services.common."""
