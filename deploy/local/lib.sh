@@ -1,0 +1,127 @@
+# shellcheck shell=bash disable=SC2034  # (variables here are used by the scripts that source it)
+# Shared helpers for the deploy/local scripts. Sourced, never executed.
+# Everything installed is cached outside the repo (reused across clones and `rm -rf .infra`);
+# everything a run writes (data, logs, pids) goes under .infra/ in the repo root (git-ignored).
+
+LOCAL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$LOCAL_DIR/../.." && pwd)"
+CACHE="${CLASSFORGE_CACHE:-$HOME/.cache/classforge}"
+INFRA="$REPO_ROOT/.infra"
+READY_TIMEOUT="${CLASSFORGE_READY_TIMEOUT:-120}"   # seconds to wait for a component to be ready
+STOP_TIMEOUT="${CLASSFORGE_STOP_TIMEOUT:-30}"      # seconds between TERM and KILL
+
+log() { printf '[%s] %s\n' "${COMPONENT:-infra}" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# pid_alive PIDFILE: true when the pid file names a live process. A stale pid file
+# (process gone, or the pid reused by something that is not ours) is removed.
+pid_alive() {
+  local pidfile=$1 pid
+  [[ -s $pidfile ]] || return 1
+  pid=$(<"$pidfile")
+  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
+     && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$REPO_ROOT"; then
+    return 0
+  fi
+  rm -f "$pidfile"
+  return 1
+}
+
+# port_open PORT: a TCP connect to 127.0.0.1:PORT succeeds.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_bg PIDFILE LOGFILE CMD...: run CMD detached in its own session (so the caller's
+# Ctrl-C or end of `make` does not take it down) and record its pid.
+start_bg() {
+  local pidfile=$1 logfile=$2; shift 2
+  mkdir -p "$(dirname "$pidfile")" "$(dirname "$logfile")"
+  # setsid makes the process a group leader, so `down` can signal the whole group.
+  nohup setsid "$@" >>"$logfile" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
+# wait_ready NAME LOGFILE PIDFILE CHECK...: poll CHECK once a second until it succeeds,
+# the process dies, or READY_TIMEOUT passes; on failure print the log tail and return 1.
+wait_ready() {
+  local name=$1 logfile=$2 pidfile=$3; shift 3
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if ! pid_alive "$pidfile"; then
+      log "$name exited during start-up; last lines of $logfile:"
+      tail -n 40 "$logfile" >&2 || true
+      return 1
+    fi
+    sleep 1
+  done
+  log "$name not ready after ${READY_TIMEOUT}s; last lines of $logfile:"
+  tail -n 40 "$logfile" >&2 || true
+  return 1
+}
+
+# stop_pid NAME PIDFILE: TERM the process group, KILL it after STOP_TIMEOUT. Succeeds
+# when nothing is running.
+stop_pid() {
+  local name=$1 pidfile=$2 pid i
+  if ! pid_alive "$pidfile"; then
+    log "$name not running"
+    return 0
+  fi
+  pid=$(<"$pidfile")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop within ${STOP_TIMEOUT}s; sending KILL"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$pidfile"
+  log "$name stopped"
+}
+
+# status_line NAME STATE VERSION ADDRESS: the one-line format of `infra.sh status`.
+status_line() { printf '%-11s %-5s %-46s %s\n' "$1" "$2" "$3" "$4"; }
+
+# as_root CMD...: run CMD as root (directly, or through sudo when we are not root).
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+# apt_install PKG...: install Debian packages; refresh the package lists only when the
+# first attempt fails (the lists may be missing or stale on a fresh machine).
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
+  log "apt-get install $*"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! as_root apt-get install -y -q --no-install-recommends "$@" >&2; then
+    as_root apt-get update -q >&2
+    as_root apt-get install -y -q --no-install-recommends "$@" >&2
+  fi
+}
+
+# find_own PATTERN: pids of processes whose command line contains PATTERN (a path under
+# .infra/, so it only ever matches processes these scripts started from this checkout).
+# pgrep takes a regex, so the path's special characters are escaped first.
+# shellcheck disable=SC2001  # a character class; ${var//} cannot do this
+regex_quote() { sed 's/[][\.*^$+?(){}|]/\\&/g' <<<"$1"; }
+find_own() { pgrep -f -- "$(regex_quote "$1")" || true; }
+
+# adopt_or_clear NAME PIDFILE PATTERN: if the pid file is stale but a process of ours is still
+# running (pid file deleted by hand, or a crash between start and write), adopt it.
+adopt_or_clear() {
+  local name=$1 pidfile=$2 pattern=$3 pids
+  pid_alive "$pidfile" && return 0
+  pids=$(find_own "$pattern")
+  [[ -z $pids ]] && return 1
+  # The oldest one is the leader of what we started.
+  pids=$(pgrep -o -f -- "$(regex_quote "$pattern")")
+  log "found running $name (pid $pids) without a valid pid file; adopting it"
+  mkdir -p "$(dirname "$pidfile")"
+  echo "$pids" >"$pidfile"
+}
