@@ -1,0 +1,1 @@
+"""Behaviour suites that every implementation of an interface must pass; test modules subclass them."""
