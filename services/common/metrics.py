@@ -1,0 +1,36 @@
+"""Prometheus metrics shared by every service. Each metric is defined once here so
+names and labels stay consistent across services (dashboards and alert rules rely on them)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+GRPC_REQUESTS = Counter(
+    "classforge_grpc_requests_total",
+    "gRPC requests handled, by service, method and status code.",
+    ["service", "method", "code"],
+)
+GRPC_LATENCY = Histogram(
+    "classforge_grpc_request_duration_seconds",
+    "gRPC request latency, by service, method and status code.",
+    ["service", "method", "code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SERVICE_READY = Gauge(
+    "classforge_service_ready",
+    "1 when the service's dependencies are reachable and it reports SERVING.",
+    ["service"],
+)
+DEPENDENCY_UP = Gauge(
+    "classforge_dependency_up",
+    "1 when the last readiness check of a dependency succeeded.",
+    ["service", "dependency"],
+)
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0"):
+    """Starts the /metrics HTTP endpoint; returns the server so it can be shut down, or None if disabled."""
+    if port < 0:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    return server

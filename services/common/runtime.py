@@ -1,0 +1,67 @@
+"""Start-up and shutdown of a distributed service, the same for every service:
+settings -> JSON logs -> /metrics -> object store and Kafka -> gRPC server -> wait for SIGTERM.
+
+A service's main module only says what is specific to it, in a `build(context)` function that
+registers its servicer and its event subscriptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.common.events import EventBus, KafkaEventBus, ObjectStoreProcessedEvents
+from services.common.grpc_server import GrpcServer
+from services.common.logs import configure_logging
+from services.common.metrics import serve_metrics
+from services.common.settings import ServiceSettings, SettingsError
+from services.common.storage import MinioObjectStore, ObjectStore
+
+log = logging.getLogger("classforge.runtime")
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    settings: ServiceSettings
+    store: ObjectStore
+    bus: EventBus
+    server: GrpcServer
+
+
+def connect(name: str, settings: ServiceSettings) -> tuple[ObjectStore, EventBus]:
+    """Opens the object store and the Kafka bus. Neither call blocks on the network: an
+    unreachable dependency shows up in readiness, not as a crash at start-up."""
+    store = MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
+                             settings.s3_bucket, secure=settings.s3_secure)
+    bus = KafkaEventBus(settings.kafka_bootstrap, client_id=name, processed=ObjectStoreProcessedEvents(store))
+    return store, bus
+
+
+def run_service(name: str, build: Callable[[ServiceContext], None],
+                settings_class: type[ServiceSettings] = ServiceSettings) -> int:
+    """Runs the service until SIGTERM; returns the process exit code."""
+    try:
+        settings = settings_class.load()
+    except SettingsError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(name, settings.log_level)
+    grpc_port, metrics_port = settings.ports_for(name)
+    metrics_server = serve_metrics(metrics_port, settings.listen_host)
+    store, bus = connect(name, settings)
+    server = GrpcServer(
+        name, port=grpc_port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
+        worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,
+        readiness_checks={"kafka": bus.ping, "object_store": store.ping},
+    )
+    server.on_stop(bus.close)  # registered first, so it runs last: flush events the hooks below emit
+    if metrics_server is not None:
+        server.on_stop(metrics_server.shutdown)
+    build(ServiceContext(name, settings, store, bus, server))
+    server.start()
+    log.info("started", extra={"grpc_port": server.port, "metrics_port": metrics_port})
+    server.serve_until_signalled()
+    return 0

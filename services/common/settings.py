@@ -1,0 +1,121 @@
+"""Service settings from environment variables.
+
+One frozen settings object per service, read once at start-up. A missing or malformed
+variable raises SettingsError whose message is one line naming the variable; a service's
+main prints it and exits 2, so a misconfigured container fails fast instead of crash-looping
+with a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+REQUIRED: Any = object()  # sentinel default: the variable must be set
+
+# Default (gRPC port, metrics port) per service; the Prometheus configs in deploy/ use these.
+DEFAULT_PORTS: dict[str, tuple[int, int]] = {
+    "jobs": (50051, 9101),
+    "ingest": (50052, 9102),
+    "tfrecords": (50053, 9103),
+    "trainer": (50054, 9104),
+    "evaluator": (50055, 9105),
+    "inference": (50056, 9106),
+    "model-server": (8500, 9107),
+}
+
+
+class SettingsError(ValueError):
+    """A required variable is missing or a value cannot be parsed."""
+
+
+def env(name: str, default: Any = REQUIRED, help: str = "") -> Any:
+    """Declares a settings field read from the environment variable `name`."""
+    return field(default=None, metadata={"env": name, "default": default, "help": help})
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+T = TypeVar("T", bound="Settings")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base for settings classes. Fields declared with env() are read by load()."""
+
+    @classmethod
+    def load(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
+        for f in dataclasses.fields(cls):
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            name = f.metadata.get("env")
+            if name is None:
+                continue
+            kind = {"int": int, "float": float, "bool": bool}.get(str(hints[f.name]), str)
+            if name in environ:
+                values[f.name] = _parse(name, environ[name], kind)
+            elif f.metadata["default"] is REQUIRED:
+                raise SettingsError(f"{name} is required but not set ({f.metadata['help'] or f.name})")
+            else:
+                values[f.name] = f.metadata["default"]
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, help) rows: the configuration reference in the docs comes from here."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            if "env" in f.metadata:
+                default = f.metadata["default"]
+                rows.append((f.metadata["env"], "(required)" if default is REQUIRED else repr(default),
+                             f.metadata["help"]))
+        return rows
+
+
+@dataclass(frozen=True)
+class ServiceSettings(Settings):
+    """What every distributed service needs: its ports, Kafka and the object store."""
+
+    kafka_bootstrap: str = env("CLASSFORGE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, host:port[,…]")
+    s3_endpoint: str = env("CLASSFORGE_S3_ENDPOINT", help="MinIO/S3 endpoint, host:port")
+    s3_access_key: str = env("CLASSFORGE_S3_ACCESS_KEY", help="object store access key")
+    s3_secret_key: str = env("CLASSFORGE_S3_SECRET_KEY", help="object store secret key")
+    s3_bucket: str = env("CLASSFORGE_S3_BUCKET", "classforge", "bucket holding every artefact")
+    s3_secure: bool = env("CLASSFORGE_S3_SECURE", False, "use TLS to reach the object store")
+    grpc_port: int = env("CLASSFORGE_GRPC_PORT", 0, "gRPC listen port; 0 means the service's default")
+    metrics_port: int = env("CLASSFORGE_METRICS_PORT", 0,
+                            "Prometheus /metrics port; 0 means the service's default, -1 disables")
+    listen_host: str = env("CLASSFORGE_LISTEN_HOST", "0.0.0.0", "address the gRPC and metrics servers bind")
+    max_message_bytes: int = env("CLASSFORGE_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
+                                 "largest gRPC message accepted or sent")
+    grace_seconds: float = env("CLASSFORGE_GRACE_SECONDS", 10.0,
+                               "how long in-flight calls may finish after SIGTERM")
+    worker_threads: int = env("CLASSFORGE_WORKER_THREADS", 16, "gRPC server thread pool size")
+    log_level: str = env("CLASSFORGE_LOG_LEVEL", "INFO", "logging level")
+
+    def ports_for(self, service: str) -> tuple[int, int]:
+        grpc_default, metrics_default = DEFAULT_PORTS[service]
+        return (self.grpc_port or grpc_default, self.metrics_port or metrics_default)
