@@ -1,0 +1,113 @@
+"""The `classforge` command line.
+
+    classforge serve jobs                      run one service (distributed mode)
+    classforge submit spec.yaml                submit a job (YAML or JSON JobSpec)
+    classforge status JOB_ID | classforge list
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+import yaml
+from google.protobuf import json_format
+
+from classforge.v1 import common_pb2
+from classforge.v1 import jobs_service_pb2 as jobs_pb
+from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
+
+SERVICES = ("jobs",)
+
+
+def load_spec(path: Path) -> common_pb2.JobSpec:
+    """Reads a JobSpec from YAML or JSON (field names as in the proto, snake_case or camelCase)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"classforge: cannot read {path}: {exc}") from None
+    try:
+        return json_format.ParseDict(data, common_pb2.JobSpec())
+    except json_format.ParseError as exc:
+        raise SystemExit(f"classforge: {path}: {exc}") from None
+
+
+def _jobs_stub(args) -> jobs_grpc.JobsServiceStub:
+    return jobs_grpc.JobsServiceStub(grpc.insecure_channel(args.jobs))
+
+
+def _print(message, as_json: bool) -> None:
+    if as_json:
+        print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    else:
+        print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2))
+
+
+def cmd_serve(args) -> int:
+    return importlib.import_module(f"services.{args.service}.main").main()
+
+
+def cmd_submit(args) -> int:
+    spec = load_spec(Path(args.spec))
+    reply = _jobs_stub(args).SubmitJob(jobs_pb.SubmitJobRequest(spec=spec, request_id=args.request_id),
+                                       timeout=args.timeout)
+    print(reply.job_id)
+    return 0
+
+
+def cmd_status(args) -> int:
+    reply = _jobs_stub(args).GetJob(jobs_pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout)
+    _print(reply.job, args.json)
+    return 0
+
+
+def cmd_list(args) -> int:
+    reply = _jobs_stub(args).ListJobs(jobs_pb.ListJobsRequest(page_size=args.limit), timeout=args.timeout)
+    if args.json:
+        _print(reply, True)
+        return 0
+    for job in reply.jobs:
+        print(f"{job.job_id}  {common_pb2.JobStatus.Name(job.status)[11:]:<10} "
+              f"{common_pb2.JobStage.Name(job.stage)[10:]:<11} {job.spec.display_name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="classforge", description="Image classifiers from folders of images.")
+    parser.add_argument("--jobs", default=os.environ.get("CLASSFORGE_JOBS_ADDR", "127.0.0.1:50051"),
+                        help="jobs service address (env CLASSFORGE_JOBS_ADDR)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run one service until SIGTERM")
+    serve.add_argument("service", choices=SERVICES)
+    serve.set_defaults(func=cmd_serve)
+    submit = sub.add_parser("submit", help="submit a job from a YAML/JSON JobSpec")
+    submit.add_argument("spec")
+    submit.add_argument("--request-id", default="", help="makes a retried submit return the same job")
+    submit.set_defaults(func=cmd_submit)
+    status = sub.add_parser("status", help="show one job")
+    status.add_argument("job_id")
+    status.set_defaults(func=cmd_status)
+    listing = sub.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        print(f"classforge: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The jobs service: the front door where users submit, follow and cancel jobs."""

@@ -1,0 +1,27 @@
+"""gRPC plumbing for the jobs service: translates requests to JobsDomain calls and back.
+No logic lives here; errors raised by the domain are mapped by the shared interceptor."""
+
+from __future__ import annotations
+
+from classforge.v1 import jobs_service_pb2 as pb
+from classforge.v1 import jobs_service_pb2_grpc as pb_grpc
+from services.jobs.domain import JobsDomain
+
+
+class JobsServicer(pb_grpc.JobsServiceServicer):
+    def __init__(self, domain: JobsDomain):
+        self.domain = domain
+
+    def SubmitJob(self, request: pb.SubmitJobRequest, context) -> pb.SubmitJobResponse:
+        job = self.domain.submit(request.spec, request.request_id)
+        return pb.SubmitJobResponse(job_id=job.job_id)
+
+    def GetJob(self, request: pb.GetJobRequest, context) -> pb.GetJobResponse:
+        return pb.GetJobResponse(job=self.domain.get(request.job_id))
+
+    def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+        jobs, token = self.domain.list(request.status, request.page_size, request.page_token)
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.CancelJobResponse:
+        return pb.CancelJobResponse(job=self.domain.cancel(request.job_id, request.reason))
