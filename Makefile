@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN_DIR := gen/python
 
-.PHONY: help venv protos lint test test-unit test-integration infra-up infra-down infra-status bench lock clean
+.PHONY: help demo venv protos lint test test-unit test-integration infra-up infra-down infra-status bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ test-unit: protos ## unit tests only (no infrastructure)
 test: protos ## unit and integration tests against real Kafka, MinIO and Prometheus
 	deploy/local/infra.sh up
 	rc=0; $(PY) -m pytest tests || rc=$$?; deploy/local/infra.sh down || true; exit $$rc
+
+demo: protos ## start the local infrastructure and show a job going gRPC -> Kafka -> state -> Prometheus
+	deploy/local/infra.sh up
+	$(PY) -m services.demo
 
 bench: protos ## run the benchmarks under bench/ and print one table
 	$(PY) -m bench

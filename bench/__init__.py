@@ -1,0 +1,1 @@
+"""Benchmarks: each module exposes `run() -> list[Row]`, measuring a baseline in the same run."""

@@ -1,0 +1,23 @@
+"""`make bench`: runs every benchmark and prints one table. Timing lives here, never in tests."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bench.table import render
+
+BENCHMARKS = ["bench.grpc_runtime"]
+
+
+def main() -> int:
+    rows = []
+    for name in BENCHMARKS:
+        print(f"running {name} …", file=sys.stderr, flush=True)
+        rows.extend(importlib.import_module(name).run())
+    print(render(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
