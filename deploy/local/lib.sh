@@ -125,3 +125,17 @@ adopt_or_clear() {
   mkdir -p "$(dirname "$pidfile")"
   echo "$pids" >"$pidfile"
 }
+
+# component_main ACTION: the command line every component script (kafka.sh, minio.sh,
+# prometheus.sh) shares; each defines install, start, wait_up, down and status.
+component_main() {
+  case "${1:-}" in
+    install) install ;;
+    start) start ;;
+    wait) wait_up ;;
+    up) start && wait_up ;;
+    down) down ;;
+    status) status ;;
+    *) echo "usage: $0 install|start|wait|up|down|status" >&2; exit 2 ;;
+  esac
+}

@@ -62,12 +62,4 @@ status() {
   [[ $state == up ]]
 }
 
-case "${1:-}" in
-  install) install ;;
-  start) start ;;
-  wait) wait_up ;;
-  up) start && wait_up ;;
-  down) down ;;
-  status) status ;;
-  *) echo "usage: $0 install|start|wait|up|down|status" >&2; exit 2 ;;
-esac
+component_main "$@"
