@@ -2,7 +2,7 @@
 
     classforge serve jobs                      run one service (distributed mode)
     classforge submit spec.yaml                submit a job (YAML or JSON JobSpec)
-    classforge status JOB_ID | classforge list
+    classforge status JOB_ID | watch JOB_ID | cancel JOB_ID | list
 """
 
 from __future__ import annotations
@@ -66,6 +66,32 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_watch(args) -> int:
+    """Prints each event of the job as it happens, until the job ends."""
+    for reply in _jobs_stub(args).WatchJob(jobs_pb.WatchJobRequest(job_id=args.job_id)):
+        if args.json:
+            _print(reply, True)
+            continue
+        event, job = reply.event, reply.job
+        kind = event.WhichOneof("payload")
+        detail = ""
+        if kind == "training_progress":
+            p = event.training_progress
+            detail = (f" stage {p.stage} epoch {p.epoch} step {p.step} loss {p.total_loss:.4f} "
+                      f"({p.images_per_second:.0f} images/s)")
+        elif kind == "stage_failed":
+            detail = f" {event.stage_failed.message}"
+        print(f"{event.occurred_at.ToJsonString()}  {kind:<22} {common_pb2.JobStatus.Name(job.status)[11:]}{detail}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    reply = _jobs_stub(args).CancelJob(jobs_pb.CancelJobRequest(job_id=args.job_id, reason=args.reason),
+                                       timeout=args.timeout)
+    print(f"cancel requested for {reply.job.job_id}")
+    return 0
+
+
 def cmd_list(args) -> int:
     reply = _jobs_stub(args).ListJobs(jobs_pb.ListJobsRequest(page_size=args.limit), timeout=args.timeout)
     if args.json:
@@ -94,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show one job")
     status.add_argument("job_id")
     status.set_defaults(func=cmd_status)
+    watch = sub.add_parser("watch", help="follow a job's events until it ends")
+    watch.add_argument("job_id")
+    watch.set_defaults(func=cmd_watch)
+    cancel = sub.add_parser("cancel", help="ask a running job to stop")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="")
+    cancel.set_defaults(func=cmd_cancel)
     listing = sub.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=cmd_list)

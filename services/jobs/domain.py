@@ -1,8 +1,9 @@
 """Job lifecycle: submit, fold events into job state, cancel. No gRPC and no Kafka here:
 the servicer calls this class, and the event bus feeds `apply`.
 
-Job state is the fold of the job's events. Each change is saved to the object store, so a
-restarted jobs service (or a second replica) answers the same.
+Job state is the fold of the job's events. The state and every event of a job are saved to
+the object store (state/jobs/<id>/job.pb and state/jobs/<id>/events/…), so a restarted jobs
+service (or a second replica) answers the same, WatchJob included.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -35,15 +37,20 @@ class JobsDomain:
         self.bus = bus
         self.store = store
         self.producer = producer
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified on every change, for watchers
         self._jobs: dict[str, Job] = {}
+        self._events: dict[str, list[events_pb2.Event]] = {}
 
     def load(self) -> int:
-        """Reads persisted job state; returns how many jobs were restored."""
+        """Reads persisted job state and event history; returns how many jobs were restored."""
         with self._lock:
             for info in self.store.list(STATE_PREFIX):
-                job = Job.FromString(self.store.get_bytes(info.key))
-                self._jobs[job.job_id] = job
+                if info.key.endswith("/job.pb"):
+                    job = Job.FromString(self.store.get_bytes(info.key))
+                    self._jobs[job.job_id] = job
+                elif "/events/" in info.key:  # keys sort by time: <prefix>/events/<ns>-<event id>.pb
+                    event = events_pb2.Event.FromString(self.store.get_bytes(info.key))
+                    self._events.setdefault(event.job_id, []).append(event)
             return len(self._jobs)
 
     def submit(self, spec: common_pb2.JobSpec, request_id: str = "") -> Job:
@@ -100,11 +107,35 @@ class JobsDomain:
                                    cancel_requested=events_pb2.CancelRequested(reason=reason or "cancelled by user")))
         return job
 
+    def watch(self, job_id: str, is_active: Callable[[], bool], poll_seconds: float = 1.0
+              ) -> Iterator[tuple[events_pb2.Event, Job]]:
+        """The job's events from the start, then live ones until the job ends or is_active() turns
+        false (the client went away); each comes with the job's state as of sending."""
+        self.get(job_id)
+        sent = 0
+        while True:
+            with self._lock:
+                history = self._events.get(job_id, [])
+                while sent >= len(history) and is_active():
+                    if self._jobs[job_id].status in TERMINAL:
+                        return
+                    self._lock.wait(poll_seconds)
+                    history = self._events.get(job_id, [])
+                if not is_active():
+                    return
+                pending, job = history[sent:], self._jobs[job_id]
+            for event in pending:
+                yield event, job
+            sent += len(pending)
+
     def apply(self, event: events_pb2.Event) -> None:
         """Folds one event into its job's state. Idempotent: applying an event twice changes nothing more."""
         with self._lock:
             job = self._jobs.get(event.job_id)
+            known = any(e.event_id == event.event_id for e in self._events.get(event.job_id, []))
         kind = payload_kind(event)
+        if known:
+            return
         if job is None:
             if kind != "job_submitted":
                 log.warning("event for an unknown job", extra={"job_id": event.job_id, "kind": kind})
@@ -112,20 +143,25 @@ class JobsDomain:
             job = Job(job_id=event.job_id, spec=event.job_submitted.spec,
                       stage=Stage.JOB_STAGE_INGEST, status=Status.JOB_STATUS_PENDING)
             job.created_at.CopyFrom(event.occurred_at)
-        elif kind == "job_submitted" or job.status in TERMINAL:
-            # Our own submit already recorded the job; late events (progress after a cancel)
-            # must not revive a finished one.
-            return
         else:
             job = Job.FromString(job.SerializeToString())  # fold on a copy; readers see whole states only
-        _fold(job, event, kind)
-        job.updated_at.CopyFrom(event.occurred_at)
+        # Our own submit already recorded the job; late events (progress after a cancel) must not
+        # revive a finished one. Both still belong to the job's history.
+        if kind != "job_submitted" and job.status not in TERMINAL:
+            _fold(job, event, kind)
+            job.updated_at.CopyFrom(event.occurred_at)
+        when = event.occurred_at.seconds * 1_000_000_000 + event.occurred_at.nanos
+        self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/events/{when:020d}-{event.event_id}.pb",
+                             event.SerializeToString())
+        with self._lock:
+            self._events.setdefault(event.job_id, []).append(event)
         self._save(job)
 
     def _save(self, job: Job) -> None:
-        self.store.put_bytes(f"{STATE_PREFIX}{job.job_id}.pb", job.SerializeToString())
+        self.store.put_bytes(f"{STATE_PREFIX}{job.job_id}/job.pb", job.SerializeToString())
         with self._lock:
             self._jobs[job.job_id] = job
+            self._lock.notify_all()
 
 
 def _fold(job: Job, event: events_pb2.Event, kind: str) -> None:

@@ -25,3 +25,7 @@ class JobsServicer(pb_grpc.JobsServiceServicer):
 
     def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.CancelJobResponse:
         return pb.CancelJobResponse(job=self.domain.cancel(request.job_id, request.reason))
+
+    def WatchJob(self, request: pb.WatchJobRequest, context):
+        for event, job in self.domain.watch(request.job_id, context.is_active):
+            yield pb.WatchJobResponse(event=event, job=job)

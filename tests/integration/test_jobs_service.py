@@ -80,6 +80,12 @@ def test_submit_job_goes_grpc_to_kafka_to_prometheus(infra, prometheus, start_se
     prometheus.wait_for_value(
         'classforge_grpc_requests_total{job="jobs",method="SubmitJob",code="INVALID_ARGUMENT"}', lambda v: v >= 1)
 
+    # WatchJob streams the job's history (here: the job_submitted event the service consumed).
+    stream = stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=30)
+    first = next(stream)
+    assert first.event.event_id == events[0].event_id and first.job.job_id == job_id
+    stream.cancel()
+
     # A restarted service answers the same: state is rebuilt from the object store.
     assert service.terminate() == 0, service.log()
     restarted = start_service("jobs", env)

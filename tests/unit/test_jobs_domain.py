@@ -135,3 +135,50 @@ def test_list_filters_and_pages(bus, store):
         domain.list(page_token="garbage")
     with pytest.raises(NotFound):
         domain.get("nope")
+
+
+def test_watch_replays_history_then_follows_live_events_until_the_end(bus, store):
+    import threading
+
+    domain = JobsDomain(bus, store)
+    bus.subscribe("jobs", domain.apply)
+    job_id = domain.submit(spec(deploy=False)).job_id
+    bus.publish(new_event(job_id, "ingest", dataset_prepared=events_pb2.DatasetPrepared()))
+    bus.drain(5)
+    received = []
+    watcher = threading.Thread(target=lambda: received.extend(
+        (e.WhichOneof("payload"), j.status) for e, j in domain.watch(job_id, lambda: True, poll_seconds=0.05)))
+    watcher.start()
+    bus.publish(new_event(job_id, "trainer", training_progress=events_pb2.TrainingProgress(epoch=1)))
+    bus.publish(new_event(job_id, "evaluator", evaluation_completed=events_pb2.EvaluationCompleted(blessed=False)))
+    bus.drain(5)
+    watcher.join(5)
+    assert not watcher.is_alive(), "watch did not end when the job ended"
+    assert [kind for kind, _ in received] == [
+        "job_submitted", "dataset_prepared", "training_progress", "evaluation_completed"]
+    assert received[-1][1] == Status.JOB_STATUS_SUCCEEDED
+
+    restarted = JobsDomain(bus, store)
+    restarted.load()
+    replay = [e.WhichOneof("payload") for e, _ in restarted.watch(job_id, lambda: True)]
+    assert replay == [kind for kind, _ in received]
+
+
+def test_watch_stops_when_the_client_goes_away(bus, store):
+    domain = JobsDomain(bus, store)
+    job_id = domain.submit(spec()).job_id
+    assert list(domain.watch(job_id, lambda: False)) == []
+    with pytest.raises(NotFound):
+        list(domain.watch("missing", lambda: True))
+
+
+def test_a_redelivered_event_is_recorded_once(bus, store):
+    domain = JobsDomain(bus, store)
+    job_id = domain.submit(spec()).job_id
+    event = new_event(job_id, "ingest", dataset_prepared=events_pb2.DatasetPrepared())
+    domain.apply(event)
+    domain.apply(event)
+    assert len(list(store.list(f"state/jobs/{job_id}/events/"))) == 1
+    restarted = JobsDomain(bus, store)
+    restarted.load()
+    assert restarted.get(job_id).stage == Stage.JOB_STAGE_RECORDS

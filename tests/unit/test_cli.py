@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from classforge.v1 import jobs_service_pb2_grpc as pb_grpc
+from services.cli import main
+from services.common.events import InProcessEventBus
+from services.common.grpc_server import GrpcServer
+from services.common.storage import LocalObjectStore
+from services.jobs.domain import JobsDomain
+from services.jobs.main import SERVICE_NAME
+from services.jobs.servicer import JobsServicer
+
+
+@pytest.fixture
+def jobs_address(tmp_path):
+    bus = InProcessEventBus()
+    domain = JobsDomain(bus, LocalObjectStore(tmp_path / "store"))
+    bus.subscribe("jobs", domain.apply)
+    server = GrpcServer("cli-test", port=0, host="127.0.0.1", grace_seconds=1)
+    server.add_service(pb_grpc.add_JobsServiceServicer_to_server, JobsServicer(domain), SERVICE_NAME)
+    server.start()
+    yield f"127.0.0.1:{server.port}"
+    server.stop()
+    bus.close()
+
+
+def test_submit_status_list_and_errors(jobs_address, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("display_name: shoes\nsource: {object_prefix: uploads/shoes/}\ndataset: {val_fraction: 0.2}\n")
+    assert main(["--jobs", jobs_address, "submit", str(spec)]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert len(job_id) == 36
+
+    assert main(["--jobs", jobs_address, "--json", "status", job_id]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["job_id"] == job_id and shown["spec"]["dataset"]["val_fraction"] == 0.2
+
+    assert main(["--jobs", jobs_address, "list"]) == 0
+    assert job_id in capsys.readouterr().out
+
+    assert main(["--jobs", jobs_address, "status", "no-such-job"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: {object_prefix: ../up}\n")
+    assert main(["--jobs", jobs_address, "submit", str(bad)]) == 1
+    assert "INVALID_ARGUMENT: spec.source.object_prefix" in capsys.readouterr().err
+
+
+def test_a_spec_with_an_unknown_field_is_rejected_with_the_file_name(tmp_path):
+    spec = tmp_path / "typo.yaml"
+    spec.write_text("sorce: {object_prefix: x/}\n")
+    with pytest.raises(SystemExit, match="typo.yaml.*sorce"):
+        main(["submit", str(spec)])
