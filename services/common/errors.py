@@ -60,3 +60,9 @@ class ResourceExhausted(ClassforgeError):
     """The request is larger than a configured limit (message size, image pixels …)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DataLoss(ClassforgeError):
+    """Stored data is damaged (a checksum does not match); it must be written again."""
+
+    code = grpc.StatusCode.DATA_LOSS

@@ -32,7 +32,6 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import certifi
-import grpc
 import urllib3
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
@@ -40,7 +39,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 from minio.helpers import check_bucket_name
 
-from services.common.errors import ClassforgeError, InvalidArgument, NotFound, Unavailable
+from services.common.errors import ClassforgeError, DataLoss, InvalidArgument, NotFound, Unavailable
 
 PART_SIZE = 16 * 1024 * 1024  # multipart part size: bounds the memory one upload holds per part
 _CHUNK = 1024 * 1024
@@ -63,10 +62,8 @@ class ObjectNotFound(NotFound):
         super().__init__("object", key)
 
 
-class ObjectCorrupted(ClassforgeError):
+class ObjectCorrupted(DataLoss):
     """The content read does not match the SHA-256 recorded when the object was written."""
-
-    code = grpc.StatusCode.DATA_LOSS
 
     def __init__(self, key: str, recorded: str, actual: str):
         super().__init__(f"object {key!r} is corrupted: its content has sha256 {actual} but {recorded} was "
