@@ -7,7 +7,7 @@ import sys
 
 from bench.table import render
 
-BENCHMARKS = ["bench.grpc_runtime"]
+BENCHMARKS = ["bench.grpc_runtime", "bench.inference"]
 
 
 def main() -> int:

@@ -22,7 +22,11 @@ from classforge.v1 import common_pb2
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
 
-SERVICES = ("jobs",)
+# `classforge serve NAME` runs services/<module>/main.py.
+SERVICES = {"jobs": "jobs", "inference": "inference", "model-server": "model_server"}
+# Each service package may add its own subcommands with `register(subparsers)`; they import their
+# heavy dependencies (TensorFlow) only when their command runs, so `classforge --help` stays fast.
+COMMAND_MODULES = ("services.inference.cli",)
 
 
 def load_spec(path: Path) -> common_pb2.JobSpec:
@@ -49,7 +53,7 @@ def _print(message, as_json: bool) -> None:
 
 
 def cmd_serve(args) -> int:
-    return importlib.import_module(f"services.{args.service}.main").main()
+    return importlib.import_module(f"services.{SERVICES[args.service]}.main").main()
 
 
 def cmd_submit(args) -> int:
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run one service until SIGTERM")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=cmd_serve)
     submit = sub.add_parser("submit", help="submit a job from a YAML/JSON JobSpec")
     submit.add_argument("spec")
@@ -130,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=cmd_list)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -66,3 +66,9 @@ class DataLoss(ClassforgeError):
     """Stored data is damaged (a checksum does not match); it must be written again."""
 
     code = grpc.StatusCode.DATA_LOSS
+
+
+class DeadlineExceeded(ClassforgeError):
+    """The caller's deadline passed before the work (or a downstream call) finished."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,206 @@
+"""Classify through the inference service against Predict sent straight to the model server, same
+images, same client harness, same run (issue #7: p50 overhead <= 10%, throughput >= 0.9x).
+
+Harness (a documented Python one, no ghz): the model server stand-in (services.model_server) and the
+inference service (its servicer, Classifier and Publisher on the shared GrpcServer; no Kafka or MinIO,
+which Classify does not touch) each run as their own process on 127.0.0.1 and serve the contract's toy
+SavedModel (services.model_server.toy_model). This process is the client: at concurrency C, C threads
+share one channel and send a fixed number of requests (a bounded run, after a warm-up); latency is
+measured per call, throughput is calls / wall time. Direct and through-the-service runs alternate per
+concurrency level, so machine noise falls on both.
+
+    .venv/bin/python -m bench.inference           # prints the table of this benchmark only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.table import Row, render
+from classforge.v1 import inference_service_pb2 as pb
+from classforge.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common.grpc_server import wait_until_serving
+from services.inference import tfs_api as tfs
+from services.model_server import toy_model
+
+LEVELS = {1: 300, 8: 800, 32: 960}  # concurrency -> requests per measured run
+WARMUP = 50
+# name -> (toy_model.build keyword arguments, what it stands for)
+MODELS = {
+    "tiny": ({}, "8x8 linear model, Predict ~1 ms: the worst case for the extra hop"),
+    "cnn": ({"size": 96, "conv_channels": 32}, "two 3x3 convolutions at 96x96, a small CNN"),
+}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(call, concurrency: int, total: int) -> tuple[np.ndarray, float]:
+    """Sends `total` calls from `concurrency` threads; returns per-call latencies (s) and wall time (s)."""
+    latencies = np.zeros(total)
+    counter = iter(range(total))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker():
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            started = time.perf_counter()
+            try:
+                call(index)
+            except Exception as exc:  # noqa: BLE001 - reported after the run
+                errors.append(exc)
+                return
+            latencies[index] = time.perf_counter() - started
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} calls failed, first: {errors[0]}")
+    return latencies, wall
+
+
+def _serve_inference(args) -> int:
+    """The inference service without Kafka and MinIO (bench only)."""
+    from classforge.v1 import inference_service_pb2_grpc
+    from services.common.events import InProcessEventBus
+    from services.common.grpc_server import GrpcServer
+    from services.common.logs import configure_logging
+    from services.common.storage import LocalObjectStore
+    from services.inference.main import SERVICE_NAME, build_domain
+    from services.inference.servicer import InferenceServicer
+    from services.inference.settings import InferenceSettings
+
+    configure_logging("inference-bench", "WARNING")
+    settings = InferenceSettings.load(environ={}, kafka_bootstrap="-", s3_endpoint="-", s3_access_key="-",
+                                      s3_secret_key="-", model_base_path=args.base, model_server=args.model_server)
+    with tempfile.TemporaryDirectory() as state:
+        classifier, publisher, client, _ = build_domain(settings, LocalObjectStore(state), InProcessEventBus())
+        server = GrpcServer("inference", port=args.port, host="127.0.0.1", grace_seconds=1,
+                            worker_threads=settings.worker_threads, recheck_seconds=1,
+                            readiness_checks={"model_server": client.ping})
+        server.on_ready(publisher.reconcile)
+        server.add_service(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+                           InferenceServicer(classifier, publisher), SERVICE_NAME)
+        server.on_stop(client.close)
+        server.start()
+        server.serve_until_signalled()
+    return 0
+
+
+def run() -> list[Row]:
+    with tempfile.TemporaryDirectory() as root:
+        base = Path(root) / "models"
+        for name, (options, _) in MODELS.items():
+            toy_model.build(base / name / "1", seed=1, **options)
+        server_port, inference_port = _free_port(), _free_port()
+        env = {**os.environ, "CLASSFORGE_LOG_LEVEL": "WARNING", "CLASSFORGE_METRICS_PORT": "-1",
+               "CLASSFORGE_MODEL_BASE_PATH": str(base), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        processes = [
+            subprocess.Popen([sys.executable, "-m", "services.model_server.main"], cwd=REPO_ROOT,
+                             env={**env, "CLASSFORGE_GRPC_PORT": str(server_port)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen([sys.executable, "-m", "bench.inference", "serve-inference", "--port", str(inference_port),
+                              "--base", str(base), "--model-server", f"127.0.0.1:{server_port}"], cwd=REPO_ROOT,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        ]
+        try:
+            return _measure(server_port, inference_port)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(30)
+
+
+def _measure(server_port: int, inference_port: int) -> list[Row]:
+    direct = grpc.insecure_channel(f"127.0.0.1:{server_port}")
+    ours = grpc.insecure_channel(f"127.0.0.1:{inference_port}")
+    wait_until_serving(direct, timeout=120)
+    wait_until_serving(ours, timeout=120)
+    rows = []
+    for model in MODELS:
+        rows += _measure_model(direct, ours, model)
+    direct.close()
+    ours.close()
+    return rows
+
+
+def _measure_model(direct: grpc.Channel, ours: grpc.Channel, model: str) -> list[Row]:
+    images = [toy_model.png(32, 32, seed=i) for i in range(16)]
+    predict = tfs.prediction_service_pb2_grpc.PredictionServiceStub(direct).Predict
+    classify = pb_grpc.InferenceServiceStub(ours).Classify
+    predict_requests = []
+    for image in images:
+        request = tfs.predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.version_label = "stable"  # what Classify asks for
+        request.inputs["image_bytes"].CopyFrom(tfs.string_tensor([image]))
+        predict_requests.append(request)
+    classify_requests = [pb.ClassifyRequest(image=image, model_name=model, top_k=3) for image in images]
+
+    def call_predict(i):
+        predict(predict_requests[i % len(images)], timeout=30)
+
+    def call_classify(i):
+        classify(classify_requests[i % len(images)], timeout=30)
+
+    rows = []
+    for concurrency, total in LEVELS.items():
+        total = total if model == "tiny" else total // 4
+        _run(call_predict, concurrency, WARMUP)
+        _run(call_classify, concurrency, WARMUP)
+        base_lat, base_wall = _run(call_predict, concurrency, total)
+        our_lat, our_wall = _run(call_classify, concurrency, total)
+        rows += [
+            Row("inference", f"{model} p50 latency c={concurrency}", float(np.percentile(our_lat, 50) * 1000),
+                "Predict straight to the model server", float(np.percentile(base_lat, 50) * 1000), "ms",
+                higher_is_better=False, target=1.1),
+            Row("inference", f"{model} p99 latency c={concurrency}", float(np.percentile(our_lat, 99) * 1000),
+                "Predict straight to the model server", float(np.percentile(base_lat, 99) * 1000), "ms",
+                higher_is_better=False),
+            Row("inference", f"{model} throughput c={concurrency}", total / our_wall,
+                "Predict straight to the model server", total / base_wall, "/s", target=0.9),
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.inference")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve-inference")
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--base", required=True)
+    serve.add_argument("--model-server", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "serve-inference":
+        return _serve_inference(args)
+    print(render(run()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""`classforge classify | models | rollback`: the inference service from the command line.
+
+    classforge classify IMAGE [IMAGE …] [--model NAME] [--version N] [--top-k K]
+    classforge models [NAME]
+    classforge rollback NAME VERSION
+
+services/cli.py adds these with `register(subparsers)`. The global --timeout and --json options are
+used when the main parser defines them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from classforge.v1 import inference_service_pb2 as pb
+from classforge.v1 import inference_service_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50056"
+
+
+def _stub(args) -> pb_grpc.InferenceServiceStub:
+    return pb_grpc.InferenceServiceStub(grpc.insecure_channel(args.inference))
+
+
+def _timeout(args) -> float:
+    return getattr(args, "timeout", None) or 30.0
+
+
+def _print_json(message) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+def cmd_classify(args) -> int:
+    stub = _stub(args)
+    for path in args.images:
+        try:
+            image = Path(path).read_bytes()
+        except OSError as exc:
+            raise SystemExit(f"classforge: cannot read {path}: {exc.strerror}") from None
+        reply = stub.Classify(pb.ClassifyRequest(image=image, top_k=args.top_k, model_name=args.model,
+                                                 version=args.version), timeout=_timeout(args))
+        if getattr(args, "json", False):
+            _print_json(reply)
+            continue
+        print(f"{path}  (model {reply.model_name} version {reply.version})")
+        for prediction in reply.predictions:
+            scores = ", ".join(f"{s.label} {s.probability:.3f}" for s in prediction.top)
+            print(f"  {prediction.task}: {scores}")
+    return 0
+
+
+def _state(state: int) -> str:
+    return pb.ModelVersionState.Name(state).removeprefix("MODEL_VERSION_STATE_")
+
+
+def _print_model(model: pb.ServedModel) -> None:
+    print(model.model_name)
+    for v in model.versions:
+        print(f"  {'*' if v.serving else ' '} version {v.version:<6} {_state(v.state):<11} job {v.job_id or '-'}")
+
+
+def cmd_models(args) -> int:
+    reply = _stub(args).ListModels(pb.ListModelsRequest(model_name=args.name), timeout=_timeout(args))
+    if getattr(args, "json", False):
+        _print_json(reply)
+    elif not reply.models:
+        print("no models published")
+    for model in [] if getattr(args, "json", False) else reply.models:
+        _print_model(model)
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    reply = _stub(args).Rollback(pb.RollbackRequest(model_name=args.name, version=args.version),
+                                 timeout=max(_timeout(args), 60.0))
+    if getattr(args, "json", False):
+        _print_json(reply)
+    else:
+        print(f"{args.name}: version {args.version} now answers")
+        _print_model(reply.model)
+    return 0
+
+
+def register(subparsers) -> None:
+    address = argparse.ArgumentParser(add_help=False)
+    address.add_argument("--inference", default=os.environ.get("CLASSFORGE_INFERENCE_ADDR", DEFAULT_ADDRESS),
+                         help=f"inference service address (env CLASSFORGE_INFERENCE_ADDR, default {DEFAULT_ADDRESS})")
+    classify = subparsers.add_parser("classify", parents=[address], help="classify image files")
+    classify.add_argument("images", nargs="+", metavar="IMAGE")
+    classify.add_argument("--model", default="", help="served model name (default: the service's default model)")
+    classify.add_argument("--version", type=int, default=0, help="a specific version (default: the serving one)")
+    classify.add_argument("--top-k", type=int, default=0, help="classes per task (default: the service's default)")
+    classify.set_defaults(func=cmd_classify)
+    models = subparsers.add_parser("models", parents=[address], help="list served models and their versions")
+    models.add_argument("name", nargs="?", default="")
+    models.set_defaults(func=cmd_models)
+    rollback = subparsers.add_parser("rollback", parents=[address], help="make an earlier version the one answering")
+    rollback.add_argument("name")
+    rollback.add_argument("version", type=int)
+    rollback.set_defaults(func=cmd_rollback)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone use (`python -m services.inference.cli …`) until services/cli.py registers these."""
+    parser = argparse.ArgumentParser(prog="classforge")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--json", action="store_true")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        print(f"classforge: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Entry point of the inference service (`python -m services.inference.main`)."""
+
+from __future__ import annotations
+
+import sys
+
+from classforge.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.runtime import ServiceContext, run_service
+from services.inference.classifier import Classifier
+from services.inference.model_server_client import ModelServerClient
+from services.inference.publisher import Publisher
+from services.inference.repository import ModelRepository
+from services.inference.servicer import InferenceServicer
+from services.inference.settings import InferenceSettings
+
+SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+GROUP = "inference"
+KINDS = ["job_submitted", "evaluation_completed"]
+
+
+def build_domain(settings: InferenceSettings, store, bus) -> tuple[Classifier, Publisher, ModelServerClient,
+                                                                  ModelRepository]:
+    client = ModelServerClient(settings.model_server, settings.max_message_bytes)
+    repo = ModelRepository(settings.model_base_path)
+    publisher = Publisher(store, bus, repo, client, server_base_path=settings.server_base_path,
+                          keep_versions=settings.keep_versions, default_model=settings.default_model,
+                          serving_label=settings.serving_label, publish_timeout=settings.publish_timeout)
+    classifier = Classifier(client, repo, default_model=settings.default_model, serving_label=settings.serving_label,
+                            default_top_k=settings.default_top_k, max_image_bytes=settings.max_image_bytes,
+                            predict_timeout=settings.predict_timeout, stream_window=settings.stream_window,
+                            batch_max_size=settings.batch_max_size, batch_wait_ms=settings.batch_wait_ms,
+                            on_label_missing=publisher.request_reconcile)
+    return classifier, publisher, client, repo
+
+
+def build(context: ServiceContext) -> None:
+    settings: InferenceSettings = context.settings  # type: ignore[assignment]
+    classifier, publisher, client, repo = build_domain(settings, context.store, context.bus)
+    context.server.readiness_checks["model_server"] = client.ping
+    context.server.readiness_checks["model_base_path"] = repo.check
+    context.server.add_service(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+                               InferenceServicer(classifier, publisher), SERVICE_NAME)
+
+    def start() -> None:
+        publisher.reconcile()  # the model server serves the chosen versions before we say SERVING
+        publisher.start_reconciler(settings.reconcile_seconds)
+        context.bus.subscribe(GROUP, publisher.handle, kinds=KINDS)
+
+    context.server.on_ready(start)
+    context.server.on_stop(client.close)
+    context.server.on_stop(classifier.close)
+    context.server.on_stop(publisher.stop)
+
+
+def main() -> int:
+    return run_service("inference", build, InferenceSettings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The inference service's only way to the model server: TF Serving's PredictionService and
+ModelService stubs (tensorflow-serving-api). The model is never loaded in this process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from services.common.errors import FailedPrecondition, Unavailable
+from services.inference import tfs_api as tfs
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: int  # tfs.State
+    error: str = ""
+
+
+class ModelServerClient:
+    def __init__(self, target: str, max_message_bytes: int = 64 * 1024 * 1024):
+        self.target = target
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self._predict = tfs.prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self._models = tfs.model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def predict(self, name: str, images: list[bytes], *, version: int | None = None, label: str = "",
+                timeout: float | None = None, input_key: str = "image_bytes"
+                ) -> tuple[int, dict[str, np.ndarray]]:
+        """Runs serving_default on a batch; returns the version that answered and the outputs.
+        Raises grpc.RpcError as the model server answered (the caller maps it)."""
+        request = tfs.predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = "serving_default"
+        if version:
+            request.model_spec.version.value = version
+        elif label:
+            request.model_spec.version_label = label
+        request.inputs[input_key].CopyFrom(tfs.string_tensor(images))
+        response = self._predict.Predict(request, timeout=timeout)
+        outputs = {key: tfs.to_numpy(tensor) for key, tensor in response.outputs.items()}
+        return response.model_spec.version.value, outputs
+
+    def status(self, name: str, version: int | None = None, timeout: float = 5.0) -> list[VersionStatus]:
+        """Every version the model server knows for `name`; [] when it knows none (NOT_FOUND)."""
+        request = tfs.get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        if version:
+            request.model_spec.version.value = version
+        try:
+            response = self._models.GetModelStatus(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
+        return [VersionStatus(s.version, s.state, s.status.error_message if s.status.error_code else "")
+                for s in response.model_version_status]
+
+    def reload_config(self, config, timeout: float = 60.0) -> None:
+        request = tfs.model_management_pb2.ReloadConfigRequest(config=config)
+        response = self._models.HandleReloadConfigRequest(request, timeout=timeout)
+        if response.status.error_code:
+            raise FailedPrecondition(f"model server {self.target} refused the model config: "
+                                     f"{response.status.error_message}")
+
+    def ping(self) -> None:
+        """Readiness: the model server answers ModelService (NOT_FOUND for a made-up model is an answer)."""
+        try:
+            self.status("classforge-readiness-probe", timeout=2.0)
+        except grpc.RpcError as exc:
+            raise Unavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None

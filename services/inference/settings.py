@@ -1,0 +1,43 @@
+"""Settings of the inference service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.settings import ServiceSettings, env
+
+
+@dataclass(frozen=True)
+class InferenceSettings(ServiceSettings):
+    model_base_path: str = env("CLASSFORGE_MODEL_BASE_PATH",
+                               help="directory TF Serving polls: <model>/<version>/saved_model.pb; published "
+                                    "versions are copied here")
+    model_server: str = env("CLASSFORGE_MODEL_SERVER", "127.0.0.1:8500",
+                            "TF Serving (or services.model_server) gRPC address, host:port")
+    model_server_base_path: str = env("CLASSFORGE_MODEL_SERVER_BASE_PATH", "",
+                                      "the base path as the model server sees it (its mount point); empty: the "
+                                      "same as CLASSFORGE_MODEL_BASE_PATH")
+    keep_versions: int = env("CLASSFORGE_KEEP_VERSIONS", 3,
+                             "published versions kept (and loaded) per model; older ones are deleted")
+    default_model: str = env("CLASSFORGE_DEFAULT_MODEL", "classforge",
+                             "model name used when a job's spec.deploy.model_name or a request's model_name is empty")
+    serving_label: str = env("CLASSFORGE_SERVING_LABEL", "stable",
+                             "TF Serving version label that marks the version answering requests without a version")
+    default_top_k: int = env("CLASSFORGE_DEFAULT_TOP_K", 5, "classes returned per task when top_k is 0")
+    max_image_bytes: int = env("CLASSFORGE_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest image accepted")
+    predict_timeout: float = env("CLASSFORGE_PREDICT_TIMEOUT_SECONDS", 30.0,
+                                 "longest a Predict may take when the caller set no deadline")
+    publish_timeout: float = env("CLASSFORGE_PUBLISH_TIMEOUT_SECONDS", 300.0,
+                                 "how long a published version may take to become AVAILABLE")
+    reconcile_seconds: float = env("CLASSFORGE_RECONCILE_SECONDS", 30.0,
+                                   "how often the model server's config (versions, labels) is re-sent, so a "
+                                   "restarted model server serves the right versions again; 0 disables")
+    stream_window: int = env("CLASSFORGE_STREAM_WINDOW", 8, "images of one ClassifyStream in flight at once")
+    batch_max_size: int = env("CLASSFORGE_BATCH_MAX_SIZE", 0,
+                              "client-side micro-batching: most images per Predict; 0 or 1 disables")
+    batch_wait_ms: float = env("CLASSFORGE_BATCH_WAIT_MS", 2.0,
+                               "client-side micro-batching: how long the first request waits for others")
+
+    @property
+    def server_base_path(self) -> str:
+        return self.model_server_base_path or self.model_base_path

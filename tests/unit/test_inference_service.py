@@ -1,0 +1,340 @@
+"""The inference service in one process against the model server stand-in over real gRPC: publish a
+blessed model (copy, AVAILABLE, label, model_deployed), Classify, rollback, errors and deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from classforge.v1 import common_pb2, events_pb2
+from classforge.v1 import inference_service_pb2 as pb
+from classforge.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common.events import InProcessEventBus, new_event
+from services.common.grpc_server import GrpcServer
+from services.common.storage import LocalObjectStore
+from services.inference.classifier import Classifier, DeadlineExceeded
+from services.inference.main import GROUP, KINDS, SERVICE_NAME
+from services.inference.model_server_client import ModelServerClient
+from services.inference.publisher import Publisher
+from services.inference.repository import ModelRepository
+from services.inference.servicer import InferenceServicer
+from services.model_server import toy_model
+from services.model_server.core import LoadedVersion, ModelServerCore
+from services.model_server.main import MODEL_SERVICE, PREDICTION_SERVICE
+from services.model_server.servicer import ModelServicer, PredictionServicer
+
+tf = pytest.importorskip("tensorflow")
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc  # noqa: E402
+
+IMAGES = [toy_model.png(12, 9, seed=s) for s in range(4)] + [toy_model.jpeg(20, 16, seed=9)]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("exports")
+    return {seed: toy_model.build(root / f"seed{seed}", seed) for seed in (1, 2, 3)}
+
+
+def direct(export: Path, image: bytes) -> dict[str, np.ndarray]:
+    """The SavedModel called directly (what the evaluator does) — the reference for Classify."""
+    function = tf.saved_model.load(str(export)).signatures["serving_default"]
+    return {k: v.numpy()[0] for k, v in function(image_bytes=tf.constant([image])).items()}
+
+
+class Stack:
+    def __init__(self, root: Path, exports: dict[int, Path], keep_versions: int = 3, batch_max_size: int = 0):
+        self.base = root / "models"
+        self.base.mkdir()
+        self.store = LocalObjectStore(root / "store")
+        for seed, export in exports.items():
+            for path in sorted(export.rglob("*")):
+                if path.is_file():
+                    self.store.put_file(f"models/job-{seed}/saved_model/{path.relative_to(export)}", path)
+        self.core = ModelServerCore(self.base, poll_seconds=0.05)
+        self.model_server = GrpcServer("model-server-test", port=0, host="127.0.0.1", grace_seconds=1)
+        self.model_server.add_service(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+                                      PredictionServicer(self.core), PREDICTION_SERVICE)
+        self.model_server.add_service(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+                                      ModelServicer(self.core), MODEL_SERVICE)
+        self.model_server.start()
+        self.core.start()
+        self.bus = InProcessEventBus()
+        self.client = ModelServerClient(f"127.0.0.1:{self.model_server.port}")
+        self.repo = ModelRepository(self.base)
+        self.copied: list[str] = []
+        self.publisher = Publisher(self.store, self.bus, self.repo, self.client, server_base_path=str(self.base),
+                                   keep_versions=keep_versions, publish_timeout=30, on_file=self.copied.append,
+                                   poll_interval=0.02)
+        self.classifier = Classifier(self.client, self.repo, on_label_missing=self.publisher.request_reconcile,
+                                     batch_max_size=batch_max_size)
+        self.server = GrpcServer("inference-test", port=0, host="127.0.0.1", grace_seconds=1)
+        self.server.add_service(pb_grpc.add_InferenceServiceServicer_to_server,
+                                InferenceServicer(self.classifier, self.publisher), SERVICE_NAME)
+        self.server.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.stub = pb_grpc.InferenceServiceStub(self.channel)
+        self.out: list[events_pb2.Event] = []
+        self.bus.subscribe(GROUP, self.publisher.handle, kinds=KINDS)
+        self.bus.subscribe("test-observer", self.out.append, kinds=["model_deployed", "stage_failed"])
+
+    def submit(self, job_id: str, seed: int, *, blessed: bool = True, deploy: bool = True, model: str = "toy"):
+        spec = common_pb2.JobSpec(deploy=common_pb2.DeployOptions(deploy=deploy, model_name=model))
+        self.bus.publish(new_event(job_id, "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))
+        evaluation = self.evaluation(job_id, seed, blessed)
+        self.bus.publish(evaluation)
+        self.bus.drain(timeout=60)
+        return evaluation
+
+    def evaluation(self, job_id: str, seed: int, blessed: bool = True) -> events_pb2.Event:
+        uri = self.store.uri(f"models/job-{seed}/saved_model") + "/"
+        return new_event(job_id, "evaluator", evaluation_completed=events_pb2.EvaluationCompleted(
+            model=common_pb2.ModelRef(job_id=job_id, uri=uri), blessed=blessed, accuracy=0.9))
+
+    def classify(self, image: bytes, **kwargs) -> pb.ClassifyResponse:
+        return self.stub.Classify(pb.ClassifyRequest(image=image, **{"top_k": 10, **kwargs}), timeout=10)
+
+    def close(self):
+        self.channel.close()
+        self.server.stop()
+        self.classifier.close()
+        self.publisher.stop()
+        self.client.close()
+        self.model_server.stop()
+        self.core.stop()
+        self.bus.close()
+
+
+@pytest.fixture
+def stack(tmp_path, exports):
+    s = Stack(tmp_path, exports)
+    yield s
+    s.close()
+
+
+def probabilities(response: pb.ClassifyResponse, task: str) -> dict[str, float]:
+    (prediction,) = [p for p in response.predictions if p.task == task]
+    return {score.label: score.probability for score in prediction.top}
+
+
+def assert_same_as_direct(response: pb.ClassifyResponse, export: Path, image: bytes):
+    reference = direct(export, image)
+    classes = toy_model.DEFAULT_TASKS
+    assert [p.task for p in response.predictions] == list(classes)
+    for task, names in classes.items():
+        expected = reference[f"probabilities_{task}"]
+        (prediction,) = [p for p in response.predictions if p.task == task]
+        assert prediction.top[0].class_id == int(reference[f"class_ids_{task}"])
+        assert prediction.top[0].label == names[int(reference[f"class_ids_{task}"])]
+        got = np.zeros(len(names), np.float32)
+        for score in prediction.top:
+            got[score.class_id] = score.probability
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_publish_waits_for_available_then_classify_matches_the_saved_model(stack, exports):
+    stack.submit("job-a", 1)
+    deployed = [e for e in stack.out if e.WhichOneof("payload") == "model_deployed"]
+    assert len(deployed) == 1 and not [e for e in stack.out if e.WhichOneof("payload") == "stage_failed"]
+    ref = deployed[0].model_deployed.model
+    assert (ref.job_id, ref.model_name, ref.version) == ("job-a", "toy", 1)
+    assert stack.copied[-1] == "saved_model.pb" and "variables/variables.index" in stack.copied
+    assert [s.state for s in stack.client.status("toy", 1)] == [30]  # AVAILABLE before model_deployed
+
+    (model,) = stack.stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert model.model_name == "toy"
+    assert [(v.version, v.state, v.job_id, v.serving) for v in model.versions] == [
+        (1, pb.MODEL_VERSION_STATE_AVAILABLE, "job-a", True)]
+
+    for image in IMAGES:
+        response = stack.classify(image, model_name="toy")
+        assert (response.model_name, response.version) == ("toy", 1)
+        assert_same_as_direct(response, exports[1], image)
+    top2 = stack.stub.Classify(pb.ClassifyRequest(image=IMAGES[0], model_name="toy", top_k=2), timeout=10)
+    assert [len(p.top) for p in top2.predictions] == [2, 2]
+
+    # Redelivery: model_deployed again, nothing copied again.
+    copied = len(stack.copied)
+    stack.publisher.handle(stack.evaluation("job-a", 1))
+    stack.bus.drain()
+    deployed = [e for e in stack.out if e.WhichOneof("payload") == "model_deployed"]
+    assert len(deployed) == 2 and deployed[1].model_deployed.model.version == 1
+    assert len(stack.copied) == copied and stack.repo.versions("toy") == [1]
+
+
+def test_new_version_then_rollback_changes_the_answering_version(stack, exports):
+    stack.submit("job-a", 1)
+    stack.submit("job-b", 2)
+    assert stack.repo.versions("toy") == [1, 2]
+    image = IMAGES[1]
+    assert stack.classify(image, model_name="toy").version == 2
+    assert_same_as_direct(stack.classify(image, model_name="toy"), exports[2], image)
+    assert_same_as_direct(stack.classify(image, model_name="toy", version=1), exports[1], image)
+
+    reply = stack.stub.Rollback(pb.RollbackRequest(model_name="toy", version=1), timeout=30)
+    assert [(v.version, v.serving) for v in reply.model.versions] == [(2, False), (1, True)]
+    after = stack.classify(image, model_name="toy")
+    assert after.version == 1
+    assert_same_as_direct(after, exports[1], image)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.Rollback(pb.RollbackRequest(model_name="toy", version=7), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND and "kept versions are 1, 2" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.Rollback(pb.RollbackRequest(model_name="nope", version=1), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # A newly published version answers again (a rollback is not a permanent pin).
+    stack.submit("job-c", 3)
+    assert stack.classify(image, model_name="toy").version == 3
+
+
+def test_concurrent_requests_during_version_switches_all_succeed(stack, exports):
+    stack.submit("job-a", 1)
+    stack.submit("job-b", 2)
+    expected = {v: direct(exports[seed], IMAGES[0])["probabilities_label"] for v, seed in ((1, 1), (2, 2))}
+    stop = threading.Event()
+
+    def switch():
+        version = 1
+        while not stop.is_set():
+            stack.stub.Rollback(pb.RollbackRequest(model_name="toy", version=version), timeout=30)
+            version = 3 - version
+
+    def calls(_):
+        answered = []
+        for _ in range(20):
+            response = stack.classify(IMAGES[0], model_name="toy")
+            got = np.array([s.probability for s in sorted(response.predictions[0].top, key=lambda s: s.class_id)])
+            np.testing.assert_allclose(got, expected[response.version], rtol=1e-6)
+            answered.append(response.version)
+        return answered
+
+    switcher = threading.Thread(target=switch)
+    switcher.start()
+    try:
+        with futures.ThreadPoolExecutor(8) as pool:
+            answered = [v for batch in pool.map(calls, range(8)) for v in batch]
+    finally:
+        stop.set()
+        switcher.join()
+    assert len(answered) == 160 and set(answered) <= {1, 2}
+
+
+def test_unblessed_or_undeployed_models_are_never_published(stack):
+    stack.submit("job-x", 1, blessed=False)
+    stack.submit("job-y", 1, deploy=False)
+    assert stack.out == [] and stack.repo.models() == [] and stack.copied == []
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.classify(IMAGES[0], model_name="toy")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_keeps_the_last_k_versions(tmp_path, exports):
+    s = Stack(tmp_path, exports, keep_versions=2)
+    try:
+        for job, seed in (("j1", 1), ("j2", 2), ("j3", 3)):
+            s.submit(job, seed, model="kept")
+        assert s.repo.versions("kept") == [2, 3]
+        assert [(v.version, v.serving) for v in s.publisher.list_models("kept")[0].versions] == [(3, True), (2, False)]
+        # A redelivered event of a retired version is not published again.
+        s.publisher.handle(s.evaluation("j1", 1))
+        assert s.repo.versions("kept") == [2, 3]
+    finally:
+        s.close()
+
+
+def test_a_broken_saved_model_fails_the_job_and_is_retired(stack):
+    stack.store.put_bytes("models/job-broken/saved_model/saved_model.pb", b"not a protobuf")
+    spec = common_pb2.JobSpec(deploy=common_pb2.DeployOptions(deploy=True, model_name="toy"))
+    stack.bus.publish(new_event("job-broken", "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))
+    stack.bus.publish(new_event("job-broken", "evaluator", evaluation_completed=events_pb2.EvaluationCompleted(
+        model=common_pb2.ModelRef(uri=stack.store.uri("models/job-broken/saved_model")), blessed=True)))
+    stack.bus.drain(timeout=60)
+    (failed,) = stack.out
+    assert failed.stage_failed.stage == common_pb2.JOB_STAGE_DEPLOYMENT
+    assert "could not load" in failed.stage_failed.message
+    assert stack.repo.versions("toy") == []
+
+
+@pytest.mark.parametrize("image, problem", [
+    (b"", "is empty"),
+    (b"this is not an image at all", "is not a JPEG, PNG"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot use it"),  # passes the sniff, fails the model's decode
+    (toy_model.jpeg(16, 16, 1)[:60], "cannot use it"),  # a truncated JPEG
+])
+def test_a_bad_image_is_invalid_argument(stack, image, problem):
+    stack.submit("job-a", 1)
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.classify(image, model_name="toy")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert caught.value.details().startswith("image: ") and problem in caught.value.details()
+
+
+def test_unknown_model_or_version_is_not_found(stack):
+    stack.submit("job-a", 1)
+    for kwargs in ({"model_name": "nope"}, {"model_name": "toy", "version": 5}):
+        with pytest.raises(grpc.RpcError) as caught:
+            stack.classify(IMAGES[0], **kwargs)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, kwargs
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.ListModels(pb.ListModelsRequest(model_name="nope"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_callers_deadline_is_propagated_to_predict(stack, monkeypatch):
+    stack.submit("job-a", 1)
+    slow = LoadedVersion.predict
+
+    def predict(self, *args, **kwargs):
+        time.sleep(1.5)
+        return slow(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoadedVersion, "predict", predict)
+    request = pb.ClassifyRequest(image=IMAGES[0], model_name="toy")
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        stack.classifier.classify(request, time_remaining=0.3)  # the domain, not the client, gives up
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.Classify(request, timeout=0.3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(DeadlineExceeded):
+        stack.classifier.classify(request, time_remaining=0.001)  # already spent: Predict is not even sent
+
+
+def test_classify_stream_answers_in_order(stack, exports):
+    stack.submit("job-a", 1)
+    requests = [pb.ClassifyStreamRequest(request=pb.ClassifyRequest(image=image, model_name="toy", top_k=3))
+                for image in IMAGES * 4]
+    replies = list(stack.stub.ClassifyStream(iter(requests), timeout=30))
+    assert len(replies) == len(requests)
+    for request, reply in zip(requests, replies, strict=True):
+        assert reply.response == stack.classify(request.request.image, model_name="toy", top_k=3)
+
+
+def test_micro_batching_gives_the_same_answers(tmp_path, exports):
+    s = Stack(tmp_path, exports, batch_max_size=8)
+    try:
+        s.submit("job-a", 1)
+        bad = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+
+        def call(i):
+            image = bad if i == 5 else IMAGES[i % len(IMAGES)]
+            try:
+                return i, s.classify(image, model_name="toy")
+            except grpc.RpcError as exc:
+                return i, exc.code()
+
+        with futures.ThreadPoolExecutor(16) as pool:
+            results = dict(pool.map(call, range(32)))
+        assert results.pop(5) == grpc.StatusCode.INVALID_ARGUMENT  # only the bad image's caller fails
+        for i, response in results.items():
+            assert_same_as_direct(response, exports[1], IMAGES[i % len(IMAGES)])
+    finally:
+        s.close()
