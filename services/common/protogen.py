@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 from importlib import resources
@@ -24,13 +25,13 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
 
 def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
     """Writes *_pb2.py, *_pb2.pyi and *_pb2_grpc.py for every proto under proto_root into out_dir."""
-    from grpc_tools import protoc  # dev dependency, imported only when generating
-
-    well_known = resources.files("grpc_tools") / "_proto"
+    well_known = resources.files("grpc_tools") / "_proto"  # grpc_tools is a dev dependency
     files = [str(p.relative_to(proto_root)) for p in proto_files(proto_root)]
     with tempfile.TemporaryDirectory() as scratch:
+        # protoc runs in its own process: in-process it can crash a Python that already
+        # imported TensorFlow (both bundle protobuf's C++ runtime).
         args = [
-            "grpc_tools.protoc",
+            sys.executable, "-m", "grpc_tools.protoc",
             f"-I{proto_root}",
             f"-I{well_known}",
             f"--python_out={scratch}",
@@ -38,7 +39,7 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
             f"--grpc_python_out={scratch}",
             *files,
         ]
-        if protoc.main(args) != 0:
+        if subprocess.run(args).returncode != 0:
             raise RuntimeError("protoc failed; see the messages above")
         # Every directory holding generated modules becomes a package.
         for folder in [Path(scratch), *Path(scratch).rglob("*")]:

@@ -36,7 +36,8 @@ def connect(name: str, settings: ServiceSettings) -> tuple[ObjectStore, EventBus
     unreachable dependency shows up in readiness, not as a crash at start-up."""
     store = MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
                              settings.s3_bucket, secure=settings.s3_secure)
-    bus = KafkaEventBus(settings.kafka_bootstrap, client_id=name, processed=ObjectStoreProcessedEvents(store))
+    bus = KafkaEventBus(settings.kafka_bootstrap, client_id=name, processed=ObjectStoreProcessedEvents(store),
+                        max_poll_interval_ms=settings.kafka_max_poll_interval_ms)
     return store, bus
 
 
