@@ -7,7 +7,7 @@ import sys
 
 from bench.table import render
 
-BENCHMARKS = ["bench.grpc_runtime", "bench.tfrecords", "bench.inference"]
+BENCHMARKS = ["bench.grpc_runtime", "bench.ingest", "bench.tfrecords", "bench.inference"]
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ import re
 
 from classforge.v1 import common_pb2
 from services.common.errors import InvalidArgument
+from services.ingest.options import IngestOptions
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -41,16 +42,8 @@ def validate_source(source: common_pb2.DataSource, field: str = "spec.source") -
 
 
 def validate_dataset_options(options: common_pb2.DatasetOptions, field: str = "spec.dataset") -> None:
-    if options.max_class_ratio and options.max_class_ratio < 1:
-        raise InvalidArgument(f"{field}.max_class_ratio",
-                              f"a largest/smallest ratio bound must be >= 1 (or 0 for the default 5), "
-                              f"got {options.max_class_ratio:g}")
-    _in_range(f"{field}.val_fraction", options.val_fraction, 0, 1, high_open=True)
-    _in_range(f"{field}.test_fraction", options.test_fraction, 0, 1, high_open=True)
-    if options.val_fraction + options.test_fraction >= 1:
-        raise InvalidArgument(f"{field}.test_fraction", "val_fraction + test_fraction must leave images to train on")
-    for name in ("max_per_class", "min_side", "max_pixels"):
-        _non_negative(f"{field}.{name}", getattr(options, name))
+    # One set of rules: the ones ingest applies when it prepares the dataset.
+    IngestOptions.from_proto(options, field)
 
 
 def validate_training(config: common_pb2.TrainingConfig, field: str = "spec.training") -> None:

@@ -1,0 +1,488 @@
+"""Where the images come from, turned into a local directory and a list of candidate files.
+
+Two layouts:
+
+- **Folder per label** (`collect_folders`): every file's label is the path of the folder holding it,
+  relative to the root, so nested labels work (`shoes/boots/1.jpg` has label `shoes/boots`). Files
+  directly in the root have no label and are rejected as `unlabelled`.
+- **List file** (`collect_list_file`): a header names the columns, `path task1 [task2 …]`, then one
+  line per image: its path relative to the list file's folder and one label per task, `-` where a
+  task's label is unknown. Columns are separated by tabs if the line has any, else by whitespace.
+
+Hidden entries (a name starting with '.') and macOS archive debris (`__MACOSX`, `Thumbs.db`,
+`desktop.ini`) are skipped and only counted.
+
+Archives (`extract_archive`, zip / tar / tar.gz) are extracted entry by entry into a fresh directory,
+never with extractall: an entry with an absolute path or a `..` segment, a symbolic or hard link, a
+device, FIFO or other special entry, an encrypted or oversized entry is not written and is listed
+with its reason; every written path is checked to resolve inside the destination. Totals beyond the
+limits (bytes, entry count) stop the extraction with ResourceExhausted. Object-store prefixes
+(`download_prefix`) are copied into a directory under the same limits.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.storage import ObjectCorrupted, ObjectStore
+from services.ingest.options import DEFAULT_LIMITS, SourceLimits
+from services.ingest.validation import Reject
+
+UNLABELLED = "unlabelled"
+UNSAFE_PATH = "unsafe-path"
+LINK = "link"
+SPECIAL_FILE = "special-file"
+TOO_LARGE = "too-large"
+ENCRYPTED = "encrypted"
+CORRUPT_ENTRY = "corrupt-entry"
+DUPLICATE_ENTRY = "duplicate-entry"
+MISSING = "missing"
+MALFORMED = "malformed-line"
+
+_JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
+_HEADER_FIRST = {"path", "file", "filename", "image", "#path"}
+_COPY_CHUNK = 1024 * 1024
+
+ARCHIVE_FORMATS = ("zip", "tar", "tar.gz")
+_LOCAL_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+class Candidate(NamedTuple):
+    """A file proposed as an example: where it is on disk, how reports name it, its labels per task."""
+
+    path: str
+    name: str
+    labels: tuple[str | None, ...]
+
+
+@dataclass
+class Collection:
+    tasks: tuple[str, ...]
+    candidates: list[Candidate] = field(default_factory=list)
+    rejected: list[Reject] = field(default_factory=list)
+    # Every (task index, label) the source names, with where it was named (folder or list file):
+    # a label whose every image is rejected must be noticed, not silently vanish.
+    declared: dict[tuple[int, str], str] = field(default_factory=dict)
+    ignored: int = 0
+    # Labels of rejected files, for per-label reject counts: name -> labels.
+    rejected_labels: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+
+
+def _is_junk(name: str) -> bool:
+    return name.startswith(".") or name in _JUNK_NAMES
+
+
+OnBatch = Callable[[list[str]], None]
+
+
+def collect(root: Path, list_file: str = "", field_name: str = "source.list_file",
+            on_batch: OnBatch | None = None) -> Collection:
+    """The candidates of `root`. `on_batch` (if given) receives the candidates' paths as they are
+    found, in the order of `candidates`, so that validation can start before the walk ends."""
+    if list_file:
+        found = collect_list_file(root, list_file, field_name)
+        if on_batch is not None:
+            on_batch([c.path for c in found.candidates])
+        return found
+    return collect_folders(root, on_batch)
+
+
+def collect_folders(root: Path, on_batch: OnBatch | None = None) -> Collection:
+    """Folder-per-label layout; labels are '/'-joined folder paths relative to `root`. Plain strings
+    and os.scandir throughout: the walk is the one part of ingest that is not spread over workers."""
+    found = Collection(tasks=("label",))
+    _walk(found, os.fspath(root), "", on_batch)
+    return found
+
+
+def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | None) -> None:
+    try:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+    except OSError as exc:
+        found.rejected.append(Reject(label or ".", f"unreadable: the folder cannot be listed: {exc.strerror}"))
+        return
+    candidates, rejected, subdirs = found.candidates, found.rejected, []
+    first = len(candidates)
+    for entry in entries:
+        name = entry.name
+        if name[0] == "." or name in _JUNK_NAMES:
+            found.ignored += 1
+            continue
+        shown = f"{label}/{name}" if label else name
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append((entry.path, shown))
+        elif entry.is_symlink() and entry.is_dir():
+            rejected.append(Reject(shown, f"{LINK}: a symbolic link to a folder is not followed"))
+        elif not entry.is_file():  # a FIFO, socket or device (reading a FIFO would block), or a broken link
+            rejected.append(Reject(shown, f"{SPECIAL_FILE}: not a regular file"))
+        elif not label:
+            rejected.append(Reject(shown, f"{UNLABELLED}: a file at the top level has no label folder; put each "
+                                          f"image in a folder named after its label"))
+        else:
+            candidates.append(Candidate(entry.path, shown, (label,)))
+            found.declared.setdefault((0, label), label)
+    if on_batch is not None and len(candidates) > first:
+        on_batch([c.path for c in candidates[first:]])
+    for path, shown in subdirs:
+        _walk(found, path, shown, on_batch)
+
+
+def _split_columns(line: str) -> list[str]:
+    return [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
+
+
+def _unsafe(name: str) -> str:
+    """Why a relative path from a list file or an archive may not be used, or '' if it may."""
+    if "\x00" in name:
+        return f"{UNSAFE_PATH}: the name contains a NUL character"
+    normal = name.replace("\\", "/")
+    if normal.startswith("/") or re.match(r"^[A-Za-z]:", normal):
+        return f"{UNSAFE_PATH}: absolute path"
+    if ".." in normal.split("/"):
+        return f"{UNSAFE_PATH}: a '..' segment would lead outside the dataset"
+    return ""
+
+
+def collect_list_file(root: Path, list_file: str, field_name: str = "source.list_file") -> Collection:
+    """List-file layout; raises InvalidArgument(field_name, …) when the list file itself is unusable."""
+    problem = _unsafe(list_file)
+    if problem:
+        raise InvalidArgument(field_name, f"{list_file!r}: {problem.split(': ', 1)[1]}")
+    path = root / list_file
+    if not path.is_file():
+        raise InvalidArgument(field_name, f"{list_file!r} is not a file in the source")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(field_name, f"{list_file!r} cannot be read as UTF-8 text: {exc}") from None
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("# ")]
+    if not numbered:
+        raise InvalidArgument(field_name, f"{list_file!r} is empty")
+    header_no, header = numbered[0]
+    columns = _split_columns(header)
+    if len(columns) < 2 or columns[0].lower() not in _HEADER_FIRST:
+        raise InvalidArgument(field_name, f"{list_file}:{header_no}: the first line must be a header naming the "
+                                          f"columns, e.g. 'path label' or 'path color shape', got {header!r}")
+    tasks = tuple(columns[1:])
+    if len(set(tasks)) != len(tasks):
+        raise InvalidArgument(field_name, f"{list_file}:{header_no}: task names repeat in the header {tasks}")
+    found = Collection(tasks=tasks)
+    base = path.parent
+    for number, line in numbered[1:]:
+        where = f"{list_file}:{number}"
+        cols = _split_columns(line)
+        if len(cols) != len(tasks) + 1:
+            found.rejected.append(Reject(where, f"{MALFORMED}: expected {len(tasks) + 1} columns (path and one "
+                                                f"label per task {', '.join(tasks)}), got {len(cols)}"))
+            continue
+        name, values = cols[0], cols[1:]
+        labels = tuple(None if v == "-" else v for v in values)
+        for task, label in enumerate(labels):
+            if label is not None:
+                found.declared.setdefault((task, label), list_file)
+        problem = _unsafe(name)
+        if problem:
+            found.rejected.append(Reject(name, problem))
+            found.rejected_labels[name] = labels
+            continue
+        file = base / name.replace("\\", "/")
+        if not file.is_file():
+            found.rejected.append(Reject(name, f"{MISSING}: listed at {where} but not a file in the source"))
+            found.rejected_labels[name] = labels
+            continue
+        if all(label is None for label in labels):
+            found.rejected.append(Reject(name, f"{UNLABELLED}: every task's label is '-' at {where}"))
+            continue
+        found.candidates.append(Candidate(str(file), name, labels))
+    return found
+
+
+# --------------------------------------------------------------------------- archives
+
+
+def detect_archive_format(path: Path) -> str:
+    """"zip", "tar.gz" or "tar" from the first bytes; "" when it is none of them."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b":
+        return "tar.gz"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    return ""
+
+
+@dataclass
+class Extracted:
+    """What an extraction kept and left out. `digest` identifies the content (each kept file's path and
+    sha256, each reject), not the archive's bytes: re-packing the same files (a new gzip timestamp,
+    another format) gives the same digest."""
+
+    rejected: list[Reject]
+    files: int
+    digest: str
+
+
+class _Extraction:
+    """Bookkeeping shared by the zip and tar walkers."""
+
+    def __init__(self, dest: Path, limits: SourceLimits):
+        self.dest = dest.resolve()
+        self.limits = limits
+        self.rejected: list[Reject] = []
+        self.written: dict[str, str] = {}  # kept path -> sha256
+        self.entries = 0
+        self.declared_bytes = 0
+
+    def result(self) -> Extracted:
+        lines = sorted(f"file {key} {sha}" for key, sha in self.written.items())
+        lines += sorted(f"reject {r.path} {r.reason}" for r in self.rejected)
+        digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+        return Extracted(self.rejected, len(self.written), digest)
+
+    def count(self, declared_size: int) -> None:
+        self.entries += 1
+        if self.entries > self.limits.max_files:
+            raise ResourceExhausted(f"the archive has more than {self.limits.max_files} entries")
+        self.declared_bytes += max(0, declared_size)
+        if self.declared_bytes > self.limits.max_total_bytes:
+            raise ResourceExhausted(f"the archive expands to more than {self.limits.max_total_bytes} bytes")
+
+    def target(self, name: str) -> Path | None:
+        """The destination of entry `name`, or None (with the reject recorded) when it is not safe."""
+        problem = _unsafe(name)
+        if problem:
+            self.rejected.append(Reject(name, problem))
+            return None
+        parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts:
+            return None  # the archive's root folder itself
+        target = self.dest.joinpath(*parts)
+        if not target.resolve().is_relative_to(self.dest):  # defence in depth: nothing leaves dest
+            self.rejected.append(Reject(name, f"{UNSAFE_PATH}: resolves outside the dataset"))
+            return None
+        return target
+
+    def write(self, name: str, target: Path, source, declared: int) -> None:
+        key = target.relative_to(self.dest).as_posix()
+        if key in self.written:
+            self.rejected.append(Reject(name, f"{DUPLICATE_ENTRY}: the archive holds this path more than once; "
+                                              f"the first copy is kept"))
+            return
+        if declared > self.limits.max_file_bytes:
+            self.rejected.append(Reject(name, f"{TOO_LARGE}: {declared} bytes is over the limit of "
+                                              f"{self.limits.max_file_bytes} per file"))
+            return
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.resolve().is_relative_to(self.dest):
+                raise OSError("parent folder resolves outside the dataset")
+            sha = hashlib.sha256()
+            with source() as src, open(target, "xb") as out:
+                written = 0
+                while chunk := src.read(_COPY_CHUNK):
+                    written += len(chunk)
+                    if written > declared or written > self.limits.max_file_bytes:
+                        raise _Oversized()
+                    sha.update(chunk)
+                    out.write(chunk)
+        except _Oversized:
+            target.unlink(missing_ok=True)
+            self.rejected.append(Reject(name, f"{CORRUPT_ENTRY}: holds more data than its header declares"))
+            return
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+            target.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in _LOCAL_DISK_ERRORS:
+                raise  # the service's disk, not the entry
+            self.rejected.append(Reject(name, f"{CORRUPT_ENTRY}: cannot be extracted: {exc}"))
+            return
+        self.written[key] = sha.hexdigest()
+
+
+class _Oversized(Exception):
+    pass
+
+
+def extract_archive(archive: Path, fmt: str, dest: Path, limits: SourceLimits = DEFAULT_LIMITS,
+                    field_name: str = "archive_format") -> Extracted:
+    """Extracts the safe entries of `archive` into `dest` (created); returns the entries left out and
+    a digest of the content. InvalidArgument(field_name) when the file is not an archive of `fmt`."""
+    if fmt not in ARCHIVE_FORMATS:
+        raise InvalidArgument(field_name, f"unknown archive format {fmt!r}; expected one of {ARCHIVE_FORMATS}")
+    dest.mkdir(parents=True, exist_ok=True)
+    job = _Extraction(dest, limits)
+    actual = detect_archive_format(archive)
+    if actual != fmt and not (fmt == "tar" and actual == "" and archive.stat().st_size > 0):
+        raise InvalidArgument(field_name, f"the data is not a {fmt} archive"
+                                          + (f" (it looks like {actual})" if actual else ""))
+    try:
+        if fmt == "zip":
+            _extract_zip(archive, job)
+        else:
+            _extract_tar(archive, "r:gz" if fmt == "tar.gz" else "r:", job)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno in _LOCAL_DISK_ERRORS:
+            raise  # a local disk problem, not the upload's fault
+        raise InvalidArgument(field_name, f"the {fmt} archive is damaged or incomplete: {exc}") from None
+    return job.result()
+
+
+def _extract_zip(archive: Path, job: _Extraction) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            job.count(info.file_size)
+            name = info.filename
+            mode = info.external_attr >> 16
+            if info.create_system == 3 and mode:  # unix attributes recorded
+                if stat.S_ISLNK(mode):
+                    job.rejected.append(Reject(name, f"{LINK}: symbolic links are not extracted"))
+                    continue
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+                    job.rejected.append(Reject(name, f"{SPECIAL_FILE}: {_kind(mode)} entries are not extracted"))
+                    continue
+            target = job.target(name)
+            if target is None:
+                continue
+            if info.is_dir():
+                _mkdir(job, name, target)
+                continue
+            if info.flag_bits & 0x1:
+                job.rejected.append(Reject(name, f"{ENCRYPTED}: password-protected entries are not supported"))
+                continue
+            job.write(name, target, lambda info=info: zf.open(info), info.file_size)
+
+
+def _extract_tar(archive: Path, mode: str, job: _Extraction) -> None:
+    with tarfile.open(archive, mode) as tar:
+        for member in _members(tar):
+            job.count(member.size if member.isfile() else 0)
+            name = member.name
+            if member.issym():
+                job.rejected.append(Reject(name, f"{LINK}: symbolic link to {member.linkname!r} is not extracted"))
+                continue
+            if member.islnk():
+                job.rejected.append(Reject(name, f"{LINK}: hard link to {member.linkname!r} is not extracted"))
+                continue
+            if not (member.isfile() or member.isdir()):
+                what = ("character device" if member.ischr() else "block device" if member.isblk()
+                        else "FIFO" if member.isfifo() else f"type {member.type!r}")
+                job.rejected.append(Reject(name, f"{SPECIAL_FILE}: {what} entries are not extracted"))
+                continue
+            target = job.target(name)
+            if target is None:
+                continue
+            try:  # the standard library's own judgement, on top of ours (PEP 706)
+                tarfile.data_filter(member, str(job.dest))
+            except tarfile.FilterError as exc:
+                job.rejected.append(Reject(name, f"{UNSAFE_PATH}: {exc}"))
+                continue
+            if member.isdir():
+                _mkdir(job, name, target)
+                continue
+            job.write(name, target, lambda member=member: _opened(tar, member), member.size)
+
+
+def _opened(tar: tarfile.TarFile, member: tarfile.TarInfo):
+    handle = tar.extractfile(member)
+    if handle is None:  # pragma: no cover - only for non-files, filtered above
+        raise tarfile.TarError("no data")
+    return handle
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Members one by one as the stream is read (tar.getmembers() would hold them all)."""
+    while (member := tar.next()) is not None:
+        yield member
+        tar.members = []  # tarfile keeps every member seen; the walk does not need them
+
+
+def _mkdir(job: _Extraction, name: str, target: Path) -> None:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        job.rejected.append(Reject(name, f"{CORRUPT_ENTRY}: cannot be extracted: {exc}"))
+
+
+def _kind(mode: int) -> str:
+    for test, word in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return word
+    return "special"
+
+
+def archive_root(root: Path, list_file: str = "") -> Path:
+    """Where an extracted archive's data starts: `root` when the list file is found there as named,
+    otherwise the folder `unwrap` finds."""
+    if list_file and not _unsafe(list_file) and (root / list_file).is_file():
+        return root
+    return unwrap(root)
+
+
+def unwrap(root: Path) -> Path:
+    """Archives often hold one folder that holds the label folders (`zip -r cats.zip cats/`): while
+    `root` holds nothing but one folder, and that folder has folders inside, descend into it."""
+    while True:
+        entries = [e for e in os.scandir(root) if not _is_junk(e.name)]
+        if len(entries) != 1 or not entries[0].is_dir(follow_symlinks=False):
+            return root
+        inner = Path(entries[0].path)
+        if not any(e.is_dir(follow_symlinks=False) and not _is_junk(e.name) for e in os.scandir(inner)):
+            return root
+        root = inner
+
+
+# --------------------------------------------------------------------------- object store
+
+
+def download_prefix(store: ObjectStore, prefix: str, dest: Path, limits: SourceLimits = DEFAULT_LIMITS,
+                    threads: int = 8) -> list[Reject]:
+    """Copies every object under `prefix` (a "folder": '/' is appended when missing) into `dest`,
+    keeping the relative keys as paths. Returns the objects left out (too large, corrupted)."""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    dest.mkdir(parents=True, exist_ok=True)
+    rejected: list[Reject] = []
+    wanted: list[tuple[str, Path]] = []
+    total = 0
+    for count, info in enumerate(store.list(prefix), 1):
+        if count > limits.max_files:
+            raise ResourceExhausted(f"more than {limits.max_files} objects under {prefix!r}")
+        rel = info.key[len(prefix):]
+        if info.size > limits.max_file_bytes:
+            rejected.append(Reject(rel, f"{TOO_LARGE}: {info.size} bytes is over the limit of "
+                                        f"{limits.max_file_bytes} per file"))
+            continue
+        total += info.size
+        if total > limits.max_total_bytes:
+            raise ResourceExhausted(f"the objects under {prefix!r} hold more than {limits.max_total_bytes} bytes")
+        wanted.append((info.key, dest / rel))
+
+    def fetch(item: tuple[str, Path]) -> Reject | None:
+        key, path = item
+        try:
+            store.get_file(key, path)
+        except ObjectCorrupted as exc:
+            return Reject(key[len(prefix):], f"{CORRUPT_ENTRY}: {exc.message}")
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="ingest-download") as pool:
+        rejected.extend(r for r in pool.map(fetch, wanted) if r is not None)
+    return rejected
+
+
