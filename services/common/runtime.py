@@ -7,6 +7,7 @@ registers its servicer and its event subscriptions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -29,16 +30,19 @@ class ServiceContext:
     store: ObjectStore
     bus: EventBus
     server: GrpcServer
+    # Opens another connection to the same store, for worker processes (a client cannot be pickled).
+    store_factory: Callable[[], ObjectStore]
 
 
-def connect(name: str, settings: ServiceSettings) -> tuple[ObjectStore, EventBus]:
+def connect(name: str, settings: ServiceSettings) -> tuple[Callable[[], ObjectStore], ObjectStore, EventBus]:
     """Opens the object store and the Kafka bus. Neither call blocks on the network: an
     unreachable dependency shows up in readiness, not as a crash at start-up."""
-    store = MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                             settings.s3_bucket, secure=settings.s3_secure)
+    store_factory = functools.partial(MinioObjectStore, settings.s3_endpoint, settings.s3_access_key,
+                                      settings.s3_secret_key, settings.s3_bucket, secure=settings.s3_secure)
+    store = store_factory()
     bus = KafkaEventBus(settings.kafka_bootstrap, client_id=name, processed=ObjectStoreProcessedEvents(store),
                         max_poll_interval_ms=settings.kafka_max_poll_interval_ms)
-    return store, bus
+    return store_factory, store, bus
 
 
 def run_service(name: str, build: Callable[[ServiceContext], None],
@@ -52,7 +56,7 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
     configure_logging(name, settings.log_level)
     grpc_port, metrics_port = settings.ports_for(name)
     metrics_server = serve_metrics(metrics_port, settings.listen_host)
-    store, bus = connect(name, settings)
+    store_factory, store, bus = connect(name, settings)
     server = GrpcServer(
         name, port=grpc_port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
         worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,
@@ -61,7 +65,7 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
     server.on_stop(bus.close)  # registered first, so it runs last: flush events the hooks below emit
     if metrics_server is not None:
         server.on_stop(metrics_server.shutdown)
-    build(ServiceContext(name, settings, store, bus, server))
+    build(ServiceContext(name, settings, store, bus, server, store_factory))
     server.start()
     log.info("started", extra={"grpc_port": server.port, "metrics_port": metrics_port})
     server.serve_until_signalled()

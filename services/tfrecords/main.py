@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 
 from classforge.v1 import tfrecords_service_pb2, tfrecords_service_pb2_grpc
 from services.common.runtime import ServiceContext, run_service
-from services.common.storage import MinioObjectStore
 from services.tfrecords.builder import RecordsBuilder
 from services.tfrecords.domain import RecordsDomain
 from services.tfrecords.servicer import TFRecordsServicer
@@ -19,11 +17,8 @@ CONSUMER_GROUP = "tfrecords"
 
 def build(context: ServiceContext) -> None:
     settings: TFRecordsSettings = context.settings
-    # Worker processes open their own connection to the same bucket (a client cannot be pickled).
-    store_factory = functools.partial(MinioObjectStore, settings.s3_endpoint, settings.s3_access_key,
-                                      settings.s3_secret_key, settings.s3_bucket, secure=settings.s3_secure)
     builder = RecordsBuilder(workers=settings.workers, scratch_dir=settings.scratch_dir or None,
-                             store_factory=store_factory)
+                             store_factory=context.store_factory)
     domain = RecordsDomain(context.store, context.bus, builder, min_shards=settings.read_parallelism,
                            concurrent_builds=settings.concurrent_builds)
     context.server.add_service(tfrecords_service_pb2_grpc.add_TFRecordsServiceServicer_to_server,
