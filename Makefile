@@ -13,7 +13,7 @@ GEN_DIR := gen/python
 .PHONY: help demo venv protos lint test test-unit test-integration infra-up infra-down infra-status bench lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -63,3 +63,6 @@ lock: ## re-resolve requirements.lock from pyproject.toml in a scratch venv
 
 clean: ## remove the venv and local infrastructure state
 	rm -rf $(VENV) .infra
+
+# Compose stack: make up / up-gpu / down / down-volumes / compose-ps / compose-logs
+-include deploy/compose.mk

@@ -7,7 +7,8 @@ import sys
 
 from bench.table import render
 
-BENCHMARKS = ["bench.grpc_runtime", "bench.ingest", "bench.tfrecords", "bench.inference"]
+BENCHMARKS = ["bench.grpc_runtime", "bench.ingest", "bench.tfrecords", "bench.trainer", "bench.evaluator",
+              "bench.inference"]
 
 
 def main() -> int:

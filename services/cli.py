@@ -23,11 +23,12 @@ from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
 
 # `classforge serve NAME` runs services/<module>/main.py.
-SERVICES = {"jobs": "jobs", "ingest": "ingest", "tfrecords": "tfrecords", "inference": "inference",
-            "model-server": "model_server"}
+SERVICES = {"jobs": "jobs", "ingest": "ingest", "tfrecords": "tfrecords", "trainer": "trainer",
+            "evaluator": "evaluator", "inference": "inference", "model-server": "model_server"}
 # Each service package may add its own subcommands with `register(subparsers)`; they import their
 # heavy dependencies (TensorFlow) only when their command runs, so `classforge --help` stays fast.
-COMMAND_MODULES = ("services.ingest.cli", "services.tfrecords.cli", "services.inference.cli")
+COMMAND_MODULES = ("services.ingest.cli", "services.tfrecords.cli", "services.trainer.cli",
+                   "services.evaluator.cli", "services.inference.cli")
 
 
 def load_spec(path: Path) -> common_pb2.JobSpec:

@@ -41,6 +41,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import AuthorizationError, IllegalStateError, TopicAlreadyExistsError, for_code
 
 from classforge.v1 import events_pb2
+from services.common import metrics
 from services.common.errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
@@ -347,6 +348,7 @@ class _Delivery:
 
     def settle_dead(self, result: _Result) -> None:
         """After the dead letter is safely written: never try this event again."""
+        metrics.DEAD_LETTERS.labels(self.group).inc()
         if result.event is not None and result.event.event_id:
             self.processed.mark(self.group, result.event.event_id)
 

@@ -34,3 +34,8 @@ def serve_metrics(port: int, host: str = "0.0.0.0"):
         return None
     server, _thread = start_http_server(port, addr=host)
     return server
+DEAD_LETTERS = Counter(
+    "classforge_events_dead_letters_total",
+    "Events a consumer group gave up on and sent to the dead-letter topic, by group.",
+    ["group"],
+)

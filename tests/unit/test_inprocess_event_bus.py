@@ -219,3 +219,25 @@ def test_a_failing_dead_letter_handler_does_not_stop_its_group():
         assert all(letter.attempts == 1 for letter in seen)
     finally:
         bus.close()
+
+
+def test_dead_letters_are_counted_per_group():
+    from prometheus_client import REGISTRY
+
+    from classforge.v1 import events_pb2
+    from services.common.events import InProcessEventBus, new_event
+
+    def before() -> float:
+        return REGISTRY.get_sample_value("classforge_events_dead_letters_total", {"group": "doomed"}) or 0.0
+
+    start = before()
+    bus = InProcessEventBus(max_attempts=2, backoff_s=0.01)
+
+    def always_fails(event):
+        raise RuntimeError("cannot handle")
+
+    bus.subscribe("doomed", always_fails)
+    bus.publish(new_event("job-dl", "test", cancel_requested=events_pb2.CancelRequested()))
+    bus.drain(5)
+    bus.close()
+    assert before() == start + 1

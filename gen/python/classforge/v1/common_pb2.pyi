@@ -143,14 +143,16 @@ class Augmentation(_message.Message):
     def __init__(self, crop_scale_min: _Optional[float] = ..., crop_scale_max: _Optional[float] = ..., crop_aspect_min: _Optional[float] = ..., crop_aspect_max: _Optional[float] = ..., box_jitter: _Optional[float] = ..., horizontal_flip: _Optional[bool] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., saturation: _Optional[float] = ..., hue: _Optional[float] = ..., jpeg_quality_min: _Optional[int] = ..., jpeg_quality_max: _Optional[int] = ..., rescale_min: _Optional[float] = ..., rescale_max: _Optional[float] = ..., multi_scale_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TrainingStage(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "freeze_backbone")
+    __slots__ = ("epochs", "learning_rate", "freeze_backbone", "skip")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     FREEZE_BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     learning_rate: float
     freeze_backbone: bool
-    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., freeze_backbone: _Optional[bool] = ...) -> None: ...
+    skip: bool
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., freeze_backbone: _Optional[bool] = ..., skip: _Optional[bool] = ...) -> None: ...
 
 class TaskLoss(_message.Message):
     __slots__ = ("task", "weight", "regression")
@@ -163,7 +165,7 @@ class TaskLoss(_message.Message):
     def __init__(self, task: _Optional[str] = ..., weight: _Optional[float] = ..., regression: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("input_size", "batch_size", "seed", "backbone", "squeeze_excitation", "group_norm", "small_input_stem", "initial_weights_uri", "augmentation", "label_smoothing", "class_weights", "center_loss_weight", "task_losses", "weight_decay", "optimizer", "momentum", "nesterov", "lr_schedule", "warmup_epochs", "head_stage", "full_stage", "validate_every_epochs", "early_stopping_patience", "mixed_precision", "xla")
+    __slots__ = ("input_size", "batch_size", "seed", "backbone", "squeeze_excitation", "group_norm", "small_input_stem", "initial_weights_uri", "augmentation", "label_smoothing", "class_weights", "center_loss_weight", "task_losses", "weight_decay", "optimizer", "momentum", "nesterov", "lr_schedule", "warmup_epochs", "head_stage", "full_stage", "validate_every_epochs", "early_stopping_patience", "mixed_precision", "xla", "max_steps_per_epoch", "width_multiplier", "dropout")
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +191,9 @@ class TrainingConfig(_message.Message):
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
     MIXED_PRECISION_FIELD_NUMBER: _ClassVar[int]
     XLA_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
     input_size: int
     batch_size: int
     seed: int
@@ -214,7 +219,10 @@ class TrainingConfig(_message.Message):
     early_stopping_patience: int
     mixed_precision: bool
     xla: bool
-    def __init__(self, input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., backbone: _Optional[_Union[Backbone, str]] = ..., squeeze_excitation: _Optional[bool] = ..., group_norm: _Optional[bool] = ..., small_input_stem: _Optional[bool] = ..., initial_weights_uri: _Optional[str] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., label_smoothing: _Optional[float] = ..., class_weights: _Optional[bool] = ..., center_loss_weight: _Optional[float] = ..., task_losses: _Optional[_Iterable[_Union[TaskLoss, _Mapping]]] = ..., weight_decay: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., warmup_epochs: _Optional[int] = ..., head_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., full_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., validate_every_epochs: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., mixed_precision: _Optional[bool] = ..., xla: _Optional[bool] = ...) -> None: ...
+    max_steps_per_epoch: int
+    width_multiplier: float
+    dropout: float
+    def __init__(self, input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., backbone: _Optional[_Union[Backbone, str]] = ..., squeeze_excitation: _Optional[bool] = ..., group_norm: _Optional[bool] = ..., small_input_stem: _Optional[bool] = ..., initial_weights_uri: _Optional[str] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., label_smoothing: _Optional[float] = ..., class_weights: _Optional[bool] = ..., center_loss_weight: _Optional[float] = ..., task_losses: _Optional[_Iterable[_Union[TaskLoss, _Mapping]]] = ..., weight_decay: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., warmup_epochs: _Optional[int] = ..., head_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., full_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., validate_every_epochs: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., mixed_precision: _Optional[bool] = ..., xla: _Optional[bool] = ..., max_steps_per_epoch: _Optional[int] = ..., width_multiplier: _Optional[float] = ..., dropout: _Optional[float] = ...) -> None: ...
 
 class ConfusionBound(_message.Message):
     __slots__ = ("true_label", "predicted_label", "max_rate")

@@ -15,27 +15,35 @@ class TrainingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAINING_STATUS_SUCCEEDED: _ClassVar[TrainingStatus]
     TRAINING_STATUS_FAILED: _ClassVar[TrainingStatus]
     TRAINING_STATUS_STOPPED: _ClassVar[TrainingStatus]
+    TRAINING_STATUS_QUEUED: _ClassVar[TrainingStatus]
 TRAINING_STATUS_UNSPECIFIED: TrainingStatus
 TRAINING_STATUS_RUNNING: TrainingStatus
 TRAINING_STATUS_SUCCEEDED: TrainingStatus
 TRAINING_STATUS_FAILED: TrainingStatus
 TRAINING_STATUS_STOPPED: TrainingStatus
+TRAINING_STATUS_QUEUED: TrainingStatus
 
 class Training(_message.Message):
-    __slots__ = ("job_id", "status", "progress", "model", "last_checkpoint_uri", "error")
+    __slots__ = ("job_id", "status", "progress", "model", "last_checkpoint_uri", "error", "records_uri", "config", "history_uri")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_URI_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_URI_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: TrainingStatus
     progress: _events_pb2.TrainingProgress
     model: _common_pb2.ModelRef
     last_checkpoint_uri: str
     error: str
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[TrainingStatus, str]] = ..., progress: _Optional[_Union[_events_pb2.TrainingProgress, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., last_checkpoint_uri: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    records_uri: str
+    config: _common_pb2.TrainingConfig
+    history_uri: str
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[TrainingStatus, str]] = ..., progress: _Optional[_Union[_events_pb2.TrainingProgress, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., last_checkpoint_uri: _Optional[str] = ..., error: _Optional[str] = ..., records_uri: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.TrainingConfig, _Mapping]] = ..., history_uri: _Optional[str] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ("job_id", "records_uri", "config")

@@ -1,0 +1,1 @@
+"""The trainer service: TFRecords in, a SavedModel (and history, curves, checkpoints) out."""

@@ -1,0 +1,77 @@
+"""`classforge train RECORDS --config FILE --out DIR`: trains on a local records directory without any
+service, Kafka or MinIO: the same loop, checkpoints and export as the trainer service.
+
+DIR receives checkpoints/, saved_model/, history.json, training_curves.png, labels.json, config.json,
+model.weights.h5, backbone.weights.h5 and manifest.json (last). Running the same command again resumes
+from DIR/checkpoints (or does nothing if DIR/manifest.json exists); Ctrl-C stops at the next step with a
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from classforge.v1 import common_pb2
+from services.common.errors import ClassforgeError
+from services.common.storage import LocalObjectStore
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train a classifier on a local records directory",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("records", help="records directory (records/<build_id>/ holding manifest.json)")
+    train.add_argument("--config", help="TrainingConfig as YAML or JSON (unset fields get the defaults)")
+    train.add_argument("--out", required=True, help="output directory (checkpoints, SavedModel, history)")
+    train.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    train.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from services.trainer import export
+    from services.trainer.config import load_config, to_json, with_defaults
+    from services.trainer.data import open_records_directory
+    from services.trainer.loop import Hooks, Trainer
+
+    try:
+        config = with_defaults(load_config(args.config) if args.config else common_pb2.TrainingConfig())
+        if args.print_config:
+            print(to_json(config))
+            return 0
+        out = Path(args.out).resolve()
+        store = LocalObjectStore(out)
+        if store.exists("manifest.json"):
+            print(f"classforge: {out} already holds a finished run (manifest.json); nothing to do")
+            return 0
+        data = open_records_directory(args.records, config)
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: (stop.set(), print(
+            "\nstopping at the next step (a checkpoint is written) …", file=sys.stderr)))
+
+        class Say(Hooks):
+            def progress(self, progress, epoch_end):
+                if not epoch_end:
+                    print(f"  stage {progress.stage} epoch {progress.epoch} step {progress.step}: "
+                          f"loss {progress.total_loss:.4f} ({progress.images_per_second:.0f} img/s)", flush=True)
+
+        try:
+            trainer = Trainer(config, data, store, "", out / ".work", hooks=Say(), stop_event=stop,
+                              progress_seconds=30.0, log_fn=lambda text: print(text, flush=True))
+            result = trainer.run()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if result.status == "stopped":
+            print(f"stopped; checkpoint {result.checkpoint_uri}; run the same command again to resume")
+            return 130
+        uris = export.publish(result.network, data.label_map(), to_json(config), result.history, config.input_size,
+                              store, "", out / ".work", {"records": str(args.records),
+                                                         "resumed_from": result.resumed_from})
+        last = result.history[-1] if result.history else {}
+        print(f"done: {uris['model']}  (val_accuracy {last.get('val_accuracy', float('nan')):.4f})")
+        return 0
+    except ClassforgeError as exc:
+        print(f"classforge: {exc.message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,415 @@
+"""Trainer lifecycle: which jobs to train, one run at a time, in a worker thread; events in and out.
+No gRPC and no Kafka here: the servicer calls this class and the event bus feeds `handle`.
+
+Events in (consumer group "trainer"): `job_submitted` stores the job's TrainingConfig
+(state/trainer/<job>/config.pb; the Kafka key is the job id, so it arrives before the job's
+records_built); `records_built` queues the job and returns at once (training runs in the worker
+thread, so the consumer is never blocked past max.poll.interval); `cancel_requested` stops the run at
+the next step boundary with a final checkpoint.
+
+Events out: `training_progress` (every epoch, and every `progress_seconds` within one),
+`training_completed`, `job_cancelled` (stage TRAINING, with the final checkpoint), `stage_failed`.
+
+State: state/trainer/<job>/training.pb (a `Training`: status, records, effective config, last
+checkpoint, model) is written before the handler returns, so the offset is committed only once the
+job is durably queued. On start-up `resume()` re-queues every job still QUEUED or RUNNING; a RUNNING
+one continues from its last checkpoint. Idempotency: a job that is SUCCEEDED, or whose
+models/<job>/manifest.json exists (the export finished), is never trained again; a redelivered
+records_built for a queued or running job changes nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from classforge.v1 import common_pb2, events_pb2, trainer_service_pb2
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.events import EventBus, new_event, payload_kind
+from services.common.storage import ObjectNotFound, ObjectStore, check_key
+from services.trainer import export, metrics
+from services.trainer.config import to_json, with_defaults
+from services.trainer.data import TrainingData, open_records
+from services.trainer.loop import Hooks, Trainer
+
+log = logging.getLogger("classforge.trainer")
+
+Training = trainer_service_pb2.Training
+Status = trainer_service_pb2.TrainingStatus
+TERMINAL = {Status.TRAINING_STATUS_SUCCEEDED, Status.TRAINING_STATUS_FAILED, Status.TRAINING_STATUS_STOPPED}
+ACTIVE = {Status.TRAINING_STATUS_QUEUED, Status.TRAINING_STATUS_RUNNING}
+STATE_PREFIX = "state/trainer/"
+KINDS = ["job_submitted", "records_built", "cancel_requested"]
+
+DataOpener = Callable[[str, common_pb2.TrainingConfig, Path], TrainingData]
+
+
+def model_prefix(job_id: str) -> str:
+    return f"models/{job_id}/"
+
+
+class TrainerDomain:
+    def __init__(self, bus: EventBus, store: ObjectStore, *, work_root: str | Path, progress_seconds: float = 10.0,
+                 producer: str = "trainer", open_data: DataOpener | None = None, max_attempts: int = 3,
+                 retry_seconds: float = 5.0):
+        self.bus = bus
+        self.store = store
+        self.producer = producer
+        self.work_root = Path(work_root)
+        self.progress_seconds = progress_seconds
+        self.max_attempts = max_attempts
+        self.retry_seconds = retry_seconds
+        self.open_data = open_data or (lambda uri, config, cache: open_records(store, uri, config, cache))
+        self._lock = threading.Condition()
+        self._trainings: dict[str, Training] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._active: str | None = None
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._closing = False
+        self._worker: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ persistence
+
+    def _key(self, job_id: str, name: str) -> str:
+        return f"{STATE_PREFIX}{job_id}/{name}"
+
+    def _check_job_id(self, job_id: str) -> None:
+        if not job_id:
+            raise InvalidArgument("job_id", "is required")
+        check_key(self._key(job_id, "training.pb"), "job_id")
+        if "/" in job_id:
+            raise InvalidArgument("job_id", f"{job_id!r} must not contain '/'")
+
+    def _save(self, training: Training) -> None:
+        self.store.put_bytes(self._key(training.job_id, "training.pb"), training.SerializeToString())
+        with self._lock:
+            self._trainings[training.job_id] = training
+            self._lock.notify_all()
+
+    def _load(self, job_id: str) -> Training | None:
+        with self._lock:
+            cached = self._trainings.get(job_id)
+        if cached is not None:
+            return cached
+        try:
+            training = Training.FromString(self.store.get_bytes(self._key(job_id, "training.pb")))
+        except ObjectNotFound:
+            return None
+        with self._lock:
+            return self._trainings.setdefault(job_id, training)
+
+    def _copy(self, training: Training) -> Training:
+        copy = Training()
+        copy.CopyFrom(training)
+        return copy
+
+    def stored_config(self, job_id: str) -> common_pb2.TrainingConfig | None:
+        try:
+            return common_pb2.TrainingConfig.FromString(self.store.get_bytes(self._key(job_id, "config.pb")))
+        except ObjectNotFound:
+            return None
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, event: events_pb2.Event) -> None:
+        kind = payload_kind(event)
+        if kind == "job_submitted":
+            self._check_job_id(event.job_id)
+            # The spec of a job never changes; the first copy stored wins (redeliveries are harmless).
+            if self.stored_config(event.job_id) is None:
+                self.store.put_bytes(self._key(event.job_id, "config.pb"),
+                                     event.job_submitted.spec.training.SerializeToString())
+        elif kind == "records_built":
+            self._start(event.job_id, event.records_built.records_uri, None, from_event=True)
+        elif kind == "cancel_requested":
+            self._cancel(event.job_id, event.cancel_requested.reason, from_event=True)
+
+    # ------------------------------------------------------------------ API
+
+    def start(self, job_id: str, records_uri: str, config: common_pb2.TrainingConfig | None = None) -> Training:
+        return self._start(job_id, records_uri, config, from_event=False)
+
+    def get(self, job_id: str) -> Training:
+        self._check_job_id(job_id)
+        training = self._load(job_id)
+        if training is None:
+            raise NotFound("training", job_id)
+        with self._lock:
+            return self._copy(training)
+
+    def stop(self, job_id: str, reason: str = "stopped by user") -> Training:
+        return self._cancel(job_id, reason, from_event=False)
+
+    def resume(self) -> int:
+        """Start-up: re-queues the jobs a previous process left QUEUED or RUNNING (RUNNING first)."""
+        found = []
+        for info in self.store.list(STATE_PREFIX):
+            if info.key.endswith("/training.pb"):
+                training = Training.FromString(self.store.get_bytes(info.key))
+                with self._lock:
+                    self._trainings[training.job_id] = training
+                if training.status in ACTIVE:
+                    found.append(training)
+        found.sort(key=lambda t: t.status != Status.TRAINING_STATUS_RUNNING)
+        with self._lock:
+            for training in found:
+                if training.job_id not in self._queue and training.job_id != self._active:
+                    self._queue.append(training.job_id)
+            self._ensure_worker()
+            self._lock.notify_all()
+        if found:
+            log.info("resuming trainings", extra={"jobs": [t.job_id for t in found]})
+        return len(found)
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Stops the worker: a running job stops at the next step with a checkpoint and stays RUNNING, so
+        the next trainer process resumes it."""
+        with self._lock:
+            self._closing = True
+            if self._active is not None:
+                self._stop_reason = "shutdown"
+                self._stop.set()
+            self._lock.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    def wait(self, job_id: str, statuses: set[int], timeout: float = 300.0) -> Training:
+        """Blocks until the job reaches one of `statuses` (tests, CLI)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                training = self._trainings.get(job_id)
+                if training is not None and training.status in statuses:
+                    return self._copy(training)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"training {job_id} did not reach {statuses} in {timeout}s "
+                                       f"(now {training.status if training else None})")
+                self._lock.wait(min(remaining, 1.0))
+
+    # ------------------------------------------------------------------ start / cancel
+
+    def _start(self, job_id: str, records_uri: str, config: common_pb2.TrainingConfig | None,
+               from_event: bool) -> Training:
+        self._check_job_id(job_id)
+        if not records_uri:
+            raise InvalidArgument("records_uri", "is required: the records prefix the tfrecords service built")
+        with self._lock:
+            existing = self._load(job_id)
+            if existing is not None:
+                if existing.status == Status.TRAINING_STATUS_SUCCEEDED:
+                    log.info("already trained; not training again", extra={"job_id": job_id})
+                    return self._copy(existing)
+                if existing.status in ACTIVE and (job_id == self._active or job_id in self._queue):
+                    return self._copy(existing)
+                if from_event and existing.status in (Status.TRAINING_STATUS_STOPPED, Status.TRAINING_STATUS_FAILED):
+                    log.info("records built for a stopped or failed training; ignored", extra={"job_id": job_id})
+                    return self._copy(existing)
+        stored = self.stored_config(job_id)
+        if config is not None:
+            self.store.put_bytes(self._key(job_id, "config.pb"), config.SerializeToString())
+        elif stored is not None:
+            config = stored
+        elif from_event:
+            log.warning("no job_submitted seen for this job; training with the default config",
+                        extra={"job_id": job_id})
+        training = Training(job_id=job_id, records_uri=records_uri, status=Status.TRAINING_STATUS_QUEUED)
+        if existing is not None:  # a restart after STOPPED/FAILED keeps its checkpoint: it resumes
+            training.last_checkpoint_uri = existing.last_checkpoint_uri
+        try:
+            training.config.CopyFrom(with_defaults(config))
+        except InvalidArgument as exc:
+            if not from_event:
+                raise
+            training.status, training.error = Status.TRAINING_STATUS_FAILED, exc.message
+            self._save(training)
+            self._publish(job_id, stage_failed=events_pb2.StageFailed(
+                stage=common_pb2.JOB_STAGE_TRAINING, message=f"invalid training config: {exc.message}"))
+            return self._copy(training)
+        self._save(training)
+        with self._lock:
+            self._queue.append(job_id)
+            self._ensure_worker()
+            self._lock.notify_all()
+        log.info("training queued", extra={"job_id": job_id, "records_uri": records_uri})
+        return self._copy(training)
+
+    def _cancel(self, job_id: str, reason: str, from_event: bool) -> Training:
+        self._check_job_id(job_id)
+        with self._lock:
+            training = self._load(job_id)
+            if training is None:
+                if not from_event:
+                    raise NotFound("training", job_id)
+                # Cancelled before its records were built: remember it so a late records_built is ignored.
+                changed = Training(job_id=job_id, status=Status.TRAINING_STATUS_STOPPED,
+                                   error=f"cancelled before training started: {reason}")
+                announce = False
+            elif training.status in TERMINAL:
+                if from_event:
+                    return self._copy(training)
+                raise FailedPrecondition(f"training {job_id!r} already ended as {Status.Name(training.status)}; "
+                                         f"only queued or running trainings can be stopped")
+            elif job_id == self._active:  # the worker checkpoints, then publishes job_cancelled
+                self._stop_reason = "cancel"
+                self._stop.set()
+                log.info("stop requested", extra={"job_id": job_id, "reason": reason})
+                return self._copy(training)
+            else:  # queued (or left RUNNING by an earlier process and not picked up yet)
+                if job_id in self._queue:
+                    self._queue.remove(job_id)
+                changed = self._copy(training)
+                changed.status = Status.TRAINING_STATUS_STOPPED
+                changed.error = f"cancelled: {reason}"
+                announce = True
+        self._save(changed)
+        if announce:
+            self._publish(job_id, job_cancelled=events_pb2.JobCancelled(
+                stage=common_pb2.JOB_STAGE_TRAINING, checkpoint_uri=changed.last_checkpoint_uri))
+        return self._copy(changed)
+
+    # ------------------------------------------------------------------ worker
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="trainer-worker", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._lock.wait()
+                if self._closing:
+                    return
+                job_id = self._queue.popleft()
+                self._active = job_id
+                self._stop = threading.Event()
+                self._stop_reason = ""
+            try:
+                self._run(job_id)
+            except Exception:  # noqa: BLE001 - one job's failure must not stop the worker
+                log.exception("training crashed", extra={"job_id": job_id})
+            finally:
+                with self._lock:
+                    self._active = None
+                metrics.RUNNING.labels(job_id).set(0)
+                metrics.idle()
+
+    def _update(self, job_id: str, change: Callable[[Training], None], persist: bool = True) -> Training:
+        with self._lock:
+            training = self._copy(self._trainings[job_id])
+            change(training)
+            if not persist:
+                self._trainings[job_id] = training
+                self._lock.notify_all()
+        if persist:
+            self._save(training)
+        return training
+
+    def _run(self, job_id: str) -> None:
+        training = self._load(job_id)
+        prefix = model_prefix(job_id)
+        if self.store.exists(prefix + "manifest.json"):  # exported before a crash: only the event is missing
+            self._complete(job_id, training, prefix)
+            return
+
+        def running(t: Training) -> None:
+            t.status = Status.TRAINING_STATUS_RUNNING
+            t.error = ""
+
+        training = self._update(job_id, running)
+        metrics.RUNNING.labels(job_id).set(1)
+        workdir = self.work_root / job_id
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data = self.open_data(training.records_uri, training.config, workdir / "cache")
+                trainer = Trainer(training.config, data, self.store, prefix, workdir / "run",
+                                  hooks=_Hooks(self, job_id), stop_event=self._stop,
+                                  progress_seconds=self.progress_seconds)
+                result = trainer.run()
+                if result.status == "succeeded":
+                    extra = {"job_id": job_id, "records_uri": training.records_uri,
+                             "resumed_from": result.resumed_from, "early_stopped": result.early_stopped}
+                    export.publish(result.network, data.label_map(), to_json(training.config), result.history,
+                                   training.config.input_size, self.store, prefix, workdir / "run", extra)
+                break
+            except Unavailable as exc:
+                if attempt >= self.max_attempts or self._closing:
+                    return self._fail(job_id, f"object store or records unavailable: {exc.message}")
+                log.warning("dependency unavailable; retrying from the last checkpoint",
+                            extra={"job_id": job_id, "attempt": attempt, "error": exc.message})
+                if self._stop.wait(self.retry_seconds * attempt):
+                    return self._stopped(job_id, "")
+            except Exception as exc:  # noqa: BLE001 - reported as stage_failed with the reason
+                log.exception("training failed", extra={"job_id": job_id})
+                return self._fail(job_id, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
+        if result.status == "stopped":
+            return self._stopped(job_id, result.checkpoint_uri)
+        self._complete(job_id, self._load(job_id), prefix)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def _stopped(self, job_id: str, checkpoint_uri: str) -> None:
+        if self._stop_reason == "cancel":
+            def stopped(t: Training) -> None:
+                t.status = Status.TRAINING_STATUS_STOPPED
+                t.error = "cancelled"
+                t.last_checkpoint_uri = checkpoint_uri or t.last_checkpoint_uri
+
+            training = self._update(job_id, stopped)
+            self._publish(job_id, job_cancelled=events_pb2.JobCancelled(
+                stage=common_pb2.JOB_STAGE_TRAINING, checkpoint_uri=training.last_checkpoint_uri))
+            metrics.RUNS.labels("cancelled").inc()
+        else:  # shutdown: stays RUNNING, resumed by the next process from this checkpoint
+            self._update(job_id, lambda t: setattr(t, "last_checkpoint_uri", checkpoint_uri or t.last_checkpoint_uri))
+            log.info("training paused for shutdown", extra={"job_id": job_id, "checkpoint": checkpoint_uri})
+
+    def _complete(self, job_id: str, training: Training, prefix: str) -> None:
+        model = common_pb2.ModelRef(job_id=job_id, uri=self.store.uri(prefix + "saved_model") + "/")
+        history_uri = self.store.uri(prefix + "history.json")
+        self._publish(job_id, training_completed=events_pb2.TrainingCompleted(
+            model=model, history_uri=history_uri, records_uri=training.records_uri))
+
+        def done(t: Training) -> None:
+            t.status = Status.TRAINING_STATUS_SUCCEEDED
+            t.model.CopyFrom(model)
+            t.history_uri = history_uri
+
+        self._update(job_id, done)
+        metrics.RUNS.labels("succeeded").inc()
+        log.info("training completed", extra={"job_id": job_id, "model": model.uri})
+
+    def _fail(self, job_id: str, message: str) -> None:
+        def failed(t: Training) -> None:
+            t.status = Status.TRAINING_STATUS_FAILED
+            t.error = message
+
+        self._update(job_id, failed)
+        self._publish(job_id, stage_failed=events_pb2.StageFailed(stage=common_pb2.JOB_STAGE_TRAINING, message=message))
+        metrics.RUNS.labels("failed").inc()
+
+    def _publish(self, job_id: str, **payload) -> None:
+        self.bus.publish(new_event(job_id, self.producer, **payload))
+
+
+class _Hooks(Hooks):
+    def __init__(self, domain: TrainerDomain, job_id: str):
+        self.domain = domain
+        self.job_id = job_id
+
+    def progress(self, progress: events_pb2.TrainingProgress, epoch_end: bool) -> None:
+        metrics.observe(progress)
+        self.domain._update(self.job_id, lambda t: t.progress.CopyFrom(progress), persist=epoch_end)
+        self.domain._publish(self.job_id, training_progress=progress)
+
+    def checkpoint(self, uri: str, state: dict) -> None:
+        self.domain._update(self.job_id, lambda t: setattr(t, "last_checkpoint_uri", uri))

@@ -1,0 +1,511 @@
+"""The training loop: two-stage fine-tuning with checkpoints in the object store, resume after a crash,
+stop at a step boundary, validation every k epochs, early stopping, progress callbacks.
+
+A custom loop rather than `model.fit`, because it must: stop between two steps with a checkpoint, resume
+in the middle of an epoch, report the data and regularisation losses apart, update the center-loss
+centres, and run unchanged under MirroredStrategy (GPUs) and the default strategy (CPU). The step is one
+tf.function (XLA-compiled when the config asks), so the Python overhead per step is one call.
+
+Stages: stage 1 ("head") trains the heads only: the backbone is `trainable = False`, which in Keras 3
+also runs its BatchNorm layers in inference mode (moving statistics are neither used from the batch nor
+updated). Stage 2 ("full") trains everything with its own optimiser and learning rate. Either can be
+skipped.
+
+Checkpoints: after every epoch, and on a stop request, under `<prefix>checkpoints/<name>/`:
+`model.weights.h5`, `optimizer.npz` (the stage optimiser's variables and the center-loss centres) and
+`state.json` (stage, epoch, step within the epoch, history) written last; then `<prefix>checkpoints/
+latest.json` names it. A run that finds latest.json resumes from it: same stage, same epoch, skipping
+the batches of that epoch already trained (the per-epoch shuffle is seeded, so the order is the same).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from classforge.v1 import common_pb2, events_pb2
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.storage import ObjectNotFound, ObjectStore
+from services.trainer.backbones import Network, build_network, decay_variables
+from services.trainer.data import TrainingData
+from services.trainer.losses import LossComputer, class_weight_vector, l2_penalty
+from services.trainer.schedules import decoupled_decay, make_optimizer
+
+log = logging.getLogger("classforge.trainer")
+
+KEEP_CHECKPOINTS = 2
+
+
+class StopRequested(Exception):
+    pass
+
+
+class Hooks:
+    """Callbacks of a run. The service publishes events and sets gauges from these; tests inject faults."""
+
+    def progress(self, progress: events_pb2.TrainingProgress, epoch_end: bool) -> None: ...
+
+    def checkpoint(self, uri: str, state: dict) -> None: ...
+
+
+@dataclass
+class Stage:
+    index: int  # 1 = head only, 2 = whole network
+    name: str
+    epochs: int
+    learning_rate: float
+    freeze_backbone: bool
+
+
+@dataclass
+class RunResult:
+    status: str  # "succeeded" or "stopped"
+    network: Network
+    history: list[dict]
+    checkpoint_uri: str = ""
+    resumed_from: dict | None = None
+    early_stopped: bool = False
+
+
+def stages_of(config: common_pb2.TrainingConfig) -> list[Stage]:
+    stages = []
+    for index, name, stage in ((1, "head", config.head_stage), (2, "full", config.full_stage)):
+        if not stage.skip and stage.epochs > 0:
+            stages.append(Stage(index, name, stage.epochs, stage.learning_rate, stage.freeze_backbone))
+    return stages
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over the local GPUs when there are two or more; otherwise the default strategy
+    (one GPU or the CPU), which places ops on the GPU by itself."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def prefix_uri(store: ObjectStore, prefix: str) -> str:
+    """The URI of a "directory" prefix (object keys cannot end with '/')."""
+    return store.uri(prefix.rstrip("/")) + "/"
+
+
+class CheckpointStore:
+    def __init__(self, store: ObjectStore, prefix: str, workdir: Path):
+        self.store = store
+        self.prefix = f"{prefix}checkpoints/"
+        self.workdir = Path(workdir)
+
+    def latest(self) -> dict | None:
+        try:
+            pointer = json.loads(self.store.get_bytes(f"{self.prefix}latest.json"))
+            return json.loads(self.store.get_bytes(pointer["key"] + "state.json")) | {"key": pointer["key"]}
+        except ObjectNotFound:
+            return None
+
+    def save(self, network: Network, optimizer, losses: LossComputer, state: dict) -> str:
+        name = f"s{state['stage']}-e{state['epoch']:04d}" + (f"-step{state['step_in_epoch']:06d}"
+                                                              if state["step_in_epoch"] else "")
+        key = f"{self.prefix}{name}/"
+        local = self.workdir / "checkpoint"
+        local.mkdir(parents=True, exist_ok=True)
+        network.model.save_weights(local / "model.weights.h5")
+        arrays = {}
+        if optimizer is not None:
+            owned: dict = {}
+            optimizer.save_own_variables(owned)
+            arrays.update({f"opt/{k}": np.asarray(v) for k, v in owned.items()})
+        if losses.centers is not None:
+            arrays["centers"] = losses.centers.numpy()
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self.store.put_file(key + "model.weights.h5", local / "model.weights.h5")
+        self.store.put_bytes(key + "optimizer.npz", buffer.getvalue())
+        self.store.put_bytes(key + "state.json", json.dumps(state).encode(), "application/json")  # last
+        self.store.put_bytes(f"{self.prefix}latest.json", json.dumps({"key": key}).encode(), "application/json")
+        self._prune(keep=key)
+        return prefix_uri(self.store, key)
+
+    def restore_model(self, state: dict, network: Network, losses: LossComputer) -> dict:
+        local = self.workdir / "restore"
+        local.mkdir(parents=True, exist_ok=True)
+        self.store.get_file(state["key"] + "model.weights.h5", local / "model.weights.h5")
+        network.model.load_weights(local / "model.weights.h5")
+        with np.load(io.BytesIO(self.store.get_bytes(state["key"] + "optimizer.npz"))) as saved:
+            arrays = {k: saved[k] for k in saved.files}
+        if losses.centers is not None and "centers" in arrays:
+            losses.centers.assign(arrays["centers"])
+        return {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+
+    def _prune(self, keep: str) -> None:
+        names = sorted({info.key[len(self.prefix):].split("/", 1)[0] for info in self.store.list(self.prefix)
+                        if "/" in info.key[len(self.prefix):]})
+        names = [n for n in names if f"{self.prefix}{n}/" != keep]
+        for name in names[:max(len(names) - (KEEP_CHECKPOINTS - 1), 0)]:
+            self.store.delete_prefix(f"{self.prefix}{name}/")
+
+
+# --------------------------------------------------------------------------- initial weights
+
+
+def load_initial_weights(store: ObjectStore, uri: str, network: Network, workdir: Path) -> str:
+    """From a .weights.h5 file in the store (backbone or whole model), or from an earlier job's model
+    (`models/<job>/…` or its SavedModel URI: its backbone.weights.h5). Nothing is downloaded from
+    the internet: `imagenet` is refused."""
+    if uri.strip().lower() in ("imagenet", "noisy-student"):
+        raise InvalidArgument("config.initial_weights_uri", "pretrained downloads are not available here; give "
+                                                            "a .weights.h5 in object storage or an earlier job's "
+                                                            "model URI")
+    key = store.key_from_uri(uri) if "://" in uri else uri.lstrip("/")
+    if not key.endswith(".h5"):
+        parts = key.split("/")
+        if len(parts) < 2 or parts[0] != "models":
+            raise InvalidArgument("config.initial_weights_uri", f"{uri!r} is neither a .weights.h5 file nor an "
+                                                                f"earlier job's model (models/<job_id>/…)")
+        key = f"models/{parts[1]}/backbone.weights.h5"
+    local = Path(workdir) / "initial.weights.h5"
+    try:
+        store.get_file(key, local)
+    except ObjectNotFound:
+        raise FailedPrecondition(f"initial weights {key!r} do not exist in the object store") from None
+    errors = []
+    for target in (network.backbone, network.model):
+        try:
+            target.load_weights(local)
+            return key
+        except (ValueError, KeyError) as exc:
+            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    raise FailedPrecondition(f"initial weights {key!r} do not fit this backbone/config (same backbone, width, "
+                             f"norm and SE options are needed): {errors[-1]}")
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class Trainer:
+    config: common_pb2.TrainingConfig  # already passed through config.with_defaults
+    data: TrainingData
+    store: ObjectStore
+    prefix: str  # e.g. "models/<job_id>/"; "" for a directory of its own
+    workdir: Path
+    hooks: Hooks = field(default_factory=Hooks)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    progress_seconds: float = 10.0
+    strategy: tf.distribute.Strategy | None = None
+    log_fn: Callable[[str], None] | None = None
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = CheckpointStore(self.store, self.prefix, self.workdir)
+        self.strategy = self.strategy or choose_strategy()
+
+    def _say(self, text: str) -> None:
+        log.info(text)
+        if self.log_fn:
+            self.log_fn(text)
+
+    # ---- building
+
+    def _build(self) -> tuple[Network, LossComputer]:
+        c = self.config
+        keras.utils.set_random_seed(int(c.seed) % (2 ** 31))
+        class_weights = {}
+        if c.class_weights:
+            class_weights = {t.name: class_weight_vector(self.data.class_counts[t.name]) for t in self.data.tasks
+                             if not t.regression and t.name in self.data.class_counts}
+        with self.strategy.scope():
+            network = build_network(c, self.data.tasks)
+            losses = LossComputer(self.data.tasks, label_smoothing=c.label_smoothing, class_weights=class_weights,
+                                  center_loss_weight=c.center_loss_weight,
+                                  embedding_dim=int(network.model.output["embedding"].shape[-1]))
+        return network, losses
+
+    def _train_step(self, network: Network, losses: LossComputer, optimizer, accum: dict) -> Callable:
+        c = self.config
+        model = network.model
+        train_vars = model.trainable_variables
+        decay_vars = decay_variables(model)
+        decoupled = decoupled_decay(c)
+        replicas = self.strategy.num_replicas_in_sync
+        global_batch = c.batch_size
+        tasks = self.data.tasks
+
+        def step(images, labels):
+            with tf.GradientTape() as tape:
+                outputs = model(images, training=True)
+                data_loss, parts = losses.data_loss(outputs, labels, global_batch)
+                # AdamW decays the weights itself (decoupled): no L2 term in the loss, none reported.
+                reg = tf.constant(0.0) if decoupled else l2_penalty(decay_vars, c.weight_decay) / replicas
+                objective = data_loss + reg
+                scaled = optimizer.scale_loss(objective)
+            grads = tape.gradient(scaled, train_vars)
+            optimizer.apply_gradients(zip(grads, train_vars, strict=True))
+            losses.update_centers(outputs["embedding"], labels)
+            result = {"data": data_loss, "reg": tf.stop_gradient(reg)}
+            for i, task in enumerate(tasks):
+                if not task.regression:
+                    valid = labels[:, i] >= 0
+                    hit = tf.logical_and(valid, tf.argmax(outputs[task.name], -1) == labels[:, i])
+                    result[f"correct/{task.name}"] = tf.reduce_sum(tf.cast(hit, tf.float32))
+                    result[f"valid/{task.name}"] = tf.reduce_sum(tf.cast(valid, tf.float32))
+            return result
+
+        inner = tf.function(step, jit_compile=bool(c.xla))
+
+        @tf.function(reduce_retracing=True)
+        def distributed(images, labels):
+            per_replica = self.strategy.run(inner, args=(images, labels))
+            reduced = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                       for k, v in per_replica.items()}
+            for k, v in reduced.items():
+                accum[k].assign_add(v)
+            accum["steps"].assign_add(1.0)
+
+        return distributed
+
+    def _accumulators(self) -> dict:
+        keys = ["data", "reg", "steps"]
+        for task in self.data.tasks:
+            if not task.regression:
+                keys += [f"correct/{task.name}", f"valid/{task.name}"]
+        with self.strategy.scope():
+            return {k: tf.Variable(0.0, trainable=False, dtype=tf.float32) for k in keys}
+
+    def evaluate(self, network: Network, losses: LossComputer, split: str = "val") -> dict[str, float]:
+        """Loss and accuracy per task on a split, deterministic preprocessing, model in inference mode."""
+        c = self.config
+        model = network.model
+        tasks = self.data.tasks
+        cached = getattr(self, "_eval_step", None)
+        if cached is not None and cached[0] is network:
+            step = cached[1]
+        else:
+            step = self._make_eval_step(model, losses, tasks)
+            self._eval_step = (network, step)
+        sums: dict[str, float] = {}
+        for images, labels in self.data.eval_dataset(split, c.input_size, c.batch_size):
+            for k, v in step(images, labels).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return self._eval_metrics(sums, split)
+
+    @staticmethod
+    def _make_eval_step(model, losses: LossComputer, tasks) -> Callable:
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                      tf.TensorSpec([None, len(tasks)], tf.int64)])
+        def step(images, labels):
+            outputs = model(images, training=False)
+            parts = losses.task_losses(outputs, labels, 1)
+            result = {f"loss/{t.name}": parts[t.name] for t in tasks}
+            for i, task in enumerate(tasks):
+                valid = labels[:, i] >= 0
+                result[f"valid/{task.name}"] = tf.reduce_sum(tf.cast(valid, tf.float32))
+                if not task.regression:
+                    hit = tf.logical_and(valid, tf.argmax(outputs[task.name], -1) == labels[:, i])
+                    result[f"correct/{task.name}"] = tf.reduce_sum(tf.cast(hit, tf.float32))
+            return result
+
+        return step
+
+    def _eval_metrics(self, sums: dict[str, float], split: str) -> dict[str, float]:
+        tasks = self.data.tasks
+        metrics: dict[str, float] = {}
+        total = 0.0
+        for task in tasks:
+            n = max(sums.get(f"valid/{task.name}", 0.0), 1.0)
+            loss = sums.get(f"loss/{task.name}", 0.0) / n
+            metrics[f"{split}_loss/{task.name}"] = loss
+            total += task.weight * loss
+            if not task.regression:
+                metrics[f"{split}_accuracy/{task.name}"] = sums.get(f"correct/{task.name}", 0.0) / n
+        metrics[f"{split}_loss"] = total
+        first = next((t for t in tasks if not t.regression), None)
+        if first is not None:
+            metrics[f"{split}_accuracy"] = metrics[f"{split}_accuracy/{first.name}"]
+        return metrics
+
+    # ---- running
+
+    def run(self) -> RunResult:
+        c = self.config
+        stages = stages_of(c)
+        network, losses = self._build()
+        state = self.checkpoints.latest()
+        opt_arrays: dict = {}
+        history: list[dict] = []
+        if state is not None:
+            opt_arrays = self.checkpoints.restore_model(state, network, losses)
+            history = state.get("history", [])
+            self._say(f"resuming from checkpoint {state['key']} (stage {state['stage']}, epoch {state['epoch']}, "
+                      f"step {state['step_in_epoch']})")
+        elif c.initial_weights_uri:
+            loaded = load_initial_weights(self.store, c.initial_weights_uri, network, self.workdir)
+            self._say(f"initial weights from {loaded}")
+        resumed_from = None if state is None else {k: state[k] for k in ("stage", "epoch", "step_in_epoch")}
+        steps_per_epoch = self.data.steps_per_epoch(c.batch_size)
+        if c.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, c.max_steps_per_epoch)
+        global_epoch = len(history)
+        global_step = int(state["global_step"]) if state else 0
+        checkpoint_uri = ""
+        early_stopped = False
+        best: dict = {"metric": None, "weights": None, "bad": 0}
+
+        for stage in stages:
+            start_epoch, skip_steps = 0, 0
+            if state is not None:
+                if stage.index < state["stage"] or (stage.index == state["stage"] and state["epoch"] >= stage.epochs
+                                                    and not state["step_in_epoch"]):
+                    continue  # finished before the crash
+                if stage.index == state["stage"]:
+                    start_epoch, skip_steps = state["epoch"], state["step_in_epoch"]
+                    best["metric"], best["bad"] = state.get("best_metric"), state.get("bad_rounds", 0)
+            network.backbone.trainable = not stage.freeze_backbone
+            with self.strategy.scope():
+                optimizer = make_optimizer(c, stage.learning_rate, steps_per_epoch, stage.epochs,
+                                           c.warmup_epochs)
+                optimizer.build(network.model.trainable_variables)
+            if state is not None and stage.index == state["stage"] and opt_arrays:
+                optimizer.load_own_variables(opt_arrays)
+            opt_arrays = {}
+            accum = self._accumulators()
+            train_step = self._train_step(network, losses, optimizer, accum)
+            self._say(f"stage {stage.index} ({stage.name}): {stage.epochs} epochs, lr {stage.learning_rate:g}, "
+                      f"{len(network.model.trainable_variables)} trainable tensors, {steps_per_epoch} steps/epoch")
+            for epoch in range(start_epoch, stage.epochs):
+                sizes = list(c.augmentation.multi_scale_sizes) or [c.input_size]
+                size = sizes[global_epoch % len(sizes)]
+                for v in accum.values():
+                    v.assign(0.0)
+                dataset = self.data.train_dataset(global_epoch, c.seed, size,
+                                                  c.batch_size, c.augmentation, skip_batches=skip_steps)
+                dataset = self.strategy.experimental_distribute_dataset(dataset)
+                step_in_epoch, started, last_report = skip_steps, time.perf_counter(), time.monotonic()
+                images_done = 0
+                stopped = False
+                for images, labels in dataset:
+                    if step_in_epoch >= steps_per_epoch:
+                        break
+                    if self.stop_event.is_set():
+                        stopped = True
+                        break
+                    train_step(images, labels)
+                    step_in_epoch += 1
+                    global_step += 1
+                    images_done += c.batch_size
+                    if time.monotonic() - last_report >= self.progress_seconds:
+                        last_report = time.monotonic()
+                        rate = images_done / (time.perf_counter() - started)
+                        self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, {}), False)
+                if not stopped and self.stop_event.is_set() and step_in_epoch < steps_per_epoch:
+                    stopped = True
+                elapsed = time.perf_counter() - started
+                if stopped:
+                    checkpoint_uri = self.checkpoints.save(network, optimizer, losses, self._state(
+                        stage, epoch, step_in_epoch, global_step, history, best))
+                    self.hooks.checkpoint(checkpoint_uri, {"stage": stage.index, "epoch": epoch,
+                                                           "step_in_epoch": step_in_epoch, "stopped": True})
+                    self._say(f"stopped at stage {stage.index} epoch {epoch + 1} step {step_in_epoch}")
+                    return RunResult("stopped", network, history, checkpoint_uri, resumed_from)
+                skip_steps = 0
+                global_epoch += 1
+                rate = images_done / max(elapsed, 1e-9)
+                record = self._epoch_record(stage, epoch, global_epoch, global_step, accum, rate, elapsed, size,
+                                            optimizer)
+                last_epoch = epoch + 1 == stage.epochs
+                if self.data.has("val") and ((epoch + 1) % c.validate_every_epochs == 0 or last_epoch):
+                    record.update(self.evaluate(network, losses, "val"))
+                history.append(record)
+                self._say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()}))
+                stop_early = self._early_stopping(record, best, network, stage)
+                checkpoint_uri = self.checkpoints.save(network, optimizer, losses, self._state(
+                    stage, epoch + 1, 0, global_step, history, best))
+                metrics = {k: v for k, v in record.items() if isinstance(v, float)}
+                self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, metrics), True)
+                self.hooks.checkpoint(checkpoint_uri, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0})
+                if stop_early:
+                    early_stopped = True
+                    self._say(f"early stopping in stage {stage.index} after epoch {epoch + 1}; keeping the "
+                              f"weights of the best validation round")
+                    if best["weights"] is not None:
+                        network.model.set_weights(best["weights"])
+                    break
+            state = None
+            best = {"metric": None, "weights": None, "bad": 0}
+        return RunResult("succeeded", network, history, checkpoint_uri, resumed_from, early_stopped)
+
+    def _monitor(self, record: dict) -> float | None:
+        if "val_accuracy" in record:
+            return record["val_accuracy"]
+        if "val_loss" in record:
+            return -record["val_loss"]
+        return None
+
+    def _early_stopping(self, record: dict, best: dict, network: Network, stage: Stage) -> bool:
+        value = self._monitor(record)
+        if value is None:
+            return False
+        if best["metric"] is None or value > best["metric"] + 1e-6:
+            best["metric"], best["bad"] = value, 0
+            if self.config.early_stopping_patience:
+                best["weights"] = network.model.get_weights()
+            return False
+        best["bad"] += 1
+        return bool(self.config.early_stopping_patience) and best["bad"] >= self.config.early_stopping_patience
+
+    def _state(self, stage: Stage, epoch: int, step_in_epoch: int, global_step: int, history: list,
+               best: dict) -> dict:
+        return {"stage": stage.index, "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                "history": history, "best_metric": best["metric"], "bad_rounds": best["bad"],
+                "saved_at": time.time()}
+
+    def _epoch_record(self, stage: Stage, epoch: int, global_epoch: int, global_step: int, accum: dict,
+                      rate: float, elapsed: float, size: int, optimizer) -> dict:
+        values = {k: float(v.numpy()) for k, v in accum.items()}
+        steps = max(values["steps"], 1.0)
+        record = {"epoch": global_epoch, "stage": stage.index, "stage_epoch": epoch + 1, "step": global_step,
+                  "data_loss": values["data"] / steps, "regularization_loss": values["reg"] / steps,
+                  "images_per_second": rate, "seconds": elapsed, "input_size": size,
+                  "learning_rate": float(_current_lr(optimizer))}
+        record["loss"] = record["data_loss"] + record["regularization_loss"]
+        for task in self.data.tasks:
+            if not task.regression:
+                record[f"accuracy/{task.name}"] = values[f"correct/{task.name}"] / max(
+                    values[f"valid/{task.name}"], 1.0)
+        first = next((t for t in self.data.tasks if not t.regression), None)
+        if first is not None:
+            record["accuracy"] = record[f"accuracy/{first.name}"]
+        return record
+
+    def _progress(self, stage: Stage, epoch: int, global_step: int, accum: dict, rate: float,
+                  metrics: dict) -> events_pb2.TrainingProgress:
+        values = {k: float(v.numpy()) for k, v in accum.items()}
+        steps = max(values["steps"], 1.0)
+        data, reg = values["data"] / steps, values["reg"] / steps
+        progress = events_pb2.TrainingProgress(
+            stage=stage.index, epoch=epoch + 1, step=global_step, total_loss=data + reg, data_loss=data,
+            regularization_loss=reg, images_per_second=rate)
+        for k, v in metrics.items():
+            if math.isfinite(v):
+                progress.metrics[k] = v
+        return progress
+
+
+def _current_lr(optimizer) -> float:
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    lr = inner.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)

@@ -1,0 +1,50 @@
+"""Entry point of the trainer service (`python -m services.trainer.main`)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from classforge.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from services.common.runtime import ServiceContext, run_service
+from services.common.settings import ServiceSettings, env
+from services.trainer.domain import KINDS, TrainerDomain
+from services.trainer.servicer import TrainerServicer
+
+SERVICE_NAME = trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+
+
+@dataclass(frozen=True)
+class TrainerSettings(ServiceSettings):
+    work_dir: str = env("CLASSFORGE_TRAINER_WORK_DIR", "/tmp/classforge-trainer",
+                        "local scratch: shard cache, checkpoints and exports before upload")
+    progress_seconds: float = env("CLASSFORGE_TRAINER_PROGRESS_SECONDS", 10.0,
+                                  "at most one training_progress event this often within an epoch "
+                                  "(plus one per epoch)")
+    stop_timeout: float = env("CLASSFORGE_TRAINER_STOP_TIMEOUT", 120.0,
+                              "on SIGTERM, how long the running job may take to reach a step and checkpoint")
+
+
+def build(context: ServiceContext) -> None:
+    settings: TrainerSettings = context.settings  # type: ignore[assignment]
+    domain = TrainerDomain(context.bus, context.store, work_root=settings.work_dir,
+                           progress_seconds=settings.progress_seconds)
+    context.server.add_service(trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server,
+                               TrainerServicer(domain), SERVICE_NAME)
+
+    def resume_then_follow() -> None:
+        domain.resume()  # jobs a previous process left queued or running continue from their checkpoint
+        context.bus.subscribe("trainer", domain.handle, kinds=KINDS)
+
+    context.server.on_ready(resume_then_follow)
+    # Runs before bus.close (stop hooks run last-registered first): the final checkpoint is written
+    # while the object store and the producer are still open.
+    context.server.on_stop(lambda: domain.close(settings.stop_timeout))
+
+
+def main() -> int:
+    return run_service("trainer", build, TrainerSettings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Augmentations keep shapes and value ranges; the evaluation path is deterministic."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from classforge.v1 import common_pb2
+from services.trainer import augment
+
+EVERYTHING = common_pb2.Augmentation(
+    crop_scale_min=0.2, crop_scale_max=1.0, crop_aspect_min=0.5, crop_aspect_max=2.0, box_jitter=0.2,
+    horizontal_flip=True, brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2, jpeg_quality_min=20,
+    jpeg_quality_max=90, rescale_min=0.3, rescale_max=1.0)
+
+
+@pytest.mark.parametrize("shape", [(17, 45, 3), (64, 64, 3), (8, 8, 3)])
+def test_every_augmentation_keeps_shape_and_range(shape):
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, shape, dtype=np.uint8))
+    fn = tf.function(lambda im: augment.augment(im, 32, EVERYTHING))
+    for _ in range(8):
+        out = fn(image).numpy()
+        assert out.shape == (32, 32, 3) and out.dtype == np.float32
+        assert out.min() >= -1.0 and out.max() <= 1.0
+        assert np.isfinite(out).all()
+
+
+def test_extremes_reach_the_ends_of_the_range_and_augmentation_is_random():
+    black_white = np.zeros((32, 32, 3), np.uint8)
+    black_white[:, 16:] = 255
+    plain = augment.augment(tf.constant(black_white), 32, common_pb2.Augmentation()).numpy()
+    assert plain.min() == pytest.approx(-1.0) and plain.max() == pytest.approx(1.0)
+    outs = [augment.augment(tf.constant(black_white), 32, EVERYTHING).numpy() for _ in range(4)]
+    assert any(not np.allclose(outs[0], o) for o in outs[1:])
+
+
+def test_eval_preprocessing_is_deterministic_and_matches_serving_decode():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    a = augment.preprocess_eval(tf.constant(image), 24).numpy()
+    b = augment.preprocess_eval(tf.constant(image), 24).numpy()
+    np.testing.assert_array_equal(a, b)
+    png = tf.io.encode_png(image)
+    np.testing.assert_allclose(augment.decode_for_serving(png, 24).numpy(), a, atol=1e-6)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_greyscale_becomes_rgb():
+    grey = tf.zeros((10, 10, 1), tf.uint8)
+    assert augment.to_rgb(grey).shape == (10, 10, 3)
