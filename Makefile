@@ -48,9 +48,9 @@ test: protos ## unit and integration tests against real Kafka, MinIO and Prometh
 	deploy/local/infra.sh up
 	rc=0; $(PY) -m pytest tests || rc=$$?; deploy/local/infra.sh down || true; exit $$rc
 
-demo: protos ## start the local infrastructure and show a job going gRPC -> Kafka -> state -> Prometheus
-	deploy/local/infra.sh up
-	$(PY) -m services.demo
+demo: protos ## the whole pipeline, embedded, on Fashion-MNIST (installs the Debian dataset if missing)
+	@test -d /usr/share/datasets/fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m services.demo
 
 bench: protos ## run the benchmarks under bench/ and print one table
 	$(PY) -m bench

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,16 @@ def _print(message, as_json: bool) -> None:
         print(json_format.MessageToJson(message, preserving_proto_field_name=True))
     else:
         print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2))
+
+
+def cmd_run(args) -> int:
+    # Progress goes to stdout; service logs only when something is wrong, as plain lines on stderr.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from services import embedded  # TensorFlow loads here, not when the parser is built
+
+    spec = load_spec(Path(args.config)) if args.config else common_pb2.JobSpec()
+    return embedded.run(Path(args.data), Path(args.out), spec)
 
 
 def cmd_serve(args) -> int:
@@ -116,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline on a folder, every service in this process")
+    run.add_argument("data", help="a folder with one sub-folder per label")
+    run.add_argument("--out", required=True, help="where the store, models, reports and serving path go")
+    run.add_argument("--config", help="YAML/JSON JobSpec (dataset options, training config, gates)")
+    run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="run one service until SIGTERM")
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=cmd_serve)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from services.common import serving_signature as contract
 from services.common.errors import FailedPrecondition, Unavailable
 from services.inference import tfs_api as tfs
 
@@ -46,7 +47,9 @@ class ModelServerClient:
             request.model_spec.version_label = label
         request.inputs[input_key].CopyFrom(tfs.string_tensor(images))
         response = self._predict.Predict(request, timeout=timeout)
-        outputs = {key: tfs.to_numpy(tensor) for key, tensor in response.outputs.items()}
+        # Only the contract's outputs: a model may add others (the trainer adds labels_<task> strings).
+        outputs = {key: tfs.to_numpy(tensor) for key, tensor in response.outputs.items()
+                   if key.startswith((contract.PROBABILITIES_PREFIX, contract.CLASS_IDS_PREFIX))}
         return response.model_spec.version.value, outputs
 
     def status(self, name: str, version: int | None = None, timeout: float = 5.0) -> list[VersionStatus]:

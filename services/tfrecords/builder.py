@@ -262,6 +262,8 @@ class RecordsBuilder:
         """Writes the encoded chunks, in order, into one scratch file per shard; uploads each finished
         shard while the next is written. Returns the uploaded shards' manifest entries by file name."""
         written: dict[str, dict] = {}
+        if self.scratch_dir:  # a configured scratch folder may not exist yet (a fresh volume)
+            Path(self.scratch_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="classforge-records-", dir=self.scratch_dir) as scratch, \
                 _Uploader(out) as uploader:
             current: _ShardFile | None = None
