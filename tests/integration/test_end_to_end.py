@@ -21,7 +21,9 @@ pytestmark = pytest.mark.integration
 PIPELINE = ("jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference")
 
 
-def test_job_runs_from_folder_to_served_model_across_processes(infra, prometheus, start_service, tmp_path):
+def start_pipeline(infra, start_service, tmp_path) -> tuple[dict, dict, str, object]:
+    """Writes 600 digits as label folders and starts every service (and the model server) as its
+    own process on its default ports; returns the processes, their environment, the bucket, the data."""
     images, labels, names = load_digits()
     data = tmp_path / "digits"
     write_image_folders(images, labels, names, data, per_class=60)
@@ -38,22 +40,44 @@ def test_job_runs_from_folder_to_served_model_across_processes(infra, prometheus
     for name in PIPELINE:
         services[name] = start_service(name, common)
     for name, service in services.items():
-        port = DEFAULT_PORTS["model-server" if name == "model_server" else name][0]
-        try:
-            wait_until_serving(grpc.insecure_channel(f"127.0.0.1:{port}"), timeout=180)
-        except TimeoutError:
-            pytest.fail(f"{name} never became SERVING:\n{service.log()[-5000:]}")
+        wait_serving(name, service)
+    return services, common, bucket, data
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{DEFAULT_PORTS['jobs'][0]}")
-    jobs = jobs_grpc.JobsServiceStub(channel)
-    spec = common_pb2.JobSpec(
+
+def wait_serving(name, service) -> None:
+    port = DEFAULT_PORTS["model-server" if name == "model_server" else name][0]
+    try:
+        wait_until_serving(grpc.insecure_channel(f"127.0.0.1:{port}"), timeout=180)
+    except TimeoutError:
+        pytest.fail(f"{name} never became SERVING:\n{service.log()[-5000:]}")
+
+
+def digits_spec(data, epochs: int, **deploy) -> common_pb2.JobSpec:
+    return common_pb2.JobSpec(
         display_name="e2e digits",
         source=common_pb2.DataSource(local_path=str(data)),
         dataset=common_pb2.DatasetOptions(val_fraction=0.15, test_fraction=0.15, seed=5),
         training=common_pb2.TrainingConfig(input_size=32, batch_size=32, backbone=common_pb2.BACKBONE_SMALL_CNN,
-                                           full_stage=common_pb2.TrainingStage(epochs=3)),
+                                           full_stage=common_pb2.TrainingStage(epochs=epochs)),
         gates=common_pb2.EvaluationGates(min_accuracy=0.2),
-        deploy=common_pb2.DeployOptions(deploy=True, model_name="digits"))
+        deploy=common_pb2.DeployOptions(**deploy))
+
+
+def until_training(jobs, job_id: str) -> list[str]:
+    """Follows the job until its first training progress; returns the kinds seen."""
+    seen = []
+    for reply in jobs.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id), timeout=300):
+        seen.append(reply.event.WhichOneof("payload"))
+        if seen[-1] == "training_progress":
+            return seen
+    raise AssertionError(f"job ended before training progressed: {seen}")
+
+
+def test_job_runs_from_folder_to_served_model_across_processes(infra, prometheus, start_service, tmp_path):
+    services, common, bucket, data = start_pipeline(infra, start_service, tmp_path)
+    channel = grpc.insecure_channel(f"127.0.0.1:{DEFAULT_PORTS['jobs'][0]}")
+    jobs = jobs_grpc.JobsServiceStub(channel)
+    spec = digits_spec(data, epochs=3, deploy=True, model_name="digits")
     job_id = jobs.SubmitJob(jobs_pb.SubmitJobRequest(spec=spec), timeout=30).job_id
 
     seen = []
@@ -93,3 +117,34 @@ def test_job_runs_from_folder_to_served_model_across_processes(infra, prometheus
                    "classforge_inference_requests_total"):
         assert prometheus.wait_for_value(f"sum({metric})", lambda v: v >= 1, timeout=60) >= 1, metric
     channel.close()
+
+
+def test_cancel_during_training_and_a_trainer_killed_mid_run(infra, start_service, tmp_path):
+    services, common, bucket, data = start_pipeline(infra, start_service, tmp_path)
+    jobs = jobs_grpc.JobsServiceStub(grpc.insecure_channel(f"127.0.0.1:{DEFAULT_PORTS['jobs'][0]}"))
+    store = MinioObjectStore(infra["CLASSFORGE_S3_ENDPOINT"], infra["CLASSFORGE_S3_ACCESS_KEY"],
+                             infra["CLASSFORGE_S3_SECRET_KEY"], bucket)
+
+    # 1. Cancel while training: the job ends CANCELLED and the trainer leaves a final checkpoint.
+    cancelled = jobs.SubmitJob(jobs_pb.SubmitJobRequest(spec=digits_spec(data, epochs=200)), timeout=30).job_id
+    until_training(jobs, cancelled)
+    jobs.CancelJob(jobs_pb.CancelJobRequest(job_id=cancelled, reason="e2e"), timeout=30)
+    events = [r.event for r in jobs.WatchJob(jobs_pb.WatchJobRequest(job_id=cancelled), timeout=120)]
+    job = jobs.GetJob(jobs_pb.GetJobRequest(job_id=cancelled), timeout=30).job
+    assert job.status == common_pb2.JOB_STATUS_CANCELLED, f"{job}\n{services['trainer'].log()[-3000:]}"
+    (done,) = [e.job_cancelled for e in events if e.WhichOneof("payload") == "job_cancelled"]
+    assert done.stage == common_pb2.JOB_STAGE_TRAINING and done.checkpoint_uri
+    assert list(store.list(f"models/{cancelled}/checkpoints/")), "no checkpoint was written on cancel"
+
+    # 2. kill -9 the trainer mid-run, start a new one: the job resumes from its checkpoint and completes.
+    survivor = jobs.SubmitJob(jobs_pb.SubmitJobRequest(spec=digits_spec(data, epochs=6)), timeout=30).job_id
+    until_training(jobs, survivor)
+    services["trainer"].proc.kill()
+    services["trainer"].proc.wait()
+    restarted = start_service("trainer", common)
+    wait_serving("trainer", restarted)
+    for _ in jobs.WatchJob(jobs_pb.WatchJobRequest(job_id=survivor), timeout=600):
+        pass
+    job = jobs.GetJob(jobs_pb.GetJobRequest(job_id=survivor), timeout=30).job
+    assert job.status == common_pb2.JOB_STATUS_SUCCEEDED, f"{job}\n{restarted.log()[-3000:]}"
+    assert store.exists(f"models/{survivor}/manifest.json")
