@@ -164,7 +164,9 @@ def run(data: Path, out: Path, spec: common_pb2.JobSpec, *, classify_sample: boo
 
 
 def _classify_one(platform: EmbeddedPlatform, data: Path) -> None:
-    image = next(p for p in sorted(data.rglob("*")) if p.is_file())
+    # The first image of the first label folder (hidden files such as markers are not images).
+    image = next(p for p in sorted(data.rglob("*"))
+                 if p.is_file() and p.parent != data and not p.name.startswith("."))
     stub = inference_service_pb2_grpc.InferenceServiceStub(platform.channel)
     reply = stub.Classify(inference_service_pb2.ClassifyRequest(image=image.read_bytes(), top_k=3), timeout=30)
     for prediction in reply.predictions:
