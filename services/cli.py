@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import grpc
 import yaml
@@ -109,6 +110,38 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def fetch_report(report_uri: str, out: Path) -> Path:
+    """Where index.html of a job's report can be opened: in place for a local store (file://),
+    else downloaded from the object store (credentials from CLASSFORGE_S3_*) into `out`."""
+    parts = urlsplit(report_uri)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path)) / "index.html"
+    if parts.scheme != "s3":
+        raise SystemExit(f"classforge: cannot fetch a report from {report_uri!r}")
+    from services.common.settings import ServiceSettings
+    from services.common.storage import MinioObjectStore
+
+    settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
+    store = MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, parts.netloc,
+                             secure=settings.s3_secure)
+    prefix = parts.path.lstrip("/").rstrip("/") + "/"
+    for info in store.list(prefix):
+        store.get_file(info.key, out / info.key[len(prefix):])
+    return out / "index.html"
+
+
+def cmd_report(args) -> int:
+    job = _jobs_stub(args).GetJob(jobs_pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout).job
+    if not job.report_uri:
+        print(f"classforge: job {args.job_id} has no report yet (stage "
+              f"{common_pb2.JobStage.Name(job.stage)}, status {common_pb2.JobStatus.Name(job.status)})",
+              file=sys.stderr)
+        return 1
+    index = fetch_report(job.report_uri, Path(args.out or f"reports/{args.job_id}"))
+    print(f"report: {index.resolve()}")
+    return 0
+
+
 def cmd_list(args) -> int:
     reply = _jobs_stub(args).ListJobs(jobs_pb.ListJobsRequest(page_size=args.limit), timeout=args.timeout)
     if args.json:
@@ -149,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.add_argument("--reason", default="")
     cancel.set_defaults(func=cmd_cancel)
+    report = sub.add_parser("report", help="fetch a job's evaluation report and say where index.html is")
+    report.add_argument("job_id")
+    report.add_argument("--out", default="", help="download folder (default reports/JOB_ID)")
+    report.set_defaults(func=cmd_report)
     listing = sub.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=cmd_list)

@@ -36,7 +36,48 @@ def _print_json(message) -> None:
     print(json_format.MessageToJson(message, preserving_proto_field_name=True))
 
 
+def find_saved_model(folder: Path) -> Path:
+    """The SavedModel inside a folder a user has: an export, a models/<job> folder, a serving base
+    path (<model>/<version>/) or a `classforge run` output; the newest version wins."""
+    candidates = sorted(folder.rglob("saved_model.pb"),
+                        key=lambda p: (int(p.parent.name) if p.parent.name.isdigit() else -1, str(p)))
+    if not candidates:
+        raise SystemExit(f"classforge: no saved_model.pb under {folder}")
+    return candidates[-1].parent
+
+
+def classify_offline(args) -> int:
+    """Runs the SavedModel's serving signature in this process: same contract as the server."""
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+
+    from services.common import serving_signature as contract
+
+    model_dir = find_saved_model(Path(args.model))
+    signature = tf.saved_model.load(str(model_dir)).signatures[contract.SIGNATURE_NAME]
+    labels = json.loads((model_dir / "assets" / contract.LABELS_ASSET).read_text())
+    classes = {task["name"]: task["classes"] for task in labels["tasks"]}
+    top_k = args.top_k or 5
+    for path in args.images:
+        try:
+            outputs = signature(**{contract.INPUT_KEY: tf.constant([Path(path).read_bytes()])})
+        except OSError as exc:
+            raise SystemExit(f"classforge: cannot read {path}: {exc.strerror}") from None
+        except tf.errors.InvalidArgumentError:
+            raise SystemExit(f"classforge: {path} is not an image the model can decode") from None
+        print(f"{path}  (model {model_dir})")
+        for task in contract.tasks_in(outputs):
+            probabilities = outputs[contract.probabilities_key(task)].numpy()[0]
+            best = np.argsort(-probabilities)[:top_k]
+            print(f"  {task}: " + ", ".join(f"{classes[task][i]} {probabilities[i]:.3f}" for i in best))
+    return 0
+
+
 def cmd_classify(args) -> int:
+    if args.model and Path(args.model).is_dir():
+        return classify_offline(args)
     stub = _stub(args)
     for path in args.images:
         try:
@@ -93,7 +134,9 @@ def register(subparsers) -> None:
                          help=f"inference service address (env CLASSFORGE_INFERENCE_ADDR, default {DEFAULT_ADDRESS})")
     classify = subparsers.add_parser("classify", parents=[address], help="classify image files")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
-    classify.add_argument("--model", default="", help="served model name (default: the service's default model)")
+    classify.add_argument("--model", default="",
+                          help="served model name (default: the service's default model), or a folder holding "
+                               "a SavedModel (e.g. a `classforge run` output) to classify offline")
     classify.add_argument("--version", type=int, default=0, help="a specific version (default: the serving one)")
     classify.add_argument("--top-k", type=int, default=0, help="classes per task (default: the service's default)")
     classify.set_defaults(func=cmd_classify)

@@ -9,37 +9,24 @@ import uuid
 
 import grpc
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import evaluator_service_pb2 as pb
 from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
-from services.common.events import EVENTS_TOPIC, KafkaEventBus, ObjectStoreProcessedEvents, new_event
+from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
 from services.common.grpc_server import wait_until_serving
 from services.common.storage import MinioObjectStore
 from services.evaluator.fixtures import write_colour_model
 from services.evaluator.main import GROUP
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
 from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
+from tests.integration.kafka_topic import positioned_consumer
 
 pytestmark = pytest.mark.integration
 
 # The ports deploy/local/prometheus.yml scrapes for the evaluator.
 GRPC_PORT, METRICS_PORT = 50055, 9105
 DIGITS = [str(d) for d in range(10)]
-
-
-def positioned_consumer(bootstrap: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500)
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(EVENTS_TOPIC):
-        assert time.monotonic() < deadline, f"topic {EVENTS_TOPIC} never appeared"
-        time.sleep(0.5)
-    partitions = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
-    consumer.assign(partitions)
-    for tp, offset in consumer.end_offsets(partitions).items():
-        consumer.seek(tp, offset)
-    return consumer
 
 
 def evaluator_events(consumer, job_id: str, found: list, until, timeout: float, log) -> list:

@@ -11,34 +11,22 @@ import uuid
 import grpc
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.events import EVENTS_TOPIC, KafkaEventBus, ObjectStoreProcessedEvents, new_event
+from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
 from services.common.grpc_server import wait_until_serving
 from services.common.storage import MinioObjectStore
 from services.model_server import toy_model
+from tests.integration.kafka_topic import positioned_consumer
 
 pytestmark = pytest.mark.integration
 
 # The ports deploy/local/prometheus.yml scrapes (services.common.settings.DEFAULT_PORTS).
 INFERENCE_GRPC, INFERENCE_METRICS = 50056, 9106
 MODEL_SERVER_GRPC, MODEL_SERVER_METRICS = 8500, 9107
-
-
-def positioned_consumer(bootstrap: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500)
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(EVENTS_TOPIC):
-        assert time.monotonic() < deadline, f"topic {EVENTS_TOPIC} never appeared"
-        time.sleep(0.5)
-    partitions = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
-    consumer.assign(partitions)
-    for tp, offset in consumer.end_offsets(partitions).items():
-        consumer.seek(tp, offset)
-    return consumer
 
 
 def read_events(consumer: KafkaConsumer, job_ids: set[str], seconds: float, until=None) -> list[events_pb2.Event]:

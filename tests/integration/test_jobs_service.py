@@ -6,32 +6,18 @@ import uuid
 
 import grpc
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import jobs_service_pb2 as pb
 from classforge.v1 import jobs_service_pb2_grpc as pb_grpc
-from services.common.events import EVENTS_TOPIC
 from services.common.grpc_server import wait_until_serving
+from tests.integration.kafka_topic import positioned_consumer
 
 pytestmark = pytest.mark.integration
 
 # The ports deploy/local/prometheus.yml scrapes for the jobs service.
 JOBS_GRPC, JOBS_METRICS = 50051, 9101
-
-
-def positioned_consumer(bootstrap: str) -> KafkaConsumer:
-    """A consumer on every partition of the events topic, positioned at the current end."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(EVENTS_TOPIC):
-        assert time.monotonic() < deadline, f"topic {EVENTS_TOPIC} never appeared"
-        time.sleep(0.5)
-    partitions = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
-    consumer.assign(partitions)
-    for tp, offset in consumer.end_offsets(partitions).items():
-        consumer.seek(tp, offset)
-    return consumer
 
 
 def events_for(consumer: KafkaConsumer, job_id: str, timeout: float = 30.0) -> list[events_pb2.Event]:

@@ -8,37 +8,24 @@ import uuid
 
 import grpc
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import tfrecords_service_pb2 as pb
 from classforge.v1 import tfrecords_service_pb2_grpc as pb_grpc
-from services.common.events import EVENTS_TOPIC, KafkaEventBus, ObjectStoreProcessedEvents, new_event
+from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
 from services.common.grpc_server import wait_until_serving
 from services.common.storage import MinioObjectStore
 from services.tfrecords.main import CONSUMER_GROUP
 from services.tfrecords.reader import RecordsReader
 from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
+from tests.integration.kafka_topic import positioned_consumer
 
 pytestmark = pytest.mark.integration
 
 # The ports deploy/local/prometheus.yml scrapes for the tfrecords service.
 GRPC_PORT, METRICS_PORT = 50053, 9103
 Status = pb.BuildStatus
-
-
-def positioned_consumer(bootstrap: str) -> KafkaConsumer:
-    """A consumer on every partition of the events topic, positioned at the current end."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500)
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(EVENTS_TOPIC):
-        assert time.monotonic() < deadline, f"topic {EVENTS_TOPIC} never appeared"
-        time.sleep(0.5)
-    partitions = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
-    consumer.assign(partitions)
-    for tp, offset in consumer.end_offsets(partitions).items():
-        consumer.seek(tp, offset)
-    return consumer
 
 
 def collect(consumer: KafkaConsumer, found: dict[str, list], until, timeout: float = 60.0) -> None:

@@ -7,31 +7,18 @@ import uuid
 
 import grpc
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import trainer_service_pb2 as pb
 from classforge.v1 import trainer_service_pb2_grpc as pb_grpc
-from services.common.events import EVENTS_TOPIC, KafkaEventBus, new_event
+from services.common.events import KafkaEventBus, new_event
 from services.common.grpc_server import wait_until_serving
 from services.common.storage import MinioObjectStore
+from tests.integration.kafka_topic import positioned_consumer
 
 pytestmark = pytest.mark.integration
 
 TRAINER_GRPC, TRAINER_METRICS = 50054, 9104
-
-
-def positioned_consumer(bootstrap: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(EVENTS_TOPIC):
-        assert time.monotonic() < deadline, f"topic {EVENTS_TOPIC} never appeared"
-        time.sleep(0.5)
-    partitions = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
-    consumer.assign(partitions)
-    for tp, offset in consumer.end_offsets(partitions).items():
-        consumer.seek(tp, offset)
-    return consumer
 
 
 def test_records_built_on_kafka_becomes_a_model_in_minio(infra, prometheus, start_service, tmp_path):

@@ -53,3 +53,33 @@ def test_a_spec_with_an_unknown_field_is_rejected_with_the_file_name(tmp_path):
     spec.write_text("sorce: {object_prefix: x/}\n")
     with pytest.raises(SystemExit, match="typo.yaml.*sorce"):
         main(["submit", str(spec)])
+
+
+def test_report_names_the_index_of_a_finished_job_and_explains_a_missing_one(tmp_path, capsys):
+    from classforge.v1 import events_pb2
+    from services.common.events import new_event
+
+    bus = InProcessEventBus()
+    store = LocalObjectStore(tmp_path / "store")
+    domain = JobsDomain(bus, store)
+    server = GrpcServer("cli-report", port=0, host="127.0.0.1", grace_seconds=1)
+    server.add_service(pb_grpc.add_JobsServiceServicer_to_server, JobsServicer(domain), SERVICE_NAME)
+    server.start()
+    address = f"127.0.0.1:{server.port}"
+    try:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text("source: {local_path: /data}\n")
+        main(["--jobs", address, "submit", str(spec)])
+        job_id = capsys.readouterr().out.strip()
+        assert main(["--jobs", address, "report", job_id]) == 1
+        assert "has no report yet" in capsys.readouterr().err
+
+        report_dir = store.uri(f"reports/{job_id}")
+        domain.apply(new_event(job_id, "evaluator", evaluation_completed=events_pb2.EvaluationCompleted(
+            blessed=False, report_uri=report_dir + "/")))
+        assert main(["--jobs", address, "report", job_id]) == 0
+        shown = capsys.readouterr().out.strip()
+        assert shown == f"report: {(tmp_path / 'store' / 'reports' / job_id / 'index.html').resolve()}"
+    finally:
+        server.stop()
+        bus.close()

@@ -28,3 +28,12 @@ def test_a_folder_goes_through_every_stage_to_a_served_model(tmp_path, capsys):
     evaluation = json.loads(report.read_text())
     assert evaluation["tasks"][0]["examples"] == 90 and evaluation["blessing"]["blessed"]
     assert list((tmp_path / "out" / "serving" / "classforge").glob("1/saved_model.pb"))
+
+    # `classforge classify --model DIR` then works offline on the run's output.
+    from services.cli import main
+
+    image = next((tmp_path / "images" / "4").iterdir())
+    assert main(["classify", "--model", str(tmp_path / "out"), "--top-k", "2", str(image)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("serving/classforge/1)") and lines[1].startswith("  label: ")
+    assert len(lines[1].split(",")) == 2
