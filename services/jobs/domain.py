@@ -153,13 +153,13 @@ class JobsDomain:
         when = event.occurred_at.seconds * 1_000_000_000 + event.occurred_at.nanos
         self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/events/{when:020d}-{event.event_id}.pb",
                              event.SerializeToString())
-        with self._lock:
-            self._events.setdefault(event.job_id, []).append(event)
-        self._save(job)
+        self._save(job, event)
 
-    def _save(self, job: Job) -> None:
+    def _save(self, job: Job, event: events_pb2.Event | None = None) -> None:
         self.store.put_bytes(f"{STATE_PREFIX}{job.job_id}/job.pb", job.SerializeToString())
-        with self._lock:
+        with self._lock:  # the event and the state it led to become visible together, for watchers
+            if event is not None:
+                self._events.setdefault(event.job_id, []).append(event)
             self._jobs[job.job_id] = job
             self._lock.notify_all()
 
