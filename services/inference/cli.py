@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import grpc
@@ -148,20 +147,3 @@ def register(subparsers) -> None:
     rollback.add_argument("version", type=int)
     rollback.set_defaults(func=cmd_rollback)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone use (`python -m services.inference.cli …`) until services/cli.py registers these."""
-    parser = argparse.ArgumentParser(prog="classforge")
-    parser.add_argument("--timeout", type=float, default=30.0)
-    parser.add_argument("--json", action="store_true")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except grpc.RpcError as exc:
-        print(f"classforge: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
