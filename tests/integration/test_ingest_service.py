@@ -9,7 +9,6 @@
 import hashlib
 import io
 import json
-import tarfile
 import time
 import uuid
 
@@ -25,6 +24,7 @@ from services.common.events import KafkaEventBus, new_event
 from services.common.grpc_server import wait_until_serving
 from services.common.sample_data import load_digits
 from services.common.storage import MinioObjectStore
+from tests.archives import tar_gz
 from tests.integration.kafka_topic import positioned_consumer
 
 pytestmark = pytest.mark.integration
@@ -47,16 +47,6 @@ def digit_pngs(per_class: int) -> dict[str, bytes]:
             counts[int(label)] = counts.get(int(label), 0) + 1
             files[f"digits/{names[label]}/{index:05d}.png"] = png(image)
     return files
-
-
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def ingest_events(consumer: KafkaConsumer, job_id: str, wait: float, until_found: bool) -> list[events_pb2.Event]:

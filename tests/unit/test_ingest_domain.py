@@ -4,7 +4,6 @@ idempotency by dataset id, errors naming the field or id, and the job_submitted 
 import hashlib
 import io
 import json
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from services.common.sample_data import load_digits
 from services.common.storage import LocalObjectStore
 from services.ingest.domain import IngestDomain
 from services.ingest.options import IngestOptions, SourceLimits
+from tests.archives import tar_gz
 
 
 class RecordingStore(LocalObjectStore):
@@ -55,16 +55,6 @@ def digit_files() -> dict[str, bytes]:
             seen[int(label)] = seen.get(int(label), 0) + 1
             files[f"{names[label]}/{index:05d}.png"] = png(image)
     return files
-
-
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def chunks(data: bytes, size: int = 4096):

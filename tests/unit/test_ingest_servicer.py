@@ -3,7 +3,6 @@ loopback port, over a local object store: status codes and messages a person can
 
 import io
 import json
-import tarfile
 
 import grpc
 import pytest
@@ -19,21 +18,12 @@ from services.ingest.domain import IngestDomain
 from services.ingest.main import SERVICE_NAME
 from services.ingest.options import SourceLimits
 from services.ingest.servicer import IngestServicer
+from tests.archives import tar_gz
 
 
 def png(value: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (12, 12), (value, 255 - value, value // 2)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
