@@ -1,10 +1,15 @@
 """Image preprocessing as TensorFlow ops, for use inside tf.data `map` (training) and inside the
 exported serving graph (evaluation/serving), so both sides share one definition.
 
-Every function takes one uint8 image [H, W, 3] of any size and returns float32 [size, size, 3] in
-[-1, 1]. Training order: random resized crop with box jitter (one resampling) -> random rescale
-(down then up) -> JPEG re-compression -> horizontal flip -> brightness/contrast/saturation/hue ->
-normalise.
+The evaluation functions take one uint8 image [H, W, 3] of any size and return float32
+[size, size, 3] in [-1, 1]. The random training path is two halves, because images of different
+sizes can only be batched once they have the same size:
+- `augment_geometry`, per image: random resized crop with box jitter (one resampling) -> random
+  rescale (down then up) -> JPEG re-compression; float32 [size, size, 3] in 0..255;
+- `augment_photometric`, per batch (one set of ops for the whole batch, each image with its own random
+  parameters; far cheaper than per-image ops on small images): horizontal flip ->
+  brightness/contrast/saturation/hue -> normalise to [-1, 1].
+`augment` is the two halves for one image.
 """
 
 from __future__ import annotations
@@ -62,8 +67,8 @@ def _crop_box(shape: tf.Tensor, aug: common_pb2.Augmentation) -> tf.Tensor:
     return box
 
 
-def augment(image: tf.Tensor, size: int | tf.Tensor, aug: common_pb2.Augmentation) -> tf.Tensor:
-    """The random training path. `image` uint8 [H, W, 3]; returns float32 [size, size, 3] in [-1, 1]."""
+def augment_geometry(image: tf.Tensor, size: int | tf.Tensor, aug: common_pb2.Augmentation) -> tf.Tensor:
+    """Per image: uint8 [H, W, 3] -> float32 [size, size, 3] in 0..255 (crop, jitter, rescale, JPEG)."""
     image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
     box = _crop_box(shape, aug)
@@ -80,16 +85,36 @@ def augment(image: tf.Tensor, size: int | tf.Tensor, aug: common_pb2.Augmentatio
         out = tf.cast(tf.image.random_jpeg_quality(as_uint8, aug.jpeg_quality_min, aug.jpeg_quality_max),
                       tf.float32)
         out = tf.reshape(out, [size, size, 3])
+    return out
+
+
+def augment_photometric(images: tf.Tensor, aug: common_pb2.Augmentation) -> tf.Tensor:
+    """Per batch: float32 [N, S, S, 3] in 0..255 -> [-1, 1]; flip and colour drawn per image."""
+    n = tf.shape(images)[0]
+
+    def per_image(low: float, high: float) -> tf.Tensor:
+        return tf.random.uniform([n, 1, 1, 1], low, high)
+
+    out = images / 255.0
     if aug.horizontal_flip:
-        out = tf.image.random_flip_left_right(out)
-    out = out / 255.0
+        out = tf.where(per_image(0.0, 1.0) < 0.5, tf.reverse(out, axis=[2]), out)
     if aug.brightness > 0:
-        out = tf.image.random_brightness(out, aug.brightness)
-    if aug.contrast > 0:
-        out = tf.image.random_contrast(out, 1.0 - aug.contrast, 1.0 + aug.contrast)
-    if aug.saturation > 0:
-        out = tf.image.random_saturation(out, max(0.0, 1.0 - aug.saturation), 1.0 + aug.saturation)
-    if aug.hue > 0:
-        out = tf.image.random_hue(out, aug.hue)
+        out = out + per_image(-aug.brightness, aug.brightness)
+    if aug.contrast > 0:  # as tf.image.adjust_contrast: scale about each image's per-channel mean
+        mean = tf.reduce_mean(out, axis=[1, 2], keepdims=True)
+        out = (out - mean) * per_image(1.0 - aug.contrast, 1.0 + aug.contrast) + mean
+    if aug.saturation > 0 or aug.hue > 0:  # as tf.image.adjust_saturation / adjust_hue, in HSV
+        hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(tf.clip_by_value(out, 0.0, 1.0)), axis=-1)
+        if aug.hue > 0:
+            hue = tf.math.floormod(hue + per_image(-aug.hue, aug.hue)[..., 0], 1.0)
+        if aug.saturation > 0:
+            factor = per_image(max(0.0, 1.0 - aug.saturation), 1.0 + aug.saturation)[..., 0]
+            saturation = tf.clip_by_value(saturation * factor, 0.0, 1.0)
+        out = tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
     out = tf.clip_by_value(out, 0.0, 1.0)
     return out * 2.0 - 1.0
+
+
+def augment(image: tf.Tensor, size: int | tf.Tensor, aug: common_pb2.Augmentation) -> tf.Tensor:
+    """The random training path for one image: uint8 [H, W, 3] -> float32 [size, size, 3] in [-1, 1]."""
+    return augment_photometric(augment_geometry(image, size, aug)[None], aug)[0]

@@ -48,3 +48,29 @@ def test_eval_preprocessing_is_deterministic_and_matches_serving_decode():
 def test_greyscale_becomes_rgb():
     grey = tf.zeros((10, 10, 1), tf.uint8)
     assert augment.to_rgb(grey).shape == (10, 10, 3)
+
+
+def test_batch_photometric_draws_flip_and_colour_per_image():
+    # One asymmetric image repeated: with per-image draws a batch of 64 holds both flipped and unflipped
+    # copies and different brightness/contrast; one draw per batch would make all 64 identical.
+    ramp = np.tile(np.linspace(0, 255, 16, dtype=np.float32)[None, :, None], (16, 1, 3))
+    batch = tf.constant(np.repeat(ramp[None], 64, axis=0))
+    flips = augment.augment_photometric(batch, common_pb2.Augmentation(horizontal_flip=True)).numpy()
+    left_dark = flips[:, :, 0, 0].mean(axis=1) < flips[:, :, -1, 0].mean(axis=1)
+    assert 0 < left_dark.sum() < 64
+    unflipped = np.asarray(ramp / 127.5 - 1.0)
+    for image, kept in zip(flips, left_dark, strict=True):
+        np.testing.assert_allclose(image, unflipped if kept else unflipped[:, ::-1], atol=1e-6)
+    colour = augment.augment_photometric(batch, EVERYTHING).numpy()
+    assert colour.shape == (64, 16, 16, 3) and colour.min() >= -1.0 and colour.max() <= 1.0
+    assert len({round(float(m), 4) for m in colour.mean(axis=(1, 2, 3))}) > 32
+
+
+def test_one_image_augment_is_geometry_then_photometric():
+    image = tf.constant(np.full((20, 30, 3), 200, np.uint8))
+    geometry = augment.augment_geometry(image, 24, EVERYTHING)
+    assert geometry.shape == (24, 24, 3)
+    assert float(tf.reduce_min(geometry)) >= 0.0 and float(tf.reduce_max(geometry)) <= 255.0
+    # With no photometric options the second half is only the normalisation to [-1, 1].
+    plain = augment.augment_photometric(geometry[None], common_pb2.Augmentation()).numpy()[0]
+    np.testing.assert_allclose(plain, geometry.numpy() / 127.5 - 1.0, atol=1e-6)
