@@ -1,7 +1,8 @@
 """Input pipelines for the trainer. A `TrainingData` knows its tasks, split sizes and class counts, and
 makes per-epoch tf.data pipelines: source (decoded uint8 images or encoded bytes, labels) -> shuffle
 with a per-epoch seed (so an epoch's order is reproducible and a resumed epoch can skip exactly the
-examples already seen) -> one parallel map that decodes and augments -> batch -> prefetch.
+examples already seen) -> a parallel map that decodes and crops each image -> batch -> a parallel map
+that flips and colour-jitters whole batches -> prefetch.
 
 Sources: `ArrayData` (in-memory arrays: tests, benchmarks) and `RecordsData` (the TFRecords the
 tfrecords service builds, read through services.tfrecords.reader, shards cached on local disk).
@@ -20,6 +21,7 @@ import tensorflow as tf
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition
 from services.common.storage import ObjectStore
+from services.tfrecords.reader import pipeline_options
 from services.trainer import augment
 from services.trainer.backbones import Task
 
@@ -54,11 +56,18 @@ class TrainingData:
         @tf.autograph.experimental.do_not_convert
         def prepare(*raw):
             image, labels = self.example(*raw)
-            return augment.augment(image, size, aug), labels
+            return augment.augment_geometry(image, size, aug), labels
+
+        @tf.autograph.experimental.do_not_convert
+        def photometric(images, labels):
+            return augment.augment_photometric(images, aug), labels
 
         # Deterministic order, so that a resumed epoch (skip_batches) sees exactly the examples not yet seen.
+        # Per image only what needs the image's own size (decode, crop); the rest once per batch.
         ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(photometric, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+        return ds.with_options(pipeline_options())
 
     def eval_dataset(self, split: str, size: int, batch_size: int) -> tf.data.Dataset:
         @tf.autograph.experimental.do_not_convert
@@ -67,7 +76,7 @@ class TrainingData:
             return augment.preprocess_eval(image, size), labels
 
         ds = self.source(split).map(prepare, num_parallel_calls=AUTOTUNE)
-        return ds.batch(batch_size).prefetch(AUTOTUNE)
+        return ds.batch(batch_size).prefetch(AUTOTUNE).with_options(pipeline_options())
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(self.counts.get("train", 0) // batch_size, 1)
@@ -114,8 +123,8 @@ class ArrayData(TrainingData):
 class RecordsData(TrainingData):
     """TFRecords built by the tfrecords service. The shards come from its reader (downloaded once into
     the local cache, verified); the pipeline is the trainer's own so that parsing, decoding and
-    augmentation are one parallel map: shards interleaved in parallel (deterministic order, so a resumed
-    epoch can skip exactly), examples shuffled, parse + decode + augment, batch, prefetch."""
+    cropping are one parallel map: shards interleaved in parallel (deterministic order, so a resumed
+    epoch can skip exactly), examples shuffled, parse + decode + crop, batch, flip + colour, prefetch."""
 
     def __init__(self, reader, tasks: tuple[Task, ...], counts: dict[str, int], class_counts: dict[str, list[int]],
                  parallel_reads: int = 8):
