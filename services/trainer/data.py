@@ -23,7 +23,7 @@ import tensorflow as tf
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition
 from services.common.storage import ObjectStore
-from services.tfrecords.reader import decode_image, parse_examples, pipeline_options
+from services.tfrecords.reader import RecordsReader, decode_image, parse_examples, pipeline_options
 from services.trainer import augment
 from services.trainer.backbones import Task
 
@@ -182,17 +182,13 @@ def tasks_from_labels(labels: dict, config: common_pb2.TrainingConfig) -> tuple[
 
 def open_records(store: ObjectStore, records_uri: str, config: common_pb2.TrainingConfig,
                  cache_dir: str | Path) -> RecordsData:
-    """The one place the trainer touches the tfrecords service's reader."""
-    from services.tfrecords.reader import RecordsReader
-
+    """The trainer's records, downloaded through the tfrecords service's reader into `cache_dir`."""
     reader = RecordsReader(store, records_uri, cache_dir)
     return records_data(reader, config)
 
 
 def open_records_directory(path: str | Path, config: common_pb2.TrainingConfig) -> RecordsData:
     """Records in a local directory (`records/<build_id>/` with manifest.json), for the CLI."""
-    from services.tfrecords.reader import RecordsReader
-
     return records_data(RecordsReader.from_directory(path), config)
 
 
