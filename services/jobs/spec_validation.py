@@ -1,22 +1,58 @@
 """Validation of a JobSpec before anything is published. Each problem raises InvalidArgument
 naming the field by its path in the request (e.g. `spec.dataset.val_fraction`), so the user
-knows exactly what to fix."""
+knows exactly what to fix.
+
+Every rule a stage would apply later is checked here, at submit, so that a job is never accepted
+only to fail minutes later in ingest or the trainer. The trainer's rules live in
+services/trainer/config.py (`with_defaults`/`validate`); services do not import each other, so the
+few of its constants needed here are repeated below. A zero field means "the stage's default"
+(proto3 cannot tell unset from zero), so every rule accepts 0 unless said otherwise.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from classforge.v1 import common_pb2
 from services.common.errors import InvalidArgument
 from services.ingest.options import IngestOptions
 
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: '$' would let a trailing newline in
+
+# Images travel by reference, never inside the spec: anything near these sizes is a mistake or an attack.
+MAX_SPEC_BYTES = 64 * 1024
+MAX_STRING_BYTES = 1024
+MAX_REPEATED = 64
+MAX_EPOCHS = 10_000
+QUOTE_CHARS = 80
+
+# The trainer's PROJECT_BACKBONES: group norm, SE blocks and inputs below 32 px exist only for the
+# networks this project writes; keras.applications backbones build their own layers.
+PROJECT_BACKBONES = frozenset({common_pb2.BACKBONE_RESNET18, common_pb2.BACKBONE_RESNET34,
+                               common_pb2.BACKBONE_SMALL_CNN})
+DEFAULT_BACKBONE = common_pb2.BACKBONE_RESNET18
+DEFAULT_CROP_ASPECT = (3 / 4, 4 / 3)
+MAX_LEARNING_RATE = 10.0
 
 
-def _in_range(field: str, value: float, low: float, high: float, *, high_open: bool = False) -> None:
-    if value < low or value > high or (high_open and value == high):
-        bracket = ")" if high_open else "]"
-        raise InvalidArgument(field, f"must be in [{low:g}, {high:g}{bracket}, got {value:g}")
+def shown(value: object, limit: int = QUOTE_CHARS) -> str:
+    """repr() of a user's value for a message, cut to at most `limit` characters ("…" marks the cut),
+    so that an error never echoes a huge input back."""
+    if isinstance(value, str | bytes):
+        value = value[: limit + 1]  # enough to know it needs cutting, without repr() of megabytes
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _in_range(field: str, value: float, low: float, high: float, *,
+              low_open: bool = False, high_open: bool = False) -> None:
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        bracket = ("(" if low_open else "[", ")" if high_open else "]")
+        raise InvalidArgument(field, f"must be in {bracket[0]}{low:g}, {high:g}{bracket[1]}, got {value:g}")
 
 
 def _non_negative(field: str, value: float) -> None:
@@ -26,7 +62,38 @@ def _non_negative(field: str, value: float) -> None:
 
 def _relative_path(field: str, value: str) -> None:
     if value.startswith("/") or ".." in value.split("/") or "\\" in value or "\x00" in value:
-        raise InvalidArgument(field, f"must be a relative path without '..', got {value!r}")
+        raise InvalidArgument(field, f"must be a relative path without '..', got {shown(value)}")
+
+
+def check_every_field(message: Message, path: str) -> None:
+    """Rules for every field of a message, walked over its descriptors so that a field added to the
+    proto later is covered without a change here: floats finite, strings at most 1 KiB, enum values
+    defined (proto3 keeps an unknown number as a plain int), repeated fields at most 64 entries.
+    Only set fields are visited: a zero value always passes. (JobSpec has no map fields.)"""
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        if not field.is_repeated:
+            _check_value(field, value, where)
+            continue
+        if len(value) > MAX_REPEATED:
+            raise InvalidArgument(where, f"at most {MAX_REPEATED} entries, got {len(value)}")
+        for i, item in enumerate(value):
+            _check_value(field, item, f"{where}[{i}]")
+
+
+def _check_value(field: FieldDescriptor, value: object, where: str) -> None:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_MESSAGE:
+        check_every_field(value, where)
+    elif kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE) and not math.isfinite(value):
+        raise InvalidArgument(where, f"must be a finite number, got {value}")
+    elif kind in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        size = len(value.encode() if isinstance(value, str) else value)
+        if size > MAX_STRING_BYTES:
+            raise InvalidArgument(where, f"at most {MAX_STRING_BYTES} bytes, got {size}")
+    elif kind == FieldDescriptor.TYPE_ENUM and value not in field.enum_type.values_by_number:
+        names = ", ".join(field.enum_type.values_by_name)
+        raise InvalidArgument(where, f"{value} is not a {field.enum_type.name}; use one of {names}")
 
 
 def validate_source(source: common_pb2.DataSource, field: str = "spec.source") -> None:
@@ -50,25 +117,90 @@ def validate_training(config: common_pb2.TrainingConfig, field: str = "spec.trai
     if config.input_size and not 16 <= config.input_size <= 1024:
         raise InvalidArgument(f"{field}.input_size", f"must be between 16 and 1024 pixels, got {config.input_size}")
     _in_range(f"{field}.batch_size", config.batch_size, 0, 4096)
+    _check_backbone(config, field)
+    _in_range(f"{field}.width_multiplier", config.width_multiplier, 0, 4)  # 0 means 1.0
+    _in_range(f"{field}.dropout", config.dropout, 0, 1, high_open=True)
     _in_range(f"{field}.label_smoothing", config.label_smoothing, 0, 1, high_open=True)
-    for name in ("weight_decay", "center_loss_weight", "momentum", "warmup_epochs",
-                 "validate_every_epochs", "early_stopping_patience"):
-        _non_negative(f"{field}.{name}", getattr(config, name))
-    for stage in ("head_stage", "full_stage"):
-        _non_negative(f"{field}.{stage}.epochs", getattr(config, stage).epochs)
-        _non_negative(f"{field}.{stage}.learning_rate", getattr(config, stage).learning_rate)
-    aug = config.augmentation
-    if aug.crop_scale_min or aug.crop_scale_max:
-        _in_range(f"{field}.augmentation.crop_scale_min", aug.crop_scale_min, 0, 1)
-        _in_range(f"{field}.augmentation.crop_scale_max", aug.crop_scale_max, aug.crop_scale_min, 1)
-    if aug.jpeg_quality_min or aug.jpeg_quality_max:
-        _in_range(f"{field}.augmentation.jpeg_quality_min", aug.jpeg_quality_min, 1, 100)
-        _in_range(f"{field}.augmentation.jpeg_quality_max", aug.jpeg_quality_max, aug.jpeg_quality_min, 100)
+    _in_range(f"{field}.momentum", config.momentum, 0, 1, high_open=True)
+    _non_negative(f"{field}.center_loss_weight", config.center_loss_weight)
+    # A negative weight_decay or warmup_epochs means "off" to the trainer (zero means its default), so
+    # neither has a lower bound; weight_decay is already known to be finite.
+    if config.warmup_epochs > MAX_EPOCHS:
+        raise InvalidArgument(f"{field}.warmup_epochs", f"must be at most {MAX_EPOCHS}, got {config.warmup_epochs}")
+    for name in ("validate_every_epochs", "early_stopping_patience"):
+        _in_range(f"{field}.{name}", getattr(config, name), 0, MAX_EPOCHS)
+    _non_negative(f"{field}.max_steps_per_epoch", config.max_steps_per_epoch)
+    _check_stages(config, field)
+    _check_augmentation(config.augmentation, f"{field}.augmentation")
+    _check_task_losses(config, field)
+
+
+def _check_backbone(config: common_pb2.TrainingConfig, field: str) -> None:
+    backbone = config.backbone or DEFAULT_BACKBONE
+    if backbone in PROJECT_BACKBONES:
+        return
+    name = common_pb2.Backbone.Name(backbone)  # a defined value: check_every_field ran first
+    for option in ("group_norm", "squeeze_excitation"):
+        if getattr(config, option):
+            raise InvalidArgument(f"{field}.{option}", f"is available for resnet18/resnet34/small_cnn, not {name}")
+    if config.input_size and config.input_size < 32:
+        raise InvalidArgument(f"{field}.input_size",
+                              f"{name} needs at least 32 pixels; use resnet18/small_cnn for smaller images")
+
+
+def _check_stages(config: common_pb2.TrainingConfig, field: str) -> None:
+    for name in ("head_stage", "full_stage"):
+        stage = getattr(config, name)
+        _in_range(f"{field}.{name}.epochs", stage.epochs, 0, MAX_EPOCHS)
+        if stage.learning_rate:  # 0 means the trainer's default for the optimizer
+            _in_range(f"{field}.{name}.learning_rate", stage.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
+    # The trainer skips the head stage by itself when there are no initial weights and no head_stage
+    # was given (a head-only stage on a random backbone gains nothing).
+    head_skipped = config.head_stage.skip or not (config.HasField("head_stage") or config.initial_weights_uri)
+    if config.full_stage.skip and head_skipped:
+        raise InvalidArgument(f"{field}.full_stage.skip", "the head stage is skipped too: nothing would be trained")
+
+
+def _check_augmentation(aug: common_pb2.Augmentation, field: str) -> None:
+    _optional_range(aug, field, "crop_scale_min", "crop_scale_max", ceiling=1)
+    _optional_range(aug, field, "jpeg_quality_min", "jpeg_quality_max", ceiling=100)
+    _optional_range(aug, field, "rescale_min", "rescale_max", ceiling=1)
+    aspect_min = aug.crop_aspect_min or DEFAULT_CROP_ASPECT[0]
+    aspect_max = aug.crop_aspect_max or DEFAULT_CROP_ASPECT[1]
+    if aspect_min <= 0:
+        raise InvalidArgument(f"{field}.crop_aspect_min", f"must be greater than 0, got {aspect_min:g}")
+    if aspect_max < aspect_min:
+        raise InvalidArgument(f"{field}.crop_aspect_max",
+                              f"must be at least crop_aspect_min {aspect_min:g}, got {aspect_max:g}")
+    _in_range(f"{field}.box_jitter", aug.box_jitter, 0, 0.5, high_open=True)
+    for name, top in (("brightness", 1), ("contrast", 1), ("saturation", 1), ("hue", 0.5)):
+        _in_range(f"{field}.{name}", getattr(aug, name), 0, top)
     for i, size in enumerate(aug.multi_scale_sizes):
-        _in_range(f"{field}.augmentation.multi_scale_sizes[{i}]", size, 16, 1024)
+        _in_range(f"{field}.multi_scale_sizes[{i}]", size, 16, 1024)
+
+
+def _optional_range(aug: common_pb2.Augmentation, field: str, low_name: str, high_name: str, *,
+                    ceiling: float) -> None:
+    """A [low, high] augmentation range that is off while `low` is 0. When `low` is set the trainer
+    fills an unset `high` with `ceiling`; the range must then satisfy 0 < low <= high <= ceiling."""
+    low, high = getattr(aug, low_name), getattr(aug, high_name)
+    if not low:
+        if high:
+            raise InvalidArgument(f"{field}.{low_name}", f"is 0, which turns this augmentation off: "
+                                                         f"set it too, or leave {high_name} unset")
+        return
+    _in_range(f"{field}.{low_name}", low, 0, ceiling, low_open=True)
+    _in_range(f"{field}.{high_name}", high or ceiling, low, ceiling)
+
+
+def _check_task_losses(config: common_pb2.TrainingConfig, field: str) -> None:
+    seen = set()
     for i, task in enumerate(config.task_losses):
         if not task.task:
             raise InvalidArgument(f"{field}.task_losses[{i}].task", "must name a task")
+        if task.task in seen:
+            raise InvalidArgument(f"{field}.task_losses[{i}].task", f"{shown(task.task)} appears twice")
+        seen.add(task.task)
         _non_negative(f"{field}.task_losses[{i}].weight", task.weight)
 
 
@@ -84,12 +216,17 @@ def validate_gates(gates: common_pb2.EvaluationGates, field: str = "spec.gates")
 
 def validate_job_spec(spec: common_pb2.JobSpec) -> None:
     """Raises InvalidArgument for the first problem found in the spec."""
+    size = spec.ByteSize()  # first, so that nothing huge is walked or quoted
+    if size > MAX_SPEC_BYTES:
+        raise InvalidArgument("spec", f"is {size} bytes serialized; at most {MAX_SPEC_BYTES} are allowed "
+                                      f"(images travel by reference, never inside the spec)")
+    check_every_field(spec, "spec")
     if not spec.HasField("source"):
         raise InvalidArgument("spec.source", "is required: say where the images come from")
     validate_source(spec.source)
     validate_dataset_options(spec.dataset)
     validate_training(spec.training)
     validate_gates(spec.gates)
-    if spec.deploy.model_name and not MODEL_NAME.match(spec.deploy.model_name):
+    if spec.deploy.model_name and not MODEL_NAME.fullmatch(spec.deploy.model_name):
         raise InvalidArgument("spec.deploy.model_name",
-                              f"use lowercase letters, digits, '-' and '_' (got {spec.deploy.model_name!r})")
+                              f"use lowercase letters, digits, '-' and '_' (got {shown(spec.deploy.model_name)})")
