@@ -20,6 +20,7 @@ valid image; the first task has at least two labels.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +32,13 @@ from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import LocalObjectStore, ObjectStore
 from services.ingest import metrics
 from services.ingest.balance import Example, balance, class_counts, stratified_split
+from services.ingest.names import printable
 from services.ingest.options import DEFAULT_LIMITS, IngestOptions
 from services.ingest.report import render_markdown
 from services.ingest.sources import Candidate, collect
 from services.ingest.validation import CONTENT_TYPES, ImageCheck, Reject, ValidationPool, reason_code
+
+log = logging.getLogger("classforge.ingest")
 
 MANIFEST_FORMAT = "classforge.dataset/1"
 DUPLICATE = "duplicate"
@@ -100,6 +104,12 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
              write_threads: int, max_file_bytes: int, started: float) -> Prepared:
     if prefix and not prefix.endswith("/"):
         raise ValueError(f"prefix must be empty or end with '/', got {prefix!r}")
+    # Names from outside (rejects of an extraction or a download, a local path) as text: a name that is
+    # not valid UTF-8 must not reach report.md or a protobuf field (names.py). The collection's own
+    # names are text already.
+    rejected = [Reject(printable(r.path), printable(r.reason)) for r in rejected]
+    source = {k: printable(v) if isinstance(v, str) else v for k, v in source.items()}
+    dataset_id = printable(dataset_id)  # checked by the service; the CLI takes any --dataset-id
     with ValidationPool(min_side=options.min_side, max_pixels=options.max_pixels, max_bytes=max_file_bytes,
                         workers=workers) as pool:  # 1. validate every candidate, while the walk goes on
         collection = collect(root, list_file, list_file_field, on_batch=pool.add)
@@ -198,7 +208,12 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
     files: dict[str, dict] = {}
 
     def put_text(name: str, text: str, content_type: str) -> None:
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not text got this far: shown escaped, not a failed stage
+            log.error("text that is not valid UTF-8 in a dataset file; written with escapes",
+                      extra={"dataset_id": dataset_id, "file": name})
+            data = text.encode("utf-8", "backslashreplace")
         info = store.put_bytes(prefix + name, data, content_type)
         files[name] = {"sha256": info.sha256, "bytes": info.size}
 

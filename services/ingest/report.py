@@ -18,6 +18,7 @@ report.json:
 from __future__ import annotations
 
 from classforge.v1 import ingest_service_pb2 as pb
+from services.ingest.names import printable
 
 
 def render_markdown(report: dict) -> str:
@@ -102,7 +103,10 @@ def to_proto(report: dict) -> pb.DatasetReport:
                                    balanced_train_count=r["balanced_train_count"], val_count=r["val_count"],
                                    test_count=r["test_count"], bytes=r["bytes"])
                 for r in report["labels"]],
-        rejected=[pb.RejectedFile(path=r["path"], reason=r["reason"]) for r in report["rejected"]],
+        # printable: protobuf refuses strings that are not valid UTF-8 (a report is written with text only;
+        # this keeps GetDatasetReport working whatever a report holds)
+        rejected=[pb.RejectedFile(path=printable(r["path"]), reason=printable(r["reason"]))
+                  for r in report["rejected"]],
         duplicate_count=report["duplicate_count"],
         label_conflict_count=report["label_conflict_count"],
         ratio_before=report["balance"]["ratio_before"],

@@ -12,6 +12,13 @@ Two layouts:
 Hidden entries (a name starting with '.') and macOS archive debris (`__MACOSX`, `Thumbs.db`,
 `desktop.ini`) are skipped and only counted.
 
+Names that are not valid UTF-8 (names.py): a file whose name is not, or whose label folder's name is
+not, is rejected (`invalid-name`, `invalid-label`) and listed under a printable name (`caf\\xe9.png`);
+the other files are used. The folder walk judges them, so archives are extracted with such names as
+they are (a wrapper folder's name does not matter); object keys a store cannot read are rejected when
+listed; a list-file line that is not UTF-8 is a `malformed-line`. Zip names without the UTF-8 flag are
+cp437 by the zip format (always text); a name flagged as UTF-8 that is not is kept as its bytes.
+
 Archives (`extract_archive`, zip / tar / tar.gz) are extracted entry by entry into a fresh directory,
 never with extractall: an entry with an absolute path or a `..` segment, a symbolic or hard link, a
 device, FIFO or other special entry, an encrypted or oversized entry is not written and is listed
@@ -22,11 +29,14 @@ limits (bytes, entry count) stop the extraction with ResourceExhausted. Object-s
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -34,10 +44,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.storage import ObjectCorrupted, ObjectStore
+from services.ingest.names import is_text, name_problem, printable
 from services.ingest.options import DEFAULT_LIMITS, SourceLimits
 from services.ingest.validation import Reject
 
@@ -113,25 +124,34 @@ def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | Non
         with os.scandir(directory) as scan:
             entries = sorted(scan, key=lambda e: e.name)
     except OSError as exc:
-        found.rejected.append(Reject(label or ".", f"unreadable: the folder cannot be listed: {exc.strerror}"))
+        found.rejected.append(Reject(printable(label) or ".", f"unreadable: the folder cannot be listed: "
+                                                              f"{exc.strerror}"))
         return
     candidates, rejected, subdirs = found.candidates, found.rejected, []
     first = len(candidates)
     for entry in entries:
+        # Every name of a folder source, an extracted archive or a downloaded prefix enters here. One that
+        # is not valid UTF-8 (a str with surrogate escapes, see names.py) is rejected, and is only ever
+        # shown as printable(...), so reports, list files and protobuf fields get text.
         name = entry.name
         if name[0] == "." or name in _JUNK_NAMES:
             found.ignored += 1
             continue
         shown = f"{label}/{name}" if label else name
         if entry.is_dir(follow_symlinks=False):
-            subdirs.append((entry.path, shown))
+            subdirs.append((entry.path, shown))  # walked with the raw label: its files are judged by it
         elif entry.is_symlink() and entry.is_dir():
-            rejected.append(Reject(shown, f"{LINK}: a symbolic link to a folder is not followed"))
+            rejected.append(Reject(printable(shown), f"{LINK}: a symbolic link to a folder is not followed"))
         elif not entry.is_file():  # a FIFO, socket or device (reading a FIFO would block), or a broken link
-            rejected.append(Reject(shown, f"{SPECIAL_FILE}: not a regular file"))
+            rejected.append(Reject(printable(shown), f"{SPECIAL_FILE}: not a regular file"))
         elif not label:
-            rejected.append(Reject(shown, f"{UNLABELLED}: a file at the top level has no label folder; put each "
-                                          f"image in a folder named after its label"))
+            rejected.append(Reject(printable(shown), f"{UNLABELLED}: a file at the top level has no label folder; "
+                                                     f"put each image in a folder named after its label"))
+        elif problem := name_problem(label, name):
+            rejected.append(Reject(printable(shown), problem))
+            if is_text(label):  # a good label counts this reject, and must not vanish if it loses every file
+                found.declared.setdefault((0, label), label)
+                found.rejected_labels[printable(shown)] = (label,)
         else:
             candidates.append(Candidate(entry.path, shown, (label,)))
             found.declared.setdefault((0, label), label)
@@ -157,6 +177,13 @@ def _unsafe(name: str) -> str:
     return ""
 
 
+def _utf8_or_none(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def collect_list_file(root: Path, list_file: str, field_name: str = "source.list_file") -> Collection:
     """List-file layout; raises InvalidArgument(field_name, …) when the list file itself is unusable."""
     problem = _unsafe(list_file)
@@ -166,13 +193,25 @@ def collect_list_file(root: Path, list_file: str, field_name: str = "source.list
     if not path.is_file():
         raise InvalidArgument(field_name, f"{list_file!r} is not a file in the source")
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(field_name, f"{list_file!r} cannot be read as UTF-8 text: {exc}") from None
-    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("# ")]
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(field_name, f"{list_file!r} cannot be read: {exc.strerror}") from None
+    lines: list[str | None]
+    try:
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        # Then line by line: a line that is not UTF-8 (it may name a file whose name is not) is rejected
+        # below and the others are used. None stands for such a line.
+        lines = [_utf8_or_none(line) for line in data.removeprefix(b"\xef\xbb\xbf").splitlines()]
+    numbered = [(n, line) for n, line in enumerate(lines, 1)
+                if line is None or (line.strip() and not line.lstrip().startswith("# "))]
     if not numbered:
         raise InvalidArgument(field_name, f"{list_file!r} is empty")
     header_no, header = numbered[0]
+    if header is None:
+        raise InvalidArgument(field_name, f"{list_file!r} cannot be read as UTF-8 text: its header (line "
+                                          f"{header_no}) is not valid UTF-8")
+    list_file = printable(list_file)  # from here on it is shown in rejects and the report
     columns = _split_columns(header)
     if len(columns) < 2 or columns[0].lower() not in _HEADER_FIRST:
         raise InvalidArgument(field_name, f"{list_file}:{header_no}: the first line must be a header naming the "
@@ -184,6 +223,10 @@ def collect_list_file(root: Path, list_file: str, field_name: str = "source.list
     base = path.parent
     for number, line in numbered[1:]:
         where = f"{list_file}:{number}"
+        if line is None:
+            found.rejected.append(Reject(where, f"{MALFORMED}: the line is not valid UTF-8 text (a file whose name "
+                                                f"is not valid UTF-8 cannot be listed: rename it)"))
+            continue
         cols = _split_columns(line)
         if len(cols) != len(tasks) + 1:
             found.rejected.append(Reject(where, f"{MALFORMED}: expected {len(tasks) + 1} columns (path and one "
@@ -253,7 +296,11 @@ class _Extraction:
         lines = sorted(f"file {key} {sha}" for key, sha in self.written.items())
         lines += sorted(f"reject {r.path} {r.reason}" for r in self.rejected)
         digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
-        return Extracted(self.rejected, len(self.written), digest)
+        # Entry names that are not UTF-8 are extracted as they are (the folder walk rejects them, telling a
+        # label folder from a file and seeing through a wrapper folder); the entries left out here are
+        # listed under a printable name.
+        rejected = [Reject(printable(r.path), printable(r.reason)) for r in self.rejected]
+        return Extracted(rejected, len(self.written), digest)
 
     def count(self, declared_size: int) -> None:
         self.entries += 1
@@ -268,6 +315,11 @@ class _Extraction:
         problem = _unsafe(name)
         if problem:
             self.rejected.append(Reject(name, problem))
+            return None
+        try:
+            os.fsencode(name)
+        except UnicodeEncodeError:  # a surrogate that stands for no byte: no file can have this name
+            self.rejected.append(Reject(name, name_problem("", name)))
             return None
         parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
         if not parts:
@@ -305,7 +357,7 @@ class _Extraction:
             target.unlink(missing_ok=True)
             self.rejected.append(Reject(name, f"{CORRUPT_ENTRY}: holds more data than its header declares"))
             return
-        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError) as exc:
             target.unlink(missing_ok=True)
             if isinstance(exc, OSError) and exc.errno in _LOCAL_DISK_ERRORS:
                 raise  # the service's disk, not the entry
@@ -335,7 +387,7 @@ def extract_archive(archive: Path, fmt: str, dest: Path, limits: SourceLimits = 
             _extract_zip(archive, job)
         else:
             _extract_tar(archive, "r:gz" if fmt == "tar.gz" else "r:", job)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, UnicodeDecodeError) as exc:
         if isinstance(exc, OSError) and exc.errno in _LOCAL_DISK_ERRORS:
             raise  # a local disk problem, not the upload's fault
         raise InvalidArgument(field_name, f"the {fmt} archive is damaged or incomplete: {exc}") from None
@@ -343,10 +395,13 @@ def extract_archive(archive: Path, fmt: str, dest: Path, limits: SourceLimits = 
 
 
 def _extract_zip(archive: Path, job: _Extraction) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+    with contextlib.ExitStack() as stack:
+        zf, misflagged = _open_zip(archive, stack)
+        for index, info in enumerate(zf.infolist()):
             job.count(info.file_size)
             name = info.filename
+            if index in misflagged:  # zipfile decoded its bytes as cp437; they are kept as they are, escaped
+                name = name.encode("cp437").decode("utf-8", "surrogateescape")
             mode = info.external_attr >> 16
             if info.create_system == 3 and mode:  # unix attributes recorded
                 if stat.S_ISLNK(mode):
@@ -365,6 +420,98 @@ def _extract_zip(archive: Path, job: _Extraction) -> None:
                 job.rejected.append(Reject(name, f"{ENCRYPTED}: password-protected entries are not supported"))
                 continue
             job.write(name, target, lambda info=info: zf.open(info), info.file_size)
+
+
+# Bit 11 of an entry's 16-bit little-endian flags says its name is UTF-8: bit 3 of the flags' second byte.
+_UTF8_FLAG = 0x800
+_UTF8_FLAG_HIGH_BYTE = 0x08
+
+
+def _open_zip(archive: Path, stack: contextlib.ExitStack) -> tuple[zipfile.ZipFile, set[int]]:
+    """The archive, open, and the indices of its entries whose names are flagged as UTF-8 but are not.
+
+    zipfile refuses a whole archive (UnicodeDecodeError) for one such name. The archive is then read
+    through `_ClearedFlags`, which reads those entries' UTF-8 flags as clear: zipfile decodes their names
+    as cp437, which never fails, and the caller turns them back into their bytes. Names without the
+    flag are cp437 by the zip format, so they are always text and are used as zipfile decodes them."""
+    try:
+        return stack.enter_context(zipfile.ZipFile(archive)), set()
+    except UnicodeDecodeError:
+        pass
+    file = _ClearedFlags(stack.enter_context(open(archive, "rb")))
+    try:
+        misflagged = _misflagged(file)
+    except AttributeError:  # zipfile's helpers moved: the archive is refused whole, as zipfile does
+        misflagged = []
+    for _, flags_at in misflagged:
+        file.clear(flags_at)
+    zf = stack.enter_context(zipfile.ZipFile(file))
+    infos = zf.infolist()
+    for index, _ in misflagged:
+        if index < len(infos):  # and the local header's flags: zf.open() decodes the name there again
+            file.clear(infos[index].header_offset + 7)
+    return zf, {index for index, _ in misflagged}
+
+
+def _misflagged(file: _ClearedFlags) -> list[tuple[int, int]]:
+    """(index, offset of the flags' second byte) of each central directory record flagged as UTF-8 whose
+    name is not UTF-8. Finds the central directory as zipfile does (with its own helper and layout)."""
+    endrec = zipfile._EndRecData(file)
+    if not endrec:
+        return []  # zipfile will say that this is no zip file
+    size = endrec[zipfile._ECD_SIZE]
+    start = endrec[zipfile._ECD_LOCATION] - size  # where zipfile finds it, archives with a prefix included
+    if endrec[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if start < 0:
+        return []
+    file.seek(start)
+    data = file.read(size)
+    found, pos, index = [], 0, 0
+    while pos + zipfile.sizeCentralDir <= len(data):
+        record = struct.unpack_from(zipfile.structCentralDir, data, pos)
+        if record[zipfile._CD_SIGNATURE] != zipfile.stringCentralDir:
+            break  # damaged: zipfile will say so
+        name_at = pos + zipfile.sizeCentralDir
+        name = data[name_at:name_at + record[zipfile._CD_FILENAME_LENGTH]]
+        if record[zipfile._CD_FLAG_BITS] & _UTF8_FLAG and _utf8_or_none(name) is None:
+            found.append((index, start + pos + 9))
+        pos = (name_at + record[zipfile._CD_FILENAME_LENGTH] + record[zipfile._CD_EXTRA_FIELD_LENGTH]
+               + record[zipfile._CD_COMMENT_LENGTH])
+        index += 1
+    return found
+
+
+class _ClearedFlags:
+    """A file read with the UTF-8 flag bit cleared in the bytes at some offsets (see _open_zip)."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+        self._offsets: list[int] = []  # sorted
+
+    def clear(self, offset: int) -> None:
+        bisect.insort(self._offsets, offset)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        start = self._file.tell()
+        data = self._file.read(size)
+        first = bisect.bisect_left(self._offsets, start)
+        last = bisect.bisect_left(self._offsets, start + len(data))
+        if first == last:
+            return data
+        patched = bytearray(data)
+        for offset in self._offsets[first:last]:
+            patched[offset - start] &= ~_UTF8_FLAG_HIGH_BYTE & 0xFF
+        return bytes(patched)
 
 
 def _extract_tar(archive: Path, mode: str, job: _Extraction) -> None:
@@ -464,6 +611,10 @@ def download_prefix(store: ObjectStore, prefix: str, dest: Path, limits: SourceL
         if count > limits.max_files:
             raise ResourceExhausted(f"more than {limits.max_files} objects under {prefix!r}")
         rel = info.key[len(prefix):]
+        folder, _, name = rel.rpartition("/")
+        if problem := name_problem(folder, name):  # a local store lists such keys but cannot read them
+            rejected.append(Reject(printable(rel), problem))
+            continue
         if info.size > limits.max_file_bytes:
             rejected.append(Reject(rel, f"{TOO_LARGE}: {info.size} bytes is over the limit of "
                                         f"{limits.max_file_bytes} per file"))
