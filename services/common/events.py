@@ -21,6 +21,7 @@ Both replay the topic from the beginning for a group that has never consumed
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -63,6 +64,11 @@ MAX_REASON_CHARS = 1000
 
 THREAD_PREFIX = "classforge-events"
 
+#: How long a handler that raises Unavailable (a dependency is down) is retried before its event is
+#: dead-lettered; `float("inf")` retries for ever (the jobs service's fold must never drop an event).
+DEFAULT_OUTAGE_WINDOW_S = 180.0
+MAX_OUTAGE_BACKOFF_S = 10.0
+
 
 def new_event(job_id: str, producer: str, **payload) -> events_pb2.Event:
     """A new event with a fresh uuid4 event_id, occurred_at = now and exactly one payload, e.g.
@@ -97,6 +103,13 @@ def _check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
     if unknown:
         raise ValueError(f"unknown event kinds {unknown}; expected some of {', '.join(PAYLOAD_KINDS)}")
     return chosen
+
+
+def _window(chosen: float | None, default: float) -> float:
+    window = default if chosen is None else chosen
+    if not window >= 0:
+        raise ValueError(f"outage_window_s must be >= 0 (inf: for ever), got {window}")
+    return window
 
 
 def _truncate(text: str, limit: int = MAX_REASON_CHARS) -> str:
@@ -251,9 +264,12 @@ class EventBus(ABC):
         """Returns once the broker acknowledged the event; raises Unavailable otherwise."""
 
     @abstractmethod
-    def subscribe(self, group: str, handler: Handler, kinds: Iterable[str] | None = None) -> None:
+    def subscribe(self, group: str, handler: Handler, kinds: Iterable[str] | None = None, *,
+                  outage_window_s: float | None = None) -> None:
         """Starts delivering to `handler` in a background thread. Events whose payload kind is not
-        in `kinds` are skipped (and committed). One subscription per group on one bus."""
+        in `kinds` are skipped (and committed). One subscription per group on one bus. A handler
+        raising Unavailable is retried for `outage_window_s` (default: the bus's), any other
+        failure `max_attempts` times; then the event goes to the dead-letter topic."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -309,9 +325,10 @@ class _Delivery:
     (object store down) propagate: the caller retries the message later, it is no handler fault."""
 
     def __init__(self, group: str, handler: Handler, kinds: frozenset[str] | None, processed: ProcessedEvents,
-                 max_attempts: int, backoff_s: float, stopping: threading.Event):
+                 max_attempts: int, backoff_s: float, stopping: threading.Event, outage_window_s: float):
         self.group, self.handler, self.kinds, self.processed = group, handler, kinds, processed
         self.max_attempts, self.backoff_s, self.stopping = max_attempts, backoff_s, stopping
+        self.outage_window_s = outage_window_s
 
     def process(self, value: bytes | None, where: dict) -> _Result:
         try:
@@ -328,22 +345,35 @@ class _Delivery:
         if self.processed.seen(self.group, event.event_id):
             log.info("skipping an event this group already processed", extra=info)
             return _Result(_Outcome.SKIPPED, event)
-        for attempt in range(1, self.max_attempts + 1):
+        failures, outage_started = 0, None  # handler faults; start of the current outage
+        for attempt in itertools.count(1):
             try:
                 self.handler(event)
+            except Unavailable as exc:
+                # A dependency is down: ride the outage out for up to `outage_window_s`, then give up.
+                now = time.monotonic()
+                outage_started = outage_started if outage_started is not None else now
+                if now - outage_started >= self.outage_window_s:
+                    log.error("dependency still unavailable after %.0fs; sending the event to the dead-letter "
+                              "topic", now - outage_started, extra={**info, "attempt": attempt})
+                    return _Result(_Outcome.DEAD, event, _reason(exc), attempt)
+                delay = min(self.backoff_s * 2 ** min(attempt - 1, 16), MAX_OUTAGE_BACKOFF_S)
+                log.warning("dependency unavailable (%s); retrying in %.2fs", _reason(exc), delay,
+                            extra={**info, "attempt": attempt})
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
-                if attempt >= self.max_attempts:
-                    log.error("handler failed %d times; sending the event to the dead-letter topic", attempt,
+                failures += 1
+                if failures >= self.max_attempts:
+                    log.error("handler failed %d times; sending the event to the dead-letter topic", failures,
                               extra={**info, "attempt": attempt}, exc_info=True)
                     return _Result(_Outcome.DEAD, event, _reason(exc), attempt)
-                delay = self.backoff_s * 2 ** (attempt - 1)
+                delay = self.backoff_s * 2 ** (failures - 1)
                 log.warning("handler failed (%s); retrying in %.2fs", _reason(exc), delay,
                             extra={**info, "attempt": attempt})
-                if self.stopping.wait(delay):
-                    raise _Stopping() from exc
             else:
                 self.processed.mark(self.group, event.event_id)
                 return _Result(_Outcome.HANDLED, event, attempts=attempt)
+            if self.stopping.wait(delay):
+                raise _Stopping()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def settle_dead(self, result: _Result) -> None:
@@ -415,11 +445,12 @@ class InProcessEventBus(EventBus):
 
     def __init__(self, processed: ProcessedEvents | None = None, *, max_attempts: int = 3,
                  backoff_s: float = 0.1, topic: str = EVENTS_TOPIC,
-                 dead_letter_topic: str = DEAD_LETTER_TOPIC):
+                 dead_letter_topic: str = DEAD_LETTER_TOPIC, outage_window_s: float = DEFAULT_OUTAGE_WINDOW_S):
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.processed = processed if processed is not None else InMemoryProcessedEvents()
         self.max_attempts, self.backoff_s = max_attempts, backoff_s
+        self.outage_window_s = _window(outage_window_s, 0)
         self.topic, self.dead_letter_topic = topic, dead_letter_topic
         self._cond = threading.Condition()
         self._log: list[tuple[bytes, bytes]] = []  # (key, value)
@@ -452,10 +483,11 @@ class InProcessEventBus(EventBus):
             self._subscriptions[(topic, group)] = subscription
         subscription.thread.start()
 
-    def subscribe(self, group: str, handler: Handler, kinds: Iterable[str] | None = None) -> None:
+    def subscribe(self, group: str, handler: Handler, kinds: Iterable[str] | None = None, *,
+                  outage_window_s: float | None = None) -> None:
         stopping = threading.Event()
         delivery = _Delivery(group, handler, _check_kinds(kinds), self.processed, self.max_attempts,
-                             self.backoff_s, stopping)
+                             self.backoff_s, stopping, _window(outage_window_s, self.outage_window_s))
 
         def deliver(offset: int, entry: object) -> None:
             key, value = entry
@@ -626,9 +658,11 @@ class KafkaEventBus(EventBus):
                  session_timeout_ms: int = 10_000, heartbeat_interval_ms: int = 3_000,
                  max_poll_interval_ms: int = 300_000, max_poll_records: int = 100, poll_timeout_ms: int = 500,
                  publish_timeout_s: float = 15.0, request_timeout_ms: int = 5_000,
-                 commit_timeout_ms: int = 10_000, close_timeout_ms: int = 5_000):
+                 commit_timeout_ms: int = 10_000, close_timeout_ms: int = 5_000,
+                 outage_window_s: float = DEFAULT_OUTAGE_WINDOW_S):
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        self.outage_window_s = _window(outage_window_s, 0)
         self.bootstrap, self.client_id = bootstrap, client_id
         self.processed = processed if processed is not None else InMemoryProcessedEvents()
         self.topic, self.dead_letter_topic = topic, dead_letter_topic
@@ -791,10 +825,11 @@ class KafkaEventBus(EventBus):
             self._subscriptions[(topic, group)] = subscription
         subscription.thread.start()
 
-    def subscribe(self, group: str, handler: Handler, kinds: Iterable[str] | None = None) -> None:
+    def subscribe(self, group: str, handler: Handler, kinds: Iterable[str] | None = None, *,
+                  outage_window_s: float | None = None) -> None:
         stopping = threading.Event()
         delivery = _Delivery(group, handler, _check_kinds(kinds), self.processed, self.max_attempts,
-                             self.backoff_s, stopping)
+                             self.backoff_s, stopping, _window(outage_window_s, self.outage_window_s))
 
         def handle(record) -> None:
             result = delivery.process(record.value, {"topic": record.topic, "partition": record.partition,

@@ -118,6 +118,11 @@ class ServiceSettings(Settings):
                                "how long in-flight calls may finish after SIGTERM")
     worker_threads: int = env("CLASSFORGE_WORKER_THREADS", 16, "gRPC server thread pool size")
     log_level: str = env("CLASSFORGE_LOG_LEVEL", "INFO", "logging level")
+    outage_window_seconds: float = env(
+        "CLASSFORGE_OUTAGE_WINDOW_SECONDS", 180.0,
+        "how long work is retried while Kafka or the object store is unreachable before the stage fails")
+    heartbeat_seconds: float = env("CLASSFORGE_HEARTBEAT_SECONDS", 30.0,
+                                   "how often a stage says it is still working on a job (stage_heartbeat)")
 
     def ports_for(self, service: str) -> tuple[int, int]:
         grpc_default, metrics_default = DEFAULT_PORTS[service]

@@ -165,6 +165,37 @@ class EventBusContract:
         assert letter.attempts == bus.max_attempts
         assert letter.source_topic == bus.topic and letter.source_offset >= 0
 
+    def test_an_outage_shorter_than_the_window_is_ridden_out_past_max_attempts(self, bus, make_group):
+        outage = bus.max_attempts + 2  # more Unavailable failures than max_attempts allows other faults
+
+        def down_for_a_while(event, attempt):
+            if attempt <= outage:
+                raise Unavailable("object store at test:1 cannot be reached")
+            return False
+
+        got = Recorder(fail=down_for_a_while)
+        bus.subscribe(make_group(), got, outage_window_s=60)
+        event = progress(job(), 1)
+        bus.publish(event)
+        wait_until(lambda: got.has(event.event_id), self.timeout + 30, "the event after the outage")
+        assert got.calls[event.event_id] == outage + 1
+
+    def test_an_outage_longer_than_the_window_dead_letters_with_the_reason(self, bus, make_group):
+        def always_down(event, attempt):
+            raise Unavailable("object store at test:1 cannot be reached")
+
+        got = Recorder(fail=always_down)
+        letters: list[DeadLetter] = []
+        group = make_group()
+        bus.subscribe(group, got, outage_window_s=0.3)
+        bus.subscribe_dead_letters(make_group(), letters.append)
+        event = progress(job(), 1)
+        bus.publish(event)
+        wait_until(lambda: any(letter.event() == event for letter in letters), self.timeout, "the dead letter")
+        (letter,) = [letter for letter in letters if letter.event() == event]
+        assert letter.reason.startswith("Unavailable: object store at test:1"), letter.reason
+        assert letter.group == group and got.calls[event.event_id] >= 2
+
     def test_an_unparseable_message_is_dead_lettered(self, bus, make_group):
         got = Recorder()
         letters: list[DeadLetter] = []
