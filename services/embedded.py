@@ -31,7 +31,7 @@ log = logging.getLogger("classforge.embedded")
 
 # service name -> (module with build(), settings class "module:Class")
 SERVICES = {
-    "jobs": ("services.jobs.main", "services.common.settings:ServiceSettings"),
+    "jobs": ("services.jobs.main", "services.jobs.main:JobsSettings"),
     "ingest": ("services.ingest.main", "services.ingest.main:IngestSettings"),
     "tfrecords": ("services.tfrecords.main", "services.tfrecords.settings:TFRecordsSettings"),
     "trainer": ("services.trainer.main", "services.trainer.main:TrainerSettings"),

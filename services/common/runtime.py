@@ -18,6 +18,7 @@ from services.common.grpc_server import GrpcServer
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.settings import ServiceSettings, SettingsError
+from services.common.stage_work import Stage
 from services.common.storage import MinioObjectStore, ObjectStore
 
 log = logging.getLogger("classforge.runtime")
@@ -33,6 +34,10 @@ class ServiceContext:
     # Opens another connection to the same store, for worker processes (a client cannot be pickled).
     store_factory: Callable[[], ObjectStore]
 
+    def stage(self, stage: int) -> Stage:
+        """The heartbeat, cancel and failure events of one pipeline stage, for this service."""
+        return Stage(self.bus, self.store, stage, self.name, heartbeat_seconds=self.settings.heartbeat_seconds)
+
 
 def connect(name: str, settings: ServiceSettings) -> tuple[Callable[[], ObjectStore], ObjectStore, EventBus]:
     """Opens the object store and the Kafka bus. Neither call blocks on the network: an
@@ -41,7 +46,8 @@ def connect(name: str, settings: ServiceSettings) -> tuple[Callable[[], ObjectSt
                                       settings.s3_secret_key, settings.s3_bucket, secure=settings.s3_secure)
     store = store_factory()
     bus = KafkaEventBus(settings.kafka_bootstrap, client_id=name, processed=ObjectStoreProcessedEvents(store),
-                        max_poll_interval_ms=settings.kafka_max_poll_interval_ms)
+                        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+                        outage_window_s=settings.outage_window_seconds)
     return store_factory, store, bus
 
 

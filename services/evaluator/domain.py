@@ -10,7 +10,9 @@ Events (group "evaluator", kinds job_submitted and training_completed):
   decision and its reasons. Idempotent: when reports/<job>/evaluation.json already exists the stored
   outcome is published again and nothing is recomputed. A problem with the user's data or model
   (FailedPrecondition, InvalidArgument, NotFound) becomes stage_failed(JOB_STAGE_EVALUATION) and the
-  handler returns normally; an unreachable dependency (Unavailable) raises, so the bus retries.
+  handler returns normally; an unreachable dependency (Unavailable) raises, so the bus retries. While
+  it evaluates the service sends heartbeats; a job cancelled meanwhile gets job_cancelled instead of
+  evaluation_completed, and an evaluation that fails leaves no partial report behind.
 
 Baseline for the regression checks ("the model now served"): the latest model this evaluator blessed
 for the same served model name (`spec.deploy.model_name`, default "classforge") in a job that asked to
@@ -36,6 +38,7 @@ from google.protobuf import json_format
 from classforge.v1 import common_pb2, evaluator_service_pb2, events_pb2
 from services.common.errors import ClassforgeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events import EventBus, new_event, payload_kind
+from services.common.stage_work import JobCancelled, Stage
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.evaluator import blessing, report
 from services.evaluator.engine import Evaluation, Options, evaluate
@@ -64,8 +67,10 @@ def records_factory(store: ObjectStore, uri: str, cache_dir: Path, batch_size: i
 
 class EvaluatorDomain:
     def __init__(self, bus: EventBus, store: ObjectStore, work_dir: str | Path, options: Options | None = None,
-                 limits: Limits | None = None, producer: str = "evaluator", open_records=records_factory):
+                 limits: Limits | None = None, producer: str = "evaluator", open_records=records_factory,
+                 heartbeat_seconds: float = 30.0):
         self.bus, self.store, self.producer = bus, store, producer
+        self.stage = Stage(bus, store, common_pb2.JOB_STAGE_EVALUATION, producer, heartbeat_seconds=heartbeat_seconds)
         self.work_dir = Path(work_dir)
         self.options = options or Options()
         self.limits = limits or Limits()
@@ -91,14 +96,32 @@ class EvaluatorDomain:
             return
         gates, deploy = self._job_spec(job_id)
         try:
-            evaluation = self.run(job_id, done.model, done.records_uri, gates, deploy, done.history_uri)
+            with self.stage.working(job_id, "evaluating the model"):
+                evaluation = self.run(job_id, done.model, done.records_uri, gates, deploy, done.history_uri)
+            if self.stage.is_cancelled(job_id):
+                raise JobCancelled(job_id, "cancelled")
+        except JobCancelled:
+            self.stage.acknowledge_cancel(job_id)
+            return
         except USER_ERRORS as exc:
             log.warning("evaluation failed on the job's data or model", extra={"job_id": job_id, "error": exc.message})
             EVALUATIONS.labels("failed").inc()
-            self.bus.publish(new_event(job_id, self.producer, stage_failed=events_pb2.StageFailed(
-                stage=common_pb2.JobStage.JOB_STAGE_EVALUATION, message=f"evaluation: {exc.message}")))
+            self._remove_incomplete_report(job_id)
+            self.stage.fail(job_id, f"evaluation: {exc.message}")
             return
+        except BaseException:
+            self._remove_incomplete_report(job_id)
+            raise
         self._publish(job_id, evaluation)
+
+    def _remove_incomplete_report(self, job_id: str) -> None:
+        """Best effort: a report without its evaluation.json (written last) is never left behind."""
+        prefix = f"{REPORTS_PREFIX}{job_id}/"
+        try:
+            if not self.store.exists(prefix + "evaluation.json"):
+                self.store.delete_prefix(prefix)
+        except Exception:  # noqa: BLE001 - the evaluation's own error is the one to report
+            log.warning("could not remove an incomplete report", extra={"job_id": job_id}, exc_info=True)
 
     def _publish(self, job_id: str, evaluation: dict) -> None:
         b = evaluation["blessing"]

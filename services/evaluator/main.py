@@ -18,7 +18,8 @@ KINDS = ["job_submitted", "training_completed"]
 def build(context: ServiceContext) -> None:
     settings: EvaluatorSettings = context.settings  # type: ignore[assignment]
     domain = EvaluatorDomain(context.bus, context.store, settings.work_dir, settings.options(),
-                             Limits(settings.default_max_regression, settings.default_max_class_regression))
+                             Limits(settings.default_max_regression, settings.default_max_class_regression),
+                             heartbeat_seconds=settings.heartbeat_seconds)
     context.server.add_service(evaluator_service_pb2_grpc.add_EvaluatorServiceServicer_to_server,
                                EvaluatorServicer(domain), SERVICE_NAME)
     context.server.on_ready(lambda: context.bus.subscribe(GROUP, domain.handle, kinds=KINDS))

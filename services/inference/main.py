@@ -24,7 +24,8 @@ def build_domain(settings: InferenceSettings, store, bus) -> tuple[Classifier, P
     repo = ModelRepository(settings.model_base_path)
     publisher = Publisher(store, bus, repo, client, server_base_path=settings.server_base_path,
                           keep_versions=settings.keep_versions, default_model=settings.default_model,
-                          serving_label=settings.serving_label, publish_timeout=settings.publish_timeout)
+                          serving_label=settings.serving_label, publish_timeout=settings.publish_timeout,
+                          heartbeat_seconds=settings.heartbeat_seconds)
     classifier = Classifier(client, repo, default_model=settings.default_model, serving_label=settings.serving_label,
                             default_top_k=settings.default_top_k, max_image_bytes=settings.max_image_bytes,
                             predict_timeout=settings.predict_timeout, stream_window=settings.stream_window,

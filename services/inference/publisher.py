@@ -32,6 +32,7 @@ from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import inference_service_pb2 as pb
 from services.common.errors import ClassforgeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events import EventBus, new_event, payload_kind
+from services.common.stage_work import JobCancelled, Stage
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.inference import metrics
 from services.inference import tfs_api as tfs
@@ -73,8 +74,10 @@ class Publisher:
     def __init__(self, store: ObjectStore, bus: EventBus, repo: ModelRepository, client: ModelServerClient, *,
                  server_base_path: str, keep_versions: int = 3, default_model: str = "classforge",
                  serving_label: str = "stable", publish_timeout: float = 300.0,
-                 on_file: Callable[[str], None] | None = None, poll_interval: float = 0.1):
+                 on_file: Callable[[str], None] | None = None, poll_interval: float = 0.1,
+                 heartbeat_seconds: float = 30.0):
         self.store, self.bus, self.repo, self.client = store, bus, repo, client
+        self.stage = Stage(bus, store, common_pb2.JOB_STAGE_DEPLOYMENT, PRODUCER, heartbeat_seconds=heartbeat_seconds)
         self.server_base_path = server_base_path
         self.keep_versions = max(1, keep_versions)
         self.default_model = default_model
@@ -121,12 +124,16 @@ class Publisher:
             self._deployed(job_id, record["uri"], record["model_name"], record["version"])
             return
         try:
-            version = self.publish(job_id, evaluation.model.uri, name)
+            # A cancel is honoured up to the copy; a version that is in must be finished, never left half-served.
+            with self.stage.working(job_id, f"publishing model {name!r}"):
+                version = self.publish(job_id, evaluation.model.uri, name)
+        except JobCancelled:
+            self.stage.acknowledge_cancel(job_id)
+            return
         except (LoadFailed, NotFound, InvalidArgument) as exc:  # retrying cannot help: the job fails
             metrics.PUBLISHED.labels(name, "failed").inc()
             log.error("publishing failed", extra={**context, "error": exc.message})
-            self.bus.publish(new_event(job_id, PRODUCER, stage_failed=events_pb2.StageFailed(
-                stage=common_pb2.JOB_STAGE_DEPLOYMENT, message=f"publishing model {name!r} failed: {exc.message}")))
+            self.stage.fail(job_id, f"publishing model {name!r} failed: {exc.message}")
             return
         self._deployed(job_id, evaluation.model.uri, name, version)
 

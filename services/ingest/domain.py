@@ -13,7 +13,9 @@ Idempotency:
 
 User-data problems in a job (bad options, a missing source or dataset, an empty dataset, a label
 without images) publish stage_failed(JOB_STAGE_INGEST) and return normally; anything else raises so
-the bus retries and finally dead-letters the event.
+the bus retries and finally dead-letters the event (which the jobs service turns into stage_failed).
+While it works on a job, ingest sends heartbeats; a cancelled job is acknowledged with job_cancelled
+instead of dataset_prepared. A build that fails leaves no objects behind (no half-written dataset).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.events import EventBus, new_event, payload_kind
+from services.common.stage_work import JobCancelled, Stage
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.ingest import metrics
 from services.ingest.options import DEFAULT_LIMITS, IngestOptions, SourceLimits
@@ -70,10 +73,12 @@ def check_dataset_id(dataset_id: str, field: str = "dataset_id") -> str:
 class IngestDomain:
     def __init__(self, store: ObjectStore, bus: EventBus | None = None, *, producer: str = "ingest",
                  limits: SourceLimits = DEFAULT_LIMITS, workers: int | None = None, work_dir: str | None = None,
-                 local_roots: Iterable[str | Path] = ()):
+                 local_roots: Iterable[str | Path] = (), heartbeat_seconds: float = 30.0):
         self.store = store
         self.bus = bus
         self.producer = producer
+        self.stage = Stage(bus, store, common_pb2.JOB_STAGE_INGEST, producer,
+                           heartbeat_seconds=heartbeat_seconds) if bus is not None else None
         self.limits = limits
         self.workers = workers
         self.work_dir = work_dir or None
@@ -218,7 +223,7 @@ class IngestDomain:
     # ------------------------------------------------------------------ events
 
     def handle(self, event: events_pb2.Event) -> None:
-        """job_submitted -> dataset_prepared (or stage_failed), once per job."""
+        """job_submitted -> dataset_prepared (or stage_failed, or job_cancelled), once per job."""
         if payload_kind(event) != "job_submitted":
             return
         job_id = event.job_id
@@ -227,11 +232,17 @@ class IngestDomain:
             log.info("job already handled; nothing to do", extra={"job_id": job_id, "event_id": event.event_id})
             return
         try:
-            dataset = self._for_job(job_id, event.job_submitted.spec)
+            with self.stage.working(job_id, "preparing the dataset"):
+                dataset = self._for_job(job_id, event.job_submitted.spec)
+            if self.stage.is_cancelled(job_id):  # cancelled while the last images were written
+                raise JobCancelled(job_id, "cancelled")
+        except JobCancelled:
+            self.stage.acknowledge_cancel(job_id)
+            self._record(marker, {"job_id": job_id, "outcome": "cancelled"})
+            return
         except _USER_ERRORS as exc:
             log.warning("cannot prepare the job's dataset", extra={"job_id": job_id, "problem": exc.message})
-            self._publish(new_event(job_id, self.producer, stage_failed=events_pb2.StageFailed(
-                stage=common_pb2.JOB_STAGE_INGEST, message=f"ingest: {exc.message}")))
+            self.stage.fail(job_id, f"ingest: {exc.message}")
             self._record(marker, {"job_id": job_id, "outcome": "failed", "message": exc.message})
             return
         self._publish(new_event(job_id, self.producer, dataset_prepared=events_pb2.DatasetPrepared(
@@ -320,13 +331,29 @@ class IngestDomain:
         if removed:
             log.warning("removed an incomplete dataset before rebuilding it",
                         extra={"dataset_id": dataset_id, "objects": removed})
-        prepared = prepare_dataset(root, self.store, prefix, options, dataset_id=dataset_id, source=description,
-                                   list_file=list_file, list_file_field=list_field, extra_rejects=rejects,
-                                   workers=self.workers, max_file_bytes=self.limits.max_file_bytes)
+        try:
+            prepared = prepare_dataset(root, self.store, prefix, options, dataset_id=dataset_id,
+                                       source=description, list_file=list_file, list_file_field=list_field,
+                                       extra_rejects=rejects, workers=self.workers,
+                                       max_file_bytes=self.limits.max_file_bytes)
+        except BaseException:
+            self._remove_incomplete(prefix)
+            raise
         self._index(prepared.manifest)
         log.info("dataset prepared", extra={"dataset_id": dataset_id, **prepared.counts,
                                             "seconds": prepared.manifest["duration_seconds"]})
         return self._dataset(prepared.manifest)
+
+    def _remove_incomplete(self, prefix: str) -> None:
+        """Best effort after a failed build: no half-written dataset is left for anyone to find.
+        (When the store itself is down this fails too; the next build of the id removes the rest.)"""
+        try:
+            removed = self.store.delete_prefix(prefix)
+        except Exception:  # noqa: BLE001 - the build's own error is the one to report
+            log.warning("could not remove an incomplete dataset", extra={"prefix": prefix}, exc_info=True)
+            return
+        if removed:
+            log.info("removed an incomplete dataset", extra={"prefix": prefix, "objects": removed})
 
     @contextlib.contextmanager
     def _lock(self, dataset_id: str) -> Iterator[None]:

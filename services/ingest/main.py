@@ -42,7 +42,7 @@ def build(context: ServiceContext) -> None:
         limits=SourceLimits(settings.max_upload_bytes, settings.max_file_bytes, settings.max_total_bytes,
                             settings.max_files),
         workers=settings.workers or None, work_dir=settings.work_dir or None,
-        local_roots=[r for r in settings.local_roots.split(":") if r])
+        local_roots=[r for r in settings.local_roots.split(":") if r], heartbeat_seconds=settings.heartbeat_seconds)
     context.server.add_service(ingest_service_pb2_grpc.add_IngestServiceServicer_to_server,
                                IngestServicer(domain), SERVICE_NAME)
     # Consuming needs Kafka and the object store (the dedup log); readiness covers both.

@@ -1,23 +1,35 @@
-"""Job lifecycle: submit, fold events into job state, cancel. No gRPC and no Kafka here:
-the servicer calls this class, and the event bus feeds `apply`.
+"""Job lifecycle: submit, fold events into job state, cancel, and make sure every job ends.
+No gRPC and no Kafka here: the servicer calls this class, and the event bus feeds `apply` and
+`apply_dead_letter`.
 
 Job state is the fold of the job's events. The state and every event of a job are saved to
 the object store (state/jobs/<id>/job.pb and state/jobs/<id>/events/…), so a restarted jobs
-service (or a second replica) answers the same, WatchJob included.
+service (or a second replica) answers the same, WatchJob included. Heartbeats only move the job's
+`last_activity_at` and `activity`; they are not kept in its history.
+
+Every job ends (SUCCEEDED, FAILED with the stage and a reason, or CANCELLED):
+- a dead-lettered event becomes `stage_failed` for the stage whose consumer group gave up;
+- `check_deadlines` fails a job whose active stage has said nothing (no event, no heartbeat) for
+  `stage_deadline_s`, and ends a cancelled job whose stage did not confirm within `cancel_grace_s`;
+- a cancel writes the marker every stage polls (services.common.stage_work), then publishes
+  `cancel_requested`; the job ends CANCELLED at the first `job_cancelled`. Once a job has ended,
+  later events are recorded but change nothing: a cancelled job never turns SUCCEEDED.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from classforge.v1 import common_pb2, events_pb2, jobs_service_pb2
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.events import EventBus, new_event, payload_kind
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.events import DeadLetter, EventBus, new_event, payload_kind
+from services.common.stage_work import Cancellations
 from services.common.storage import ObjectStore
 from services.jobs.spec_validation import validate_job_spec
 
@@ -30,16 +42,39 @@ TERMINAL = {Status.JOB_STATUS_SUCCEEDED, Status.JOB_STATUS_FAILED, Status.JOB_ST
 STATE_PREFIX = "state/jobs/"
 # Fixed namespace so a client's request_id always maps to the same job id (idempotent submit).
 _REQUEST_NAMESPACE = uuid.UUID("6f1c1e0e-55a4-4d8e-9a0e-6c1f0b7a2c11")
+# The stage each service's consumer group works on: a dead letter of that group fails that stage.
+STAGE_OF_GROUP = {"ingest": Stage.JOB_STAGE_INGEST, "tfrecords": Stage.JOB_STAGE_RECORDS,
+                  "trainer": Stage.JOB_STAGE_TRAINING, "evaluator": Stage.JOB_STAGE_EVALUATION,
+                  "inference": Stage.JOB_STAGE_DEPLOYMENT}
+# The service a person should look at when a stage goes silent.
+SERVICE_OF_STAGE = {stage: group for group, stage in STAGE_OF_GROUP.items()}
+
+
+def stage_name(stage: int) -> str:
+    return Stage.Name(stage).removeprefix("JOB_STAGE_").lower() if stage else "unknown"
+
+
+def _seconds(ts: Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
 
 
 class JobsDomain:
-    def __init__(self, bus: EventBus, store: ObjectStore, producer: str = "jobs"):
+    def __init__(self, bus: EventBus, store: ObjectStore, producer: str = "jobs", *,
+                 stage_deadline_s: float = 600.0, cancel_grace_s: float = 120.0,
+                 clock: Callable[[], float] = time.time):
         self.bus = bus
         self.store = store
         self.producer = producer
+        self.cancellations = Cancellations(store)
+        self.stage_deadline_s, self.cancel_grace_s = stage_deadline_s, cancel_grace_s
+        self.clock = clock
         self._lock = threading.Condition()  # notified on every change, for watchers
         self._jobs: dict[str, Job] = {}
         self._events: dict[str, list[events_pb2.Event]] = {}
+        # Deadlines run from when this service could last see events: a jobs service that was down
+        # or cut off from Kafka gives every stage a fresh deadline instead of failing what it missed.
+        self._watching_since = clock()
+        self._ended_by_watchdog: set[str] = set()  # published for, waiting for the fold
 
     def load(self) -> int:
         """Reads persisted job state and event history; returns how many jobs were restored."""
@@ -69,9 +104,20 @@ class JobsDomain:
         job.updated_at.CopyFrom(now)
         self._save(job)
         # Published after saving: if publishing fails the client retries with the same request_id.
-        self.bus.publish(new_event(job_id, self.producer, job_submitted=events_pb2.JobSubmitted(spec=spec)))
+        self._publish_for_client(new_event(job_id, self.producer, job_submitted=events_pb2.JobSubmitted(spec=spec)),
+                                 "submit it again with the same request_id")
         log.info("job submitted", extra={"job_id": job_id})
         return job
+
+    def _publish_for_client(self, event: events_pb2.Event, retry_hint: str) -> None:
+        """Publishes on behalf of a gRPC caller. The caller learns that it may retry, but not broker
+        addresses or library internals: those go to the log."""
+        try:
+            self.bus.publish(event)
+        except Exception as exc:
+            log.error("could not publish %s", payload_kind(event), extra={"job_id": event.job_id},
+                      exc_info=True)
+            raise Unavailable(f"the job's event could not be recorded right now; {retry_hint}") from exc
 
     def get(self, job_id: str) -> Job:
         if not job_id:
@@ -99,12 +145,19 @@ class JobsDomain:
         return page, next_token
 
     def cancel(self, job_id: str, reason: str = "") -> Job:
+        """Asks the job's stage to stop. Harmless to repeat: a job already cancelled, or with a cancel
+        under way, is returned as it is."""
         job = self.get(job_id)
+        if job.status == Status.JOB_STATUS_CANCELLED or (job.status not in TERMINAL and job.cancel_reason):
+            return job
         if job.status in TERMINAL:
             raise FailedPrecondition(
                 f"job {job_id!r} already ended as {Status.Name(job.status)}; only running jobs can be cancelled")
-        self.bus.publish(new_event(job_id, self.producer,
-                                   cancel_requested=events_pb2.CancelRequested(reason=reason or "cancelled by user")))
+        reason = (reason or "cancelled by user")[:1000]
+        # The marker first: a stage busy inside a handler polls it; the event reaches the others.
+        self.cancellations.request(job_id, reason)
+        self._publish_for_client(new_event(job_id, self.producer, cancel_requested=events_pb2.CancelRequested(
+            reason=reason)), "cancel it again")
         return job
 
     def watch(self, job_id: str, is_active: Callable[[], bool], poll_seconds: float = 1.0
@@ -130,15 +183,17 @@ class JobsDomain:
 
     def apply(self, event: events_pb2.Event) -> None:
         """Folds one event into its job's state. Idempotent: applying an event twice changes nothing more."""
+        kind = payload_kind(event)
         with self._lock:
             job = self._jobs.get(event.job_id)
             known = any(e.event_id == event.event_id for e in self._events.get(event.job_id, []))
-        kind = payload_kind(event)
         if known:
             return
         if job is None:
             if kind != "job_submitted":
-                log.warning("event for an unknown job", extra={"job_id": event.job_id, "kind": kind})
+                # Another deployment's job on a shared topic, or history from before this store.
+                log.info("event for a job this service has no record of; ignored",
+                         extra={"job_id": event.job_id, "kind": kind})
                 return
             job = Job(job_id=event.job_id, spec=event.job_submitted.spec,
                       stage=Stage.JOB_STAGE_INGEST, status=Status.JOB_STATUS_PENDING)
@@ -148,12 +203,91 @@ class JobsDomain:
         # Our own submit already recorded the job; late events (progress after a cancel) must not
         # revive a finished one. Both still belong to the job's history.
         if kind != "job_submitted" and job.status not in TERMINAL:
+            stage_before = job.stage
             _fold(job, event, kind)
+            if job.stage != stage_before and kind != "stage_heartbeat":
+                job.activity = ""  # what the previous stage was doing
             job.updated_at.CopyFrom(event.occurred_at)
+            if _seconds(event.occurred_at) > _seconds(job.last_activity_at):
+                job.last_activity_at.CopyFrom(event.occurred_at)
+        if kind == "stage_heartbeat":  # the state moves, the history stays readable
+            self._save(job)
+            return
         when = event.occurred_at.seconds * 1_000_000_000 + event.occurred_at.nanos
         self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/events/{when:020d}-{event.event_id}.pb",
                              event.SerializeToString())
         self._save(job, event)
+
+    def apply_dead_letter(self, letter: DeadLetter) -> None:
+        """A service gave up on one of a job's events: that stage failed, and the job with it."""
+        event = letter.event()
+        job_id = event.job_id if event is not None else (letter.key or b"").decode("utf-8", "replace")
+        if letter.group == "jobs" or not job_id:
+            log.error("dead letter the jobs service cannot attribute to a job's stage",
+                      extra={"group": letter.group, "job_id": job_id, "reason": letter.reason})
+            return
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None or job.status in TERMINAL:
+            log.info("dead letter for a job that is unknown here or already ended; ignored",
+                     extra={"job_id": job_id, "group": letter.group})
+            return
+        stage = STAGE_OF_GROUP.get(letter.group, job.stage)
+        kind = payload_kind(event) if event is not None else "an unreadable message"
+        message = (f"the {letter.group} service gave up on {kind} after {max(letter.attempts, 1)} attempt(s): "
+                   f"{letter.reason}")
+        self.bus.publish(new_event(job_id, self.producer, stage_failed=events_pb2.StageFailed(
+            stage=stage, message=message)))
+        log.warning("dead letter: stage failed", extra={"job_id": job_id, "stage": stage_name(stage),
+                                                        "reason": letter.reason})
+
+    # ------------------------------------------------------------------ deadlines
+
+    def lost_sight(self) -> None:
+        """The bus cannot be read: deadlines restart from when it can again (see `check_deadlines`)."""
+        self._watching_since = float("inf")
+
+    def check_deadlines(self) -> list[str]:
+        """Ends the jobs whose stage went silent past its deadline, or whose cancel was not confirmed
+        in time; returns their ids. Runs periodically; safe on several replicas at once."""
+        now = self.clock()
+        if self._watching_since == float("inf"):
+            self._watching_since = now
+        with self._lock:
+            live = [job for job in self._jobs.values() if job.status not in TERMINAL]
+            self._ended_by_watchdog &= {job.job_id for job in live}
+        ended = []
+        for job in live:
+            if job.job_id in self._ended_by_watchdog:
+                continue
+            last = max(_seconds(job.last_activity_at), _seconds(job.created_at), self._watching_since)
+            if job.cancel_reason and now - max(_seconds(job.cancel_requested_at), self._watching_since) \
+                    >= self.cancel_grace_s:
+                log.warning("cancel not confirmed by the stage in time; ending the job as cancelled",
+                            extra={"job_id": job.job_id, "stage": stage_name(job.stage)})
+                event = new_event(job.job_id, self.producer, job_cancelled=events_pb2.JobCancelled(stage=job.stage))
+            elif now - last >= self.stage_deadline_s:
+                event = new_event(job.job_id, self.producer, stage_failed=events_pb2.StageFailed(
+                    stage=job.stage, message=self._silence_message(job, now)))
+                log.warning("stage deadline passed; failing the job", extra={"job_id": job.job_id,
+                                                                            "stage": stage_name(job.stage)})
+            else:
+                continue
+            self.bus.publish(event)
+            self._ended_by_watchdog.add(job.job_id)
+            ended.append(job.job_id)
+        return ended
+
+    def _silence_message(self, job: Job, now: float) -> str:
+        stage = stage_name(job.stage)
+        service = SERVICE_OF_STAGE.get(job.stage, "responsible")
+        if job.last_activity_at.seconds:
+            heard = (f"last heard {now - _seconds(job.last_activity_at):.0f}s ago at "
+                     f"{job.last_activity_at.ToJsonString()} ({job.activity or 'an event'})")
+        else:
+            heard = "nothing heard since the job was submitted"
+        return (f"no progress from the {stage} stage within its {self.stage_deadline_s:.0f}s deadline; {heard}. "
+                f"Is the {service} service running and able to reach Kafka and the object store?")
 
     def _save(self, job: Job, event: events_pb2.Event | None = None) -> None:
         self.store.put_bytes(f"{STATE_PREFIX}{job.job_id}/job.pb", job.SerializeToString())
@@ -194,3 +328,12 @@ def _fold(job: Job, event: events_pb2.Event, kind: str) -> None:
             job.stage = event.stage_failed.stage
     elif kind == "job_cancelled":
         job.status = Status.JOB_STATUS_CANCELLED
+        if event.job_cancelled.stage:
+            job.stage = event.job_cancelled.stage
+    elif kind == "cancel_requested":
+        job.cancel_requested_at.CopyFrom(event.occurred_at)
+        job.cancel_reason = event.cancel_requested.reason or "cancelled"
+    elif kind == "stage_heartbeat":
+        beat = event.stage_heartbeat
+        if beat.stage >= job.stage:  # a late beat of an earlier stage must not move the job back
+            job.stage, job.status, job.activity = beat.stage, running, beat.activity

@@ -2,31 +2,68 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+from dataclasses import dataclass
 
 from classforge.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from services.common.runtime import ServiceContext, run_service
+from services.common.settings import ServiceSettings, env
 from services.jobs.domain import JobsDomain
 from services.jobs.servicer import JobsServicer
 
 SERVICE_NAME = jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
+GROUP, DEAD_LETTER_GROUP = "jobs", "jobs-dead-letters"
+
+log = logging.getLogger("classforge.jobs")
+
+
+@dataclass(frozen=True)
+class JobsSettings(ServiceSettings):
+    stage_deadline_seconds: float = env(
+        "CLASSFORGE_JOBS_STAGE_DEADLINE_SECONDS", 600.0,
+        "a job fails when its active stage sends no event or heartbeat for this long")
+    cancel_grace_seconds: float = env(
+        "CLASSFORGE_JOBS_CANCEL_GRACE_SECONDS", 120.0,
+        "a cancelled job ends CANCELLED after this long even when its stage never confirms")
+    watchdog_seconds: float = env("CLASSFORGE_JOBS_WATCHDOG_SECONDS", 5.0, "how often deadlines are checked")
 
 
 def build(context: ServiceContext) -> None:
-    domain = JobsDomain(context.bus, context.store)
+    settings: JobsSettings = context.settings  # type: ignore[assignment]
+    domain = JobsDomain(context.bus, context.store, stage_deadline_s=settings.stage_deadline_seconds,
+                        cancel_grace_s=settings.cancel_grace_seconds)
     context.server.add_service(jobs_service_pb2_grpc.add_JobsServiceServicer_to_server,
                                JobsServicer(domain), SERVICE_NAME)
+    stopping = threading.Event()
+
+    def watchdog() -> None:
+        while not stopping.wait(settings.watchdog_seconds):
+            try:
+                context.bus.ping()
+            except Exception:  # noqa: BLE001 - blind to events: no deadline may run out meanwhile
+                domain.lost_sight()
+                continue
+            try:
+                domain.check_deadlines()
+            except Exception:  # noqa: BLE001 - retried on the next round
+                log.warning("checking stage deadlines failed; retrying", exc_info=True)
 
     def restore_then_follow() -> None:
         # Restoring needs the object store, which may still be coming up; readiness covers it.
         domain.load()
-        context.bus.subscribe("jobs", domain.apply)
+        # The fold never gives up on an event: an outage is waited out, however long.
+        context.bus.subscribe(GROUP, domain.apply, outage_window_s=float("inf"))
+        context.bus.subscribe_dead_letters(DEAD_LETTER_GROUP, domain.apply_dead_letter)
+        threading.Thread(target=watchdog, name="jobs-watchdog", daemon=True).start()
 
     context.server.on_ready(restore_then_follow)
+    context.server.on_stop(stopping.set)
 
 
 def main() -> int:
-    return run_service("jobs", build)
+    return run_service("jobs", build, JobsSettings)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ propagate, so the bus retries the event and dead-letters it in the end. Every ev
 answered once: a marker `state/tfrecords/jobs/<job>.json` is written after publishing, and a
 redelivered dataset_prepared (same event or a new event id for the same job) finds it and publishes
 nothing; a finished build is never rebuilt (its records_built is published again only when the marker
-was not written, after a crash between the two).
+was not written, after a crash between the two). While a job's build runs the service sends heartbeats;
+a job cancelled meanwhile is answered with job_cancelled (the build itself still completes, manifest
+last, and can serve a later job). A failed build removes what it wrote.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import tfrecords_service_pb2 as pb
 from services.common.errors import ClassforgeError, InvalidArgument, NotFound, Unavailable
 from services.common.events import EventBus, new_event, payload_kind
+from services.common.stage_work import JobCancelled, Stage
 from services.common.storage import ObjectStore
 from services.tfrecords import metrics
 from services.tfrecords.builder import (
@@ -54,8 +57,10 @@ _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 class RecordsDomain:
     def __init__(self, store: ObjectStore, bus: EventBus, builder: RecordsBuilder, *,
-                 min_shards: int = DEFAULT_MIN_SHARDS, concurrent_builds: int = 1, producer: str = "tfrecords"):
+                 min_shards: int = DEFAULT_MIN_SHARDS, concurrent_builds: int = 1, producer: str = "tfrecords",
+                 heartbeat_seconds: float = 30.0):
         self.store, self.bus, self.builder = store, bus, builder
+        self.stage = Stage(bus, store, common_pb2.JOB_STAGE_RECORDS, producer, heartbeat_seconds=heartbeat_seconds)
         self.min_shards = min_shards
         self.producer = producer
         self._executor = ThreadPoolExecutor(max(1, concurrent_builds), thread_name_prefix="tfrecords-build")
@@ -119,10 +124,18 @@ class RecordsDomain:
         dataset_id = event.dataset_prepared.dataset.dataset_id
         try:
             check_dataset_id(dataset_id, "dataset_prepared.dataset.dataset_id")
-            build = self._build_from_result(self._submit(dataset_id, self.options()).result())
+            with self.stage.working(job_id, f"building records of {dataset_id}") as work:
+                future = self._submit(dataset_id, self.options())
+                while not _wait(future, self.stage.check_seconds):
+                    work.check()
+                build = self._build_from_result(future.result())
+                work.check()
             reply = new_event(job_id, self.producer, records_built=events_pb2.RecordsBuilt(
                 dataset_id=dataset_id, records_uri=build.records_uri, train_examples=build.train_examples,
                 val_examples=build.val_examples))
+        except JobCancelled:
+            reply = new_event(job_id, self.producer, job_cancelled=events_pb2.JobCancelled(
+                stage=common_pb2.JOB_STAGE_RECORDS))
         except Unavailable:
             raise  # the store or broker is down: retried by the bus
         except ClassforgeError as exc:  # the user's data: no retry can fix it
@@ -164,6 +177,7 @@ class RecordsDomain:
             result = self.builder.build(self.store, dataset_id, options)
         except Exception as exc:
             metrics.BUILDS.labels("failed").inc()
+            self._remove_incomplete(build_id)
             if isinstance(exc, ClassforgeError):
                 error = exc.message
                 log.warning("build failed", extra={"build_id": build_id, "problem": error})
@@ -183,6 +197,16 @@ class RecordsDomain:
             self._builds.pop(build_id, None)
         return result
 
+    def _remove_incomplete(self, build_id: str) -> None:
+        """Best effort after a failed build: shards without a manifest are never left behind (when the
+        store is down this fails too, and the next build of the id overwrites and prunes them)."""
+        prefix = records_prefix(build_id)
+        try:
+            if read_manifest(self.store, prefix) is None:
+                self.store.delete_prefix(prefix)
+        except Exception:  # noqa: BLE001 - the build's own error is the one to report
+            log.warning("could not remove an incomplete build", extra={"build_id": build_id}, exc_info=True)
+
     def _build_from_result(self, result: BuildResult) -> Build:
         return self._succeeded(result.build_id, result.manifest)
 
@@ -192,3 +216,12 @@ class RecordsDomain:
                      records_uri=self.store.uri(records_prefix(build_id)),
                      train_examples=splits["train"]["examples"], val_examples=splits["val"]["examples"],
                      shard_count=sum(len(s["shards"]) for s in splits.values()))
+
+
+def _wait(future: Future, seconds: float) -> bool:
+    """True once the future is done (its result or error is then ready), after at most `seconds`."""
+    try:
+        future.exception(timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

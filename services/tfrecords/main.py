@@ -20,7 +20,7 @@ def build(context: ServiceContext) -> None:
     builder = RecordsBuilder(workers=settings.workers, scratch_dir=settings.scratch_dir or None,
                              store_factory=context.store_factory)
     domain = RecordsDomain(context.store, context.bus, builder, min_shards=settings.read_parallelism,
-                           concurrent_builds=settings.concurrent_builds)
+                           concurrent_builds=settings.concurrent_builds, heartbeat_seconds=settings.heartbeat_seconds)
     context.server.add_service(tfrecords_service_pb2_grpc.add_TFRecordsServiceServicer_to_server,
                                TFRecordsServicer(domain), SERVICE_NAME)
     context.server.on_ready(

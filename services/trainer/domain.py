@@ -31,6 +31,7 @@ from pathlib import Path
 from classforge.v1 import common_pb2, events_pb2, trainer_service_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events import EventBus, new_event, payload_kind
+from services.common.stage_work import Stage
 from services.common.storage import ObjectNotFound, ObjectStore, check_key
 from services.trainer import export, metrics
 from services.trainer.config import to_json, with_defaults
@@ -55,14 +56,15 @@ def model_prefix(job_id: str) -> str:
 
 class TrainerDomain:
     def __init__(self, bus: EventBus, store: ObjectStore, *, work_root: str | Path, progress_seconds: float = 10.0,
-                 producer: str = "trainer", open_data: DataOpener | None = None, max_attempts: int = 3,
-                 retry_seconds: float = 5.0):
+                 producer: str = "trainer", open_data: DataOpener | None = None, outage_window_s: float = 180.0,
+                 retry_seconds: float = 5.0, heartbeat_seconds: float = 30.0):
         self.bus = bus
         self.store = store
         self.producer = producer
+        self.stage = Stage(bus, store, common_pb2.JOB_STAGE_TRAINING, producer, heartbeat_seconds=heartbeat_seconds)
         self.work_root = Path(work_root)
         self.progress_seconds = progress_seconds
-        self.max_attempts = max_attempts
+        self.outage_window_s = outage_window_s
         self.retry_seconds = retry_seconds
         self.open_data = open_data or (lambda uri, config, cache: open_records(store, uri, config, cache))
         self._lock = threading.Condition()
@@ -201,6 +203,12 @@ class TrainerDomain:
         self._check_job_id(job_id)
         if not records_uri:
             raise InvalidArgument("records_uri", "is required: the records prefix the tfrecords service built")
+        if from_event and self.stage.is_cancelled(job_id):  # cancelled before its records arrived
+            stopped = Training(job_id=job_id, records_uri=records_uri, status=Status.TRAINING_STATUS_STOPPED,
+                               error="cancelled before training started")
+            self._save(stopped)
+            self.stage.acknowledge_cancel(job_id)
+            return self._copy(stopped)
         with self._lock:
             existing = self._load(job_id)
             if existing is not None:
@@ -281,6 +289,26 @@ class TrainerDomain:
         if self._worker is None or not self._worker.is_alive():
             self._worker = threading.Thread(target=self._work, name="trainer-worker", daemon=True)
             self._worker.start()
+            threading.Thread(target=self._beat_for_queued, name="trainer-queue-heartbeats", daemon=True).start()
+
+    def check_worker(self) -> None:
+        """Readiness: a worker that died inside this live process (jobs waiting, nobody training them)
+        makes the service NOT_SERVING instead of silently holding its jobs."""
+        with self._lock:
+            waiting = bool(self._queue) or self._active is not None
+            dead = self._worker is not None and not self._worker.is_alive() and not self._closing
+        if waiting and dead:
+            raise RuntimeError("the training worker thread has died; jobs are waiting")
+
+    def _beat_for_queued(self) -> None:
+        """Jobs waiting behind the one training still make progress: they are queued, not lost."""
+        worker = self._worker
+        while worker is not None and worker.is_alive():
+            with self._lock:
+                queued = list(self._queue)
+            for position, job_id in enumerate(queued, start=1):
+                self.stage.heartbeat(job_id, f"queued for training, position {position} of {len(queued)}")
+            time.sleep(self.stage.heartbeat_seconds)
 
     def _work(self) -> None:
         while True:
@@ -294,9 +322,14 @@ class TrainerDomain:
                 self._stop = threading.Event()
                 self._stop_reason = ""
             try:
-                self._run(job_id)
-            except Exception:  # noqa: BLE001 - one job's failure must not stop the worker
+                with self.stage.heartbeats(job_id, lambda: "training"):
+                    self._run(job_id)
+            except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the worker
                 log.exception("training crashed", extra={"job_id": job_id})
+                try:
+                    self._fail(job_id, f"the trainer crashed: {type(exc).__name__}: {getattr(exc, 'message', exc)}")
+                except Exception:  # noqa: BLE001 - Kafka is down too: the jobs service's deadline ends the job
+                    log.exception("could not report the failure", extra={"job_id": job_id})
             finally:
                 with self._lock:
                     self._active = None
@@ -328,32 +361,39 @@ class TrainerDomain:
         training = self._update(job_id, running)
         metrics.RUNNING.labels(job_id).set(1)
         workdir = self.work_root / job_id
-        attempt = 0
+        outage_started, checkpoint_at_failure = None, None
         while True:
-            attempt += 1
             try:
                 data = self.open_data(training.records_uri, training.config, workdir / "cache")
                 trainer = Trainer(training.config, data, self.store, prefix, workdir / "run",
                                   hooks=_Hooks(self, job_id), stop_event=self._stop,
                                   progress_seconds=self.progress_seconds)
                 result = trainer.run()
-                if result.status == "succeeded":
+                if result.status == "succeeded" and self._stop_reason != "cancel":  # no export once cancelled
                     extra = {"job_id": job_id, "records_uri": training.records_uri,
                              "resumed_from": result.resumed_from, "early_stopped": result.early_stopped}
                     export.publish(result.network, data.label_map(), to_json(training.config), result.history,
                                    training.config.input_size, self.store, prefix, workdir / "run", extra)
                 break
             except Unavailable as exc:
-                if attempt >= self.max_attempts or self._closing:
-                    return self._fail(job_id, f"object store or records unavailable: {exc.message}")
-                log.warning("dependency unavailable; retrying from the last checkpoint",
-                            extra={"job_id": job_id, "attempt": attempt, "error": exc.message})
-                if self._stop.wait(self.retry_seconds * attempt):
+                # Ride out an outage of up to outage_window_s; one that ends with progress starts a new window.
+                checkpoint = self._load(job_id).last_checkpoint_uri
+                if outage_started is None or checkpoint != checkpoint_at_failure:
+                    outage_started, checkpoint_at_failure = time.monotonic(), checkpoint
+                down_for = time.monotonic() - outage_started
+                if down_for >= self.outage_window_s or self._closing:
+                    return self._fail(job_id, f"a dependency was unavailable for {down_for:.0f}s (longer than "
+                                              f"the {self.outage_window_s:.0f}s outage window): {exc.message}")
+                delay = min(self.retry_seconds, max(0.5, self.outage_window_s - down_for))
+                log.warning("dependency unavailable; retrying from the last checkpoint in %.1fs", delay,
+                            extra={"job_id": job_id, "error": exc.message, "down_for_seconds": round(down_for)})
+                if self._stop.wait(delay):
                     return self._stopped(job_id, "")
             except Exception as exc:  # noqa: BLE001 - reported as stage_failed with the reason
                 log.exception("training failed", extra={"job_id": job_id})
                 return self._fail(job_id, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
-        if result.status == "stopped":
+        if result.status == "stopped" or self._stop_reason == "cancel":
+            # A cancel that came with the last step still wins: a cancelled job is never completed.
             return self._stopped(job_id, result.checkpoint_uri)
         self._complete(job_id, self._load(job_id), prefix)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -389,13 +429,21 @@ class TrainerDomain:
         log.info("training completed", extra={"job_id": job_id, "model": model.uri})
 
     def _fail(self, job_id: str, message: str) -> None:
+        """The job fails even when its state cannot be saved (the store may be what failed): the event
+        goes first, through Kafka; GetTraining answers from memory."""
         def failed(t: Training) -> None:
             t.status = Status.TRAINING_STATUS_FAILED
             t.error = message
 
-        self._update(job_id, failed)
-        self._publish(job_id, stage_failed=events_pb2.StageFailed(stage=common_pb2.JOB_STAGE_TRAINING, message=message))
         metrics.RUNS.labels("failed").inc()
+        try:
+            self.stage.fail(job_id, message)
+        finally:
+            training = self._update(job_id, failed, persist=False)
+            try:
+                self._save(training)
+            except Exception:  # noqa: BLE001 - reported above; the job has ended either way
+                log.warning("could not save the failed training's state", extra={"job_id": job_id}, exc_info=True)
 
     def _publish(self, job_id: str, **payload) -> None:
         self.bus.publish(new_event(job_id, self.producer, **payload))

@@ -45,7 +45,8 @@ def prepared(job_id: str, dataset_id: str) -> events_pb2.Event:
 
 
 def kinds(events: list) -> list[str]:
-    return [e.WhichOneof("payload") for e in events if e.producer == "tfrecords"]
+    return [e.WhichOneof("payload") for e in events if e.producer == "tfrecords"
+            and e.WhichOneof("payload") != "stage_heartbeat"]
 
 
 def test_tfrecords_service_builds_from_minio_over_grpc_and_kafka(infra, prometheus, start_service, tmp_path):

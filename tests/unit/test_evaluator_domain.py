@@ -25,7 +25,7 @@ CLASSES = list(COLOURS)
 @pytest.fixture
 def world(tmp_path):
     store = LocalObjectStore(tmp_path / "store")
-    bus = InProcessEventBus(backoff_s=0.01)
+    bus = InProcessEventBus(backoff_s=0.01, outage_window_s=0.5)
     domain = EvaluatorDomain(bus, store, tmp_path / "work", Options(batch_size=8), open_records=ColourRecords)
     seen: list[events_pb2.Event] = []
     bus.subscribe(GROUP, domain.handle, kinds=KINDS)

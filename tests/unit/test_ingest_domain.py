@@ -274,7 +274,7 @@ def test_local_path_and_object_prefix_sources(store, tmp_path, digit_files):
 
 @pytest.fixture
 def bus():
-    bus = InProcessEventBus(backoff_s=0.01)
+    bus = InProcessEventBus(backoff_s=0.01, outage_window_s=0.5)
     yield bus
     bus.close()
 
@@ -285,7 +285,8 @@ def submitted(job_id: str, source: common_pb2.DataSource, **options) -> events_p
 
 
 def outcomes(events: list, job_id: str) -> list[tuple[str, events_pb2.Event]]:
-    return [(e.WhichOneof("payload"), e) for e in events if e.job_id == job_id and e.producer == "ingest"]
+    return [(e.WhichOneof("payload"), e) for e in events if e.job_id == job_id and e.producer == "ingest"
+            and e.WhichOneof("payload") != "stage_heartbeat"]
 
 
 def test_a_job_gets_one_dataset_and_one_event_even_when_redelivered(store, bus, digit_files):

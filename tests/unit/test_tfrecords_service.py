@@ -33,7 +33,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def bus():
-    bus = InProcessEventBus(backoff_s=0.01)
+    bus = InProcessEventBus(backoff_s=0.01, outage_window_s=0.5)
     yield bus
     bus.close()
 

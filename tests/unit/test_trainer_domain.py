@@ -63,7 +63,7 @@ class World:
         return domain
 
     def kinds(self, job_id: str) -> list[str]:
-        return [payload_kind(e) for e in list(self.out) if e.job_id == job_id]
+        return [payload_kind(e) for e in list(self.out) if e.job_id == job_id and payload_kind(e) != "stage_heartbeat"]
 
     def wait_for(self, predicate, timeout=120.0):
         deadline = time.monotonic() + timeout
@@ -188,3 +188,48 @@ def test_errors_and_bad_configs(tmp_path, digits_data):
     assert domain.get("job-6").status == Status.TRAINING_STATUS_STOPPED and world.opened == 0
     domain.close()
     world.bus.close()
+
+
+def test_a_cancel_that_arrives_with_the_last_step_still_ends_cancelled_not_completed(tmp_path, digits_data):
+    world = World(tmp_path, digits_data, slow=0.2)
+    domain = world.domain()
+    world.bus.subscribe("trainer", domain.handle, kinds=KINDS)
+    submit(world.bus, "job-7", config(epochs=1, steps=1))  # one step: the stop lands after the last step
+    world.wait_for(lambda: "training_progress" in world.kinds("job-7"))
+    world.bus.publish(new_event("job-7", "jobs", cancel_requested=events_pb2.CancelRequested(reason="test")))
+    ended = domain.wait("job-7", {Status.TRAINING_STATUS_STOPPED, Status.TRAINING_STATUS_SUCCEEDED})
+    world.wait_for(lambda: "job_cancelled" in world.kinds("job-7"))
+    assert ended.status == Status.TRAINING_STATUS_STOPPED
+    assert "training_completed" not in world.kinds("job-7")
+    domain.close()
+    world.bus.close()
+
+
+def test_a_store_outage_longer_than_the_window_fails_the_job_even_when_state_cannot_be_saved(tmp_path, digits_data):
+    from services.common.errors import Unavailable
+
+    world = World(tmp_path, digits_data)
+
+    def store_down(uri, cfg, cache):
+        world.opened += 1
+        world.store.put_bytes = _raise_unavailable  # the failure state cannot be saved either
+        raise Unavailable("object store at 127.0.0.1:1 cannot be reached")
+
+    world.open_data = store_down
+    domain = world.domain(outage_window_s=0.5, retry_seconds=0.1)
+    domain.start("job-8", "records/job-8/", config())
+    world.wait_for(lambda: "stage_failed" in world.kinds("job-8"), timeout=30)
+    (failed,) = [e.stage_failed for e in world.out if payload_kind(e) == "stage_failed"]
+    assert failed.stage == common_pb2.JOB_STAGE_TRAINING
+    assert "unavailable for" in failed.message and "outage window" in failed.message
+    assert world.opened >= 2  # retried within the window before giving up
+    assert domain.get("job-8").status == Status.TRAINING_STATUS_FAILED  # answered from memory
+    domain.check_worker()  # the worker survived the failure
+    domain.close()
+    world.bus.close()
+
+
+def _raise_unavailable(*args, **kwargs):
+    from services.common.errors import Unavailable
+
+    raise Unavailable("object store at 127.0.0.1:1 cannot be reached")

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "job_id", "occurred_at", "producer", "job_submitted", "cancel_requested", "dataset_prepared", "records_built", "training_progress", "training_completed", "evaluation_completed", "model_deployed", "stage_failed", "job_cancelled")
+    __slots__ = ("event_id", "job_id", "occurred_at", "producer", "job_submitted", "cancel_requested", "dataset_prepared", "records_built", "training_progress", "training_completed", "evaluation_completed", "model_deployed", "stage_failed", "job_cancelled", "stage_heartbeat")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Event(_message.Message):
     MODEL_DEPLOYED_FIELD_NUMBER: _ClassVar[int]
     STAGE_FAILED_FIELD_NUMBER: _ClassVar[int]
     JOB_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    STAGE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     job_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -40,7 +41,8 @@ class Event(_message.Message):
     model_deployed: ModelDeployed
     stage_failed: StageFailed
     job_cancelled: JobCancelled
-    def __init__(self, event_id: _Optional[str] = ..., job_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[str] = ..., job_submitted: _Optional[_Union[JobSubmitted, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., dataset_prepared: _Optional[_Union[DatasetPrepared, _Mapping]] = ..., records_built: _Optional[_Union[RecordsBuilt, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_completed: _Optional[_Union[TrainingCompleted, _Mapping]] = ..., evaluation_completed: _Optional[_Union[EvaluationCompleted, _Mapping]] = ..., model_deployed: _Optional[_Union[ModelDeployed, _Mapping]] = ..., stage_failed: _Optional[_Union[StageFailed, _Mapping]] = ..., job_cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ...) -> None: ...
+    stage_heartbeat: StageHeartbeat
+    def __init__(self, event_id: _Optional[str] = ..., job_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[str] = ..., job_submitted: _Optional[_Union[JobSubmitted, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., dataset_prepared: _Optional[_Union[DatasetPrepared, _Mapping]] = ..., records_built: _Optional[_Union[RecordsBuilt, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_completed: _Optional[_Union[TrainingCompleted, _Mapping]] = ..., evaluation_completed: _Optional[_Union[EvaluationCompleted, _Mapping]] = ..., model_deployed: _Optional[_Union[ModelDeployed, _Mapping]] = ..., stage_failed: _Optional[_Union[StageFailed, _Mapping]] = ..., job_cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ..., stage_heartbeat: _Optional[_Union[StageHeartbeat, _Mapping]] = ...) -> None: ...
 
 class JobSubmitted(_message.Message):
     __slots__ = ("spec",)
@@ -152,3 +154,11 @@ class JobCancelled(_message.Message):
     stage: _common_pb2.JobStage
     checkpoint_uri: str
     def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., checkpoint_uri: _Optional[str] = ...) -> None: ...
+
+class StageHeartbeat(_message.Message):
+    __slots__ = ("stage", "activity")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    stage: _common_pb2.JobStage
+    activity: str
+    def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., activity: _Optional[str] = ...) -> None: ...
