@@ -99,9 +99,9 @@ apt_install() {
   command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
   log "apt-get install $*"
   export DEBIAN_FRONTEND=noninteractive
-  if ! as_root apt-get install -y -q --no-install-recommends "$@" >&2; then
-    as_root apt-get update -q >&2
-    as_root apt-get install -y -q --no-install-recommends "$@" >&2
+  if ! as_root apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "$@" >&2; then
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+    as_root apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "$@" >&2
   fi
 }
 
