@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN_DIR := gen/python
 
-.PHONY: help demo venv protos lint test test-unit test-integration infra-up infra-down infra-status bench lock clean
+.PHONY: help demo venv protos lint test test-unit test-faults test-integration infra-up infra-down infra-status bench lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,7 +43,12 @@ infra-status: ## show whether each local component is up
 test-unit: protos ## unit tests only (no infrastructure)
 	$(PY) -m pytest -m "not integration" tests
 
-# Starts the real infrastructure, runs every test, and stops it again even when tests fail.
+test-faults: protos ## the fault suite alone (tests/faults) against real Kafka, MinIO and Prometheus
+	deploy/local/infra.sh up
+	rc=0; $(PY) -m pytest tests/faults || rc=$$?; deploy/local/infra.sh down || true; exit $$rc
+
+# Starts the real infrastructure, runs every test (the fault suite included), and stops it again even
+# when tests fail.
 test: protos ## unit and integration tests against real Kafka, MinIO and Prometheus
 	deploy/local/infra.sh up
 	rc=0; $(PY) -m pytest tests || rc=$$?; deploy/local/infra.sh down || true; exit $$rc

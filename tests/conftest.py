@@ -1,11 +1,21 @@
-"""Shared test helpers: start a service as its own process, the way it runs in production."""
+"""Shared test helpers: start a service as its own process, the way it runs in production; the
+real infrastructure's addresses for the integration and fault tests.
+
+Integration and fault tests run against the real Kafka, MinIO and Prometheus that deploy/local
+starts (`make infra-up`; `make test` does it). When they are not reachable the tests fail with a
+message saying so: they never fall back to in-memory stand-ins."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,3 +63,64 @@ def start_service(tmp_path):
     yield start
     for service in started:
         service.terminate()
+
+
+KAFKA = os.environ.get("CLASSFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+S3_ENDPOINT = os.environ.get("CLASSFORGE_S3_ENDPOINT", "127.0.0.1:19000")
+S3_ACCESS_KEY = os.environ.get("CLASSFORGE_S3_ACCESS_KEY", "classforge")
+S3_SECRET_KEY = os.environ.get("CLASSFORGE_S3_SECRET_KEY", "classforge-secret")
+PROMETHEUS = os.environ.get("CLASSFORGE_PROMETHEUS_URL", "http://127.0.0.1:19090")
+
+
+def _reachable(host_port: str) -> bool:
+    host, port = host_port.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def infra() -> dict[str, str]:
+    """The real infrastructure's addresses as service environment variables."""
+    missing = [name for name, address in [("Kafka", KAFKA), ("MinIO", S3_ENDPOINT),
+                                          ("Prometheus", urllib.parse.urlparse(PROMETHEUS).netloc)]
+               if not _reachable(address)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not reachable: run `make infra-up` (or use `make test`)", pytrace=False)
+    return {
+        "CLASSFORGE_KAFKA_BOOTSTRAP": KAFKA,
+        "CLASSFORGE_S3_ENDPOINT": S3_ENDPOINT,
+        "CLASSFORGE_S3_ACCESS_KEY": S3_ACCESS_KEY,
+        "CLASSFORGE_S3_SECRET_KEY": S3_SECRET_KEY,
+    }
+
+
+class Prometheus:
+    def __init__(self, url: str):
+        self.url = url
+
+    def query(self, promql: str) -> list[dict]:
+        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        with urllib.request.urlopen(address, timeout=5) as reply:
+            body = json.load(reply)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def wait_for_value(self, promql: str, predicate, timeout: float = 60.0) -> float:
+        """Polls until the query's first sample satisfies predicate; returns that value."""
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if result:
+                last = float(result[0]["value"][1])
+                if predicate(last):
+                    return last
+            time.sleep(0.5)
+        raise AssertionError(f"Prometheus query {promql!r} never satisfied the condition (last value {last})")
+
+
+@pytest.fixture(scope="session")
+def prometheus(infra) -> Prometheus:
+    return Prometheus(PROMETHEUS)

@@ -46,6 +46,7 @@ def connect(name: str, settings: ServiceSettings) -> tuple[Callable[[], ObjectSt
                                       settings.s3_secret_key, settings.s3_bucket, secure=settings.s3_secure)
     store = store_factory()
     bus = KafkaEventBus(settings.kafka_bootstrap, client_id=name, processed=ObjectStoreProcessedEvents(store),
+                        topic=settings.kafka_topic, dead_letter_topic=f"{settings.kafka_topic}.dlq",
                         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
                         outage_window_s=settings.outage_window_seconds)
     return store_factory, store, bus

@@ -105,6 +105,8 @@ class ServiceSettings(Settings):
     s3_secret_key: str = env("CLASSFORGE_S3_SECRET_KEY", help="object store secret key")
     s3_bucket: str = env("CLASSFORGE_S3_BUCKET", "classforge", "bucket holding every artefact")
     s3_secure: bool = env("CLASSFORGE_S3_SECURE", False, "use TLS to reach the object store")
+    kafka_topic: str = env("CLASSFORGE_KAFKA_TOPIC", "classforge.events",
+                           "the event topic (its dead letters go to <topic>.dlq); one per deployment sharing a cluster")
     kafka_max_poll_interval_ms: int = env(
         "CLASSFORGE_KAFKA_MAX_POLL_INTERVAL_MS", 30 * 60 * 1000,
         "longest one event handler may run (a records build) before Kafka reassigns its partitions")

@@ -71,9 +71,11 @@ class JobsDomain:
         self._lock = threading.Condition()  # notified on every change, for watchers
         self._jobs: dict[str, Job] = {}
         self._events: dict[str, list[events_pb2.Event]] = {}
-        # Deadlines run from when this service could last see events: a jobs service that was down
-        # or cut off from Kafka gives every stage a fresh deadline instead of failing what it missed.
+        # Deadlines run from when this service could last see and record events: a jobs service that
+        # was down, or cut off from Kafka or the object store, gives every stage a fresh deadline
+        # instead of failing jobs for a silence that was its own.
         self._watching_since = clock()
+        self._blind = False
         self._ended_by_watchdog: set[str] = set()  # published for, waiting for the fold
 
     def load(self) -> int:
@@ -210,13 +212,18 @@ class JobsDomain:
             job.updated_at.CopyFrom(event.occurred_at)
             if _seconds(event.occurred_at) > _seconds(job.last_activity_at):
                 job.last_activity_at.CopyFrom(event.occurred_at)
-        if kind == "stage_heartbeat":  # the state moves, the history stays readable
-            self._save(job)
-            return
-        when = event.occurred_at.seconds * 1_000_000_000 + event.occurred_at.nanos
-        self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/events/{when:020d}-{event.event_id}.pb",
-                             event.SerializeToString())
-        self._save(job, event)
+        try:
+            if kind == "stage_heartbeat":  # the state moves, the history stays readable
+                self._save(job)
+            else:
+                when = event.occurred_at.seconds * 1_000_000_000 + event.occurred_at.nanos
+                self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/events/{when:020d}-{event.event_id}.pb",
+                                     event.SerializeToString())
+                self._save(job, event)
+        except Exception:
+            self.lost_sight()  # the fold is stuck (the store is down): no deadline runs meanwhile
+            raise
+        self.regained_sight()
 
     def apply_dead_letter(self, letter: DeadLetter) -> None:
         """A service gave up on one of a job's events: that stage failed, and the job with it."""
@@ -244,15 +251,21 @@ class JobsDomain:
     # ------------------------------------------------------------------ deadlines
 
     def lost_sight(self) -> None:
-        """The bus cannot be read: deadlines restart from when it can again (see `check_deadlines`)."""
-        self._watching_since = float("inf")
+        """Events cannot be read or recorded (Kafka or the object store is down): deadlines pause, and
+        restart from zero once `regained_sight` is called."""
+        self._blind = True
+
+    def regained_sight(self) -> None:
+        if self._blind:
+            self._blind = False
+            self._watching_since = self.clock()
 
     def check_deadlines(self) -> list[str]:
         """Ends the jobs whose stage went silent past its deadline, or whose cancel was not confirmed
         in time; returns their ids. Runs periodically; safe on several replicas at once."""
+        if self._blind:
+            return []
         now = self.clock()
-        if self._watching_since == float("inf"):
-            self._watching_since = now
         with self._lock:
             live = [job for job in self._jobs.values() if job.status not in TERMINAL]
             self._ended_by_watchdog &= {job.job_id for job in live}

@@ -42,9 +42,11 @@ def build(context: ServiceContext) -> None:
         while not stopping.wait(settings.watchdog_seconds):
             try:
                 context.bus.ping()
+                context.store.ping()
             except Exception:  # noqa: BLE001 - blind to events: no deadline may run out meanwhile
                 domain.lost_sight()
                 continue
+            domain.regained_sight()
             try:
                 domain.check_deadlines()
             except Exception:  # noqa: BLE001 - retried on the next round

@@ -137,9 +137,31 @@ def test_a_late_heartbeat_of_an_earlier_stage_does_not_move_the_job_back(bus, do
 def test_deadlines_restart_when_the_service_could_not_see_events(bus, domain, clock):
     job_id = domain.submit(spec()).job_id
     bus.drain(5)
-    clock.now += 3600
     domain.lost_sight()  # e.g. Kafka was unreachable: the silence may be ours, not the stage's
+    clock.now += 3600
     assert domain.check_deadlines() == []
+    domain.regained_sight()
+    clock.now += 59
+    assert domain.check_deadlines() == []
+    clock.now += 2
+    assert domain.check_deadlines() == [job_id]
+
+
+def test_a_fold_that_cannot_record_pauses_deadlines_until_it_can(bus, store, domain, clock, monkeypatch):
+    job_id = domain.submit(spec()).job_id
+    bus.drain(5)
+    original = store.put_bytes
+
+    def store_down(*args, **kwargs):
+        raise Unavailable("object store down")
+
+    monkeypatch.setattr(store, "put_bytes", store_down)
+    with pytest.raises(Unavailable):
+        domain.apply(event_at(job_id, clock.now, "ingest", dataset_prepared=events_pb2.DatasetPrepared()))
+    clock.now += 3600
+    assert domain.check_deadlines() == []
+    monkeypatch.setattr(store, "put_bytes", original)
+    domain.apply(event_at(job_id, clock.now - 3000, "ingest", dataset_prepared=events_pb2.DatasetPrepared()))
     clock.now += 59
     assert domain.check_deadlines() == []
     clock.now += 2
