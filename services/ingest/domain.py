@@ -28,7 +28,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -232,8 +232,8 @@ class IngestDomain:
             log.info("job already handled; nothing to do", extra={"job_id": job_id, "event_id": event.event_id})
             return
         try:
-            with self.stage.working(job_id, "preparing the dataset"):
-                dataset = self._for_job(job_id, event.job_submitted.spec)
+            with self.stage.working(job_id, "preparing the dataset") as work:
+                dataset = self._for_job(job_id, event.job_submitted.spec, work.check)
             if self.stage.is_cancelled(job_id):  # cancelled while the last images were written
                 raise JobCancelled(job_id, "cancelled")
         except JobCancelled:
@@ -251,7 +251,7 @@ class IngestDomain:
         self._record(marker, {"job_id": job_id, "outcome": "prepared", "dataset_id": dataset.ref.dataset_id})
         log.info("dataset prepared for job", extra={"job_id": job_id, "dataset_id": dataset.ref.dataset_id})
 
-    def _for_job(self, job_id: str, spec: common_pb2.JobSpec) -> pb.Dataset:
+    def _for_job(self, job_id: str, spec: common_pb2.JobSpec, check: Callable[[], None]) -> pb.Dataset:
         source = spec.source
         kind = source.WhichOneof("source")
         if kind is None:
@@ -263,7 +263,7 @@ class IngestDomain:
             metrics.DATASETS.labels("reused").inc()
             return dataset
         options = IngestOptions.from_proto(spec.dataset, "spec.dataset")
-        return self._from_source(self.dataset_id_for_job(job_id), source, options, "spec.source", "")
+        return self._from_source(self.dataset_id_for_job(job_id), source, options, "spec.source", "", check)
 
     def _publish(self, event: events_pb2.Event) -> None:
         if self.bus is None:
@@ -276,7 +276,7 @@ class IngestDomain:
     # ------------------------------------------------------------------ building
 
     def _from_source(self, dataset_id: str, source: common_pb2.DataSource, options: IngestOptions, field: str,
-                     reuse_field: str) -> pb.Dataset:
+                     reuse_field: str, check: Callable[[], None] = lambda: None) -> pb.Dataset:
         kind = source.WhichOneof("source")
         value = getattr(source, kind)
         if not value.strip():
@@ -291,7 +291,7 @@ class IngestDomain:
             if kind == "local_path":
                 root = self._local_root(value, f"{field}.local_path")
                 return self._build(dataset_id, root, options, description, source.list_file,
-                                   f"{field}.list_file", [])
+                                   f"{field}.list_file", [], check)
             check_relative(f"{field}.object_prefix", value)
             prefix = value if value.endswith("/") else value + "/"
             if next(iter(self.store.list(prefix)), None) is None:
@@ -299,7 +299,7 @@ class IngestDomain:
             with self._workspace() as work:
                 rejects = download_prefix(self.store, prefix, work / "files", self.limits)
                 return self._build(dataset_id, work / "files", options, description, source.list_file,
-                                   f"{field}.list_file", rejects)
+                                   f"{field}.list_file", rejects, check)
 
     def _local_root(self, value: str, field: str) -> Path:
         root = Path(value).resolve()
@@ -325,7 +325,7 @@ class IngestDomain:
         return self._dataset(manifest)
 
     def _build(self, dataset_id: str, root: Path, options: IngestOptions, description: dict, list_file: str,
-               list_field: str, rejects: list[Reject]) -> pb.Dataset:
+               list_field: str, rejects: list[Reject], check: Callable[[], None] = lambda: None) -> pb.Dataset:
         prefix = f"{DATASETS_PREFIX}{dataset_id}/"
         removed = self.store.delete_prefix(prefix)  # leftovers of an interrupted build: no manifest there
         if removed:
@@ -335,7 +335,7 @@ class IngestDomain:
             prepared = prepare_dataset(root, self.store, prefix, options, dataset_id=dataset_id,
                                        source=description, list_file=list_file, list_file_field=list_field,
                                        extra_rejects=rejects, workers=self.workers,
-                                       max_file_bytes=self.limits.max_file_bytes)
+                                       max_file_bytes=self.limits.max_file_bytes, stop_check=check)
         except BaseException:
             self._remove_incomplete(prefix)
             raise

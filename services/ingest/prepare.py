@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,13 +85,15 @@ def _reasons_summary(rejects: list[Reject], limit: int = 6) -> str:
 def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: IngestOptions, *, dataset_id: str,
                     source: dict, list_file: str = "", list_file_field: str = "source.list_file",
                     extra_rejects: list[Reject] | tuple[Reject, ...] = (), workers: int | None = None,
-                    write_threads: int = 0, max_file_bytes: int = DEFAULT_LIMITS.max_file_bytes) -> Prepared:
+                    write_threads: int = 0, max_file_bytes: int = DEFAULT_LIMITS.max_file_bytes,
+                    stop_check: Callable[[], None] = lambda: None) -> Prepared:
     """Prepares the dataset found in `root` and writes it under `prefix` ("" or ending in '/'),
-    manifest.json last. Raises FailedPrecondition when the data allows no dataset."""
+    manifest.json last. Raises FailedPrecondition when the data allows no dataset. `stop_check` is called
+    between batches of files and before every image upload; whatever it raises (a cancel) stops the work."""
     started = time.perf_counter()
     try:
         prepared = _prepare(root, store, prefix, options, dataset_id, source, list_file, list_file_field,
-                            list(extra_rejects), workers, write_threads, max_file_bytes, started)
+                            list(extra_rejects), workers, write_threads, max_file_bytes, started, stop_check)
     except ClassforgeError:
         metrics.DATASETS.labels("failed").inc()
         raise
@@ -101,7 +104,7 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
 
 def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions, dataset_id: str, source: dict,
              list_file: str, list_file_field: str, rejected: list[Reject], workers: int | None,
-             write_threads: int, max_file_bytes: int, started: float) -> Prepared:
+             write_threads: int, max_file_bytes: int, started: float, stop_check: Callable[[], None]) -> Prepared:
     if prefix and not prefix.endswith("/"):
         raise ValueError(f"prefix must be empty or end with '/', got {prefix!r}")
     # Names from outside (rejects of an extraction or a download, a local path) as text: a name that is
@@ -112,7 +115,11 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
     dataset_id = printable(dataset_id)  # checked by the service; the CLI takes any --dataset-id
     with ValidationPool(min_side=options.min_side, max_pixels=options.max_pixels, max_bytes=max_file_bytes,
                         workers=workers) as pool:  # 1. validate every candidate, while the walk goes on
-        collection = collect(root, list_file, list_file_field, on_batch=pool.add)
+        def add(batch) -> None:
+            stop_check()
+            pool.add(batch)
+
+        collection = collect(root, list_file, list_file_field, on_batch=add)
         checks = pool.results()
     tasks = collection.tasks
     rejected.extend(collection.rejected)
@@ -197,6 +204,7 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
 
     # 5. write: images, label map, lists, report, manifest last
     def put_image(unique: _Unique) -> None:
+        stop_check()
         store.put_file(prefix + unique.key, unique.path, CONTENT_TYPES[unique.check.ext])
 
     # Remote stores answer each upload after a round trip, so several go at once; a local directory is

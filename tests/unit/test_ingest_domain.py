@@ -17,6 +17,7 @@ from classforge.v1 import ingest_service_pb2 as pb
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.events import InProcessEventBus, new_event
 from services.common.sample_data import load_digits
+from services.common.stage_work import Cancellations
 from services.common.storage import LocalObjectStore
 from services.ingest.domain import IngestDomain
 from services.ingest.options import IngestOptions, SourceLimits
@@ -405,3 +406,43 @@ def test_a_multi_task_list_file_inside_an_uploaded_archive(store, digit_files, l
     assert len(lines) == 120 and all(len(parts) == 3 for parts in lines)
     assert sum(parts[2] == "-1" for parts in lines) == 1
     assert all(parts[2] == "-1" or int(parts[2]) == int(parts[1]) % 2 for parts in lines)
+
+
+def test_a_job_cancelled_before_ingest_starts_gets_job_cancelled_and_no_dataset(store, bus, digit_files):
+    for name, data in digit_files.items():
+        store.put_bytes(f"uploads/c1/{name}", data)
+    Cancellations(store).request("job-c1", "not needed")
+    domain = IngestDomain(store, bus)
+    seen = []
+    bus.subscribe("observer", seen.append)
+    bus.subscribe("ingest", domain.handle, kinds=["job_submitted"])
+    bus.publish(submitted("job-c1", common_pb2.DataSource(object_prefix="uploads/c1/")))
+    bus.drain(30)
+    [(kind, event)] = outcomes(seen, "job-c1")
+    assert kind == "job_cancelled" and event.job_cancelled.stage == common_pb2.JOB_STAGE_INGEST
+    assert list(store.list(f"datasets/{IngestDomain.dataset_id_for_job('job-c1')}/")) == []
+
+
+def test_a_cancel_during_the_image_uploads_stops_ingest_and_leaves_no_half_dataset(store, bus, digit_files):
+    for name, data in digit_files.items():
+        store.put_bytes(f"uploads/c2/{name}", data)
+    domain = IngestDomain(store, bus)
+    domain.stage.check_seconds = 0  # look at the marker at every check
+    uploads = []
+    original = store.put_file
+
+    def put_file(key, *args, **kwargs):  # the cancel comes once the first images are in
+        uploads.append(key)
+        if len(uploads) == 3:
+            Cancellations(store).request("job-c2", "stop now")
+        return original(key, *args, **kwargs)
+
+    store.put_file = put_file
+    seen = []
+    bus.subscribe("observer", seen.append)
+    bus.subscribe("ingest", domain.handle, kinds=["job_submitted"])
+    bus.publish(submitted("job-c2", common_pb2.DataSource(object_prefix="uploads/c2/")))
+    bus.drain(30)
+    assert [kind for kind, _ in outcomes(seen, "job-c2")] == ["job_cancelled"]
+    assert 3 <= len(uploads) < len(digit_files)  # stopped part-way through
+    assert list(store.list(f"datasets/{IngestDomain.dataset_id_for_job('job-c2')}/")) == []
