@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def _reachable(host_port: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def infra() -> dict[str, str]:
+def infra_addresses() -> dict[str, str]:
     """The real infrastructure's addresses as service environment variables."""
     missing = [name for name, address in [("Kafka", KAFKA), ("MinIO", S3_ENDPOINT),
                                           ("Prometheus", urllib.parse.urlparse(PROMETHEUS).netloc)]
@@ -121,6 +122,13 @@ class Prometheus:
         raise AssertionError(f"Prometheus query {promql!r} never satisfied the condition (last value {last})")
 
 
+@pytest.fixture
+def infra(infra_addresses) -> dict[str, str]:
+    """The addresses plus an event topic of the test's own: services started by one test never replay
+    the jobs of another (a fresh consumer group reads its topic from the start)."""
+    return {**infra_addresses, "CLASSFORGE_KAFKA_TOPIC": f"it.{uuid.uuid4().hex[:10]}"}
+
+
 @pytest.fixture(scope="session")
-def prometheus(infra) -> Prometheus:
+def prometheus(infra_addresses) -> Prometheus:
     return Prometheus(PROMETHEUS)

@@ -201,8 +201,8 @@ def record(case: str, expected: int, ended: Ended, stage_at_fault: int, note: st
 
 
 @pytest.fixture(scope="module")
-def platform(infra, tmp_path_factory):
-    platform = Platform(infra, tmp_path_factory.mktemp("faults"))
+def platform(infra_addresses, tmp_path_factory):
+    platform = Platform(infra_addresses, tmp_path_factory.mktemp("faults"))
     yield platform
     platform.stop()
 

@@ -13,8 +13,8 @@ WINDOW_SECONDS = 15
 
 
 @pytest.fixture(scope="module")
-def short_window(infra, tmp_path_factory):
-    platform = Platform(infra, tmp_path_factory.mktemp("long-outage"),
+def short_window(infra_addresses, tmp_path_factory):
+    platform = Platform(infra_addresses, tmp_path_factory.mktemp("long-outage"),
                         CLASSFORGE_OUTAGE_WINDOW_SECONDS=str(WINDOW_SECONDS))
     yield platform
     platform.stop()

@@ -20,7 +20,7 @@ from services.evaluator.fixtures import write_colour_model
 from services.evaluator.main import GROUP
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
 from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
-from tests.integration.kafka_topic import positioned_consumer
+from tests.integration.kafka_topic import positioned_consumer, topics
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +65,9 @@ def test_evaluator_service_over_kafka_and_minio(infra, prometheus, start_service
         wait_until_serving(channel, timeout=120)
     except TimeoutError:
         pytest.fail(f"evaluator never became SERVING:\n{service.log()}")
-    consumer = positioned_consumer(infra["CLASSFORGE_KAFKA_BOOTSTRAP"])
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id=f"it-evaluator-{uuid.uuid4().hex[:6]}")
+    consumer = positioned_consumer(infra)
+    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id=f"it-evaluator-{uuid.uuid4().hex[:6]}",
+                        **topics(infra))
     try:
         spec = common_pb2.JobSpec(gates=common_pb2.EvaluationGates(min_accuracy=0.99))
         bus.publish(new_event(job_id, "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))

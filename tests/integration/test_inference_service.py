@@ -20,7 +20,7 @@ from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, ne
 from services.common.grpc_server import wait_until_serving
 from services.common.storage import MinioObjectStore
 from services.model_server import toy_model
-from tests.integration.kafka_topic import positioned_consumer
+from tests.integration.kafka_topic import positioned_consumer, topics
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +79,8 @@ def test_blessed_model_published_from_kafka_and_minio_then_classified(infra, sta
         except TimeoutError:
             pytest.fail(f"{name} never became SERVING:\n{service.log()}")
     stub = pb_grpc.InferenceServiceStub(channel)
-    consumer = positioned_consumer(infra["CLASSFORGE_KAFKA_BOOTSTRAP"])
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-inference")
+    consumer = positioned_consumer(infra)
+    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-inference", **topics(infra))
 
     blessed_job, unblessed_job = f"it-{uuid.uuid4()}", f"it-{uuid.uuid4()}"
     spec = common_pb2.JobSpec(deploy=common_pb2.DeployOptions(deploy=True, model_name="it-model"))

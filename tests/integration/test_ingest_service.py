@@ -25,7 +25,7 @@ from services.common.grpc_server import wait_until_serving
 from services.common.sample_data import load_digits
 from services.common.storage import MinioObjectStore
 from tests.archives import tar_gz
-from tests.integration.kafka_topic import positioned_consumer
+from tests.integration.kafka_topic import positioned_consumer, topics
 
 pytestmark = pytest.mark.integration
 
@@ -138,8 +138,8 @@ def test_a_job_event_makes_one_dataset_and_one_dataset_prepared_event(service, i
     # 300 images: above the pool threshold, so the service validates them on its forkserver workers
     for name, data in digit_pngs(per_class=30).items():
         store.put_bytes(f"uploads/it-job/{name[len('digits/'):]}", data)
-    consumer = positioned_consumer(infra["CLASSFORGE_KAFKA_BOOTSTRAP"])
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-ingest-test")
+    consumer = positioned_consumer(infra)
+    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-ingest-test", **topics(infra))
     job_id = f"it-{uuid.uuid4()}"
     spec = common_pb2.JobSpec(source=common_pb2.DataSource(object_prefix="uploads/it-job/"),
                               dataset=common_pb2.DatasetOptions(seed=2, val_fraction=0.2))

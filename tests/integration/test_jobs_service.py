@@ -40,7 +40,7 @@ def test_submit_job_goes_grpc_to_kafka_to_prometheus(infra, prometheus, start_se
     except TimeoutError:
         pytest.fail(f"jobs never became SERVING:\n{service.log()}")
     stub = pb_grpc.JobsServiceStub(channel)
-    consumer = positioned_consumer(infra["CLASSFORGE_KAFKA_BOOTSTRAP"])
+    consumer = positioned_consumer(infra)
 
     spec = common_pb2.JobSpec(display_name="it", source=common_pb2.DataSource(object_prefix="uploads/it/"))
     job_id = stub.SubmitJob(pb.SubmitJobRequest(spec=spec), timeout=10).job_id

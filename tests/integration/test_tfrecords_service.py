@@ -19,7 +19,7 @@ from services.common.storage import MinioObjectStore
 from services.tfrecords.main import CONSUMER_GROUP
 from services.tfrecords.reader import RecordsReader
 from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
-from tests.integration.kafka_topic import positioned_consumer
+from tests.integration.kafka_topic import positioned_consumer, topics
 
 pytestmark = pytest.mark.integration
 
@@ -99,8 +99,9 @@ def test_tfrecords_service_builds_from_minio_over_grpc_and_kafka(infra, promethe
         assert caught.value.code() == code, caught.value.details()
 
     # Kafka: dataset_prepared -> records_built, once per job even when redelivered with a new event id.
-    consumer = positioned_consumer(infra["CLASSFORGE_KAFKA_BOOTSTRAP"])
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id=f"it-tfrecords-{uuid.uuid4().hex[:6]}")
+    consumer = positioned_consumer(infra)
+    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id=f"it-tfrecords-{uuid.uuid4().hex[:6]}",
+                        **topics(infra))
     try:
         job_id, failing_job = f"it-{uuid.uuid4()}", f"it-{uuid.uuid4()}"
         bus.publish(prepared(job_id, "small"))
