@@ -29,13 +29,22 @@ class InvalidArgument(ClassforgeError):
         self.field = field
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """repr() of a user's value for a message, cut to at most `limit` characters ("…" marks the cut),
+    so that an error never echoes a huge input back."""
+    if isinstance(value, str | bytes):
+        value = value[: limit + 1]  # enough to know it needs cutting, without repr() of megabytes
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class NotFound(ClassforgeError):
     """No object with that id or key exists."""
 
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, kind: str, ident: str):
-        super().__init__(f"{kind} {ident!r} not found")
+        super().__init__(f"{kind} {shown(ident)} not found")
         self.kind = kind
         self.ident = ident
 
@@ -51,9 +60,14 @@ class FailedPrecondition(ClassforgeError):
 
 
 class Unavailable(ClassforgeError):
-    """A dependency (Kafka, object store, model server) cannot be reached right now; retry later."""
+    """A dependency (Kafka, object store, model server) cannot be reached right now; retry later.
+    Its message names addresses and library errors for the log; a gRPC client gets a generic one."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class RetryLater(Unavailable):
+    """Unavailable with a message written for the client (what to retry and how); sent as it is."""
 
 
 class ResourceExhausted(ClassforgeError):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from classforge.v1 import common_pb2, events_pb2, jobs_service_pb2
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, RetryLater
 from services.common.events import DeadLetter, EventBus, new_event, payload_kind
 from services.common.stage_work import Cancellations
 from services.common.storage import ObjectStore
@@ -119,7 +119,7 @@ class JobsDomain:
         except Exception as exc:
             log.error("could not publish %s", payload_kind(event), extra={"job_id": event.job_id},
                       exc_info=True)
-            raise Unavailable(f"the job's event could not be recorded right now; {retry_hint}") from exc
+            raise RetryLater(f"the job's event could not be recorded right now; {retry_hint}") from exc
 
     def get(self, job_id: str) -> Job:
         if not job_id:

@@ -18,7 +18,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from classforge.v1 import common_pb2
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, shown
 from services.ingest.options import IngestOptions
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: '$' would let a trailing newline in
@@ -28,7 +28,6 @@ MAX_SPEC_BYTES = 64 * 1024
 MAX_STRING_BYTES = 1024
 MAX_REPEATED = 64
 MAX_EPOCHS = 10_000
-QUOTE_CHARS = 80
 
 # The trainer's PROJECT_BACKBONES: group norm, SE blocks and inputs below 32 px exist only for the
 # networks this project writes; keras.applications backbones build their own layers.
@@ -37,15 +36,6 @@ PROJECT_BACKBONES = frozenset({common_pb2.BACKBONE_RESNET18, common_pb2.BACKBONE
 DEFAULT_BACKBONE = common_pb2.BACKBONE_RESNET18
 DEFAULT_CROP_ASPECT = (3 / 4, 4 / 3)
 MAX_LEARNING_RATE = 10.0
-
-
-def shown(value: object, limit: int = QUOTE_CHARS) -> str:
-    """repr() of a user's value for a message, cut to at most `limit` characters ("…" marks the cut),
-    so that an error never echoes a huge input back."""
-    if isinstance(value, str | bytes):
-        value = value[: limit + 1]  # enough to know it needs cutting, without repr() of megabytes
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _in_range(field: str, value: float, low: float, high: float, *,

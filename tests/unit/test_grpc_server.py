@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from classforge.v1 import common_pb2
 from classforge.v1 import jobs_service_pb2 as pb
 from classforge.v1 import jobs_service_pb2_grpc as pb_grpc
+from services.common.errors import Unavailable
 from services.common.events import InProcessEventBus
 from services.common.grpc_server import GrpcServer, wait_until_serving
 from services.common.storage import LocalObjectStore
@@ -27,6 +28,8 @@ class FlakyServicer(JobsServicer):
     def GetJob(self, request, context):
         if request.job_id == "boom":
             raise RuntimeError("a bug")
+        if request.job_id == "store-down":
+            raise Unavailable("object store at 10.9.8.7:9000 cannot be reached: urllib3 MaxRetryError(...)")
         if request.job_id == "slow":
             time.sleep(1.5)
             return pb.GetJobResponse(job=pb.Job(job_id="slow"))
@@ -142,3 +145,20 @@ def test_graceful_stop_lets_in_flight_calls_finish_then_runs_hooks(running):
     assert stopped == [True]
     with pytest.raises(grpc.RpcError):
         stub.GetJob(pb.GetJobRequest(job_id="x"), timeout=2)
+
+
+def test_an_outage_is_unavailable_without_addresses_or_library_internals(running):
+    _, channel, _, _ = running
+    with pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.JobsServiceStub(channel).GetJob(pb.GetJobRequest(job_id="store-down"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = caught.value.details()
+    assert "retry later" in details and "10.9.8.7" not in details and "urllib3" not in details
+
+
+def test_a_huge_id_is_never_echoed_back(running):
+    _, channel, _, _ = running
+    with pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.JobsServiceStub(channel).GetJob(pb.GetJobRequest(job_id="x" * 100_000), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(caught.value.details()) < 200

@@ -3,8 +3,8 @@ import math
 import pytest
 
 from classforge.v1 import common_pb2
-from services.common.errors import InvalidArgument
-from services.jobs.spec_validation import shown, validate_job_spec
+from services.common.errors import InvalidArgument, shown
+from services.jobs.spec_validation import validate_job_spec
 
 
 def valid_spec() -> common_pb2.JobSpec:
