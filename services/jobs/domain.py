@@ -76,6 +76,12 @@ class JobsDomain:
         # instead of failing jobs for a silence that was its own.
         self._watching_since = clock()
         self._blind = False
+        # When each stage last sent a heartbeat, for any job: a stage that is alive but busy with
+        # other jobs (its consumer handles one event at a time) holds the jobs queued behind it.
+        self._stage_heard: dict[int, float] = {}
+        # When each stage last sent a heartbeat, for any job: a stage that is alive but busy with
+        # other jobs (its consumer handles one event at a time) holds the jobs queued behind it.
+        self._stage_heard: dict[int, float] = {}
         self._ended_by_watchdog: set[str] = set()  # published for, waiting for the fold
 
     def load(self) -> int:
@@ -215,6 +221,8 @@ class JobsDomain:
         try:
             if kind == "stage_heartbeat":  # the state moves, the history stays readable
                 self._save(job)
+                stage = event.stage_heartbeat.stage
+                self._stage_heard[stage] = max(self._stage_heard.get(stage, 0.0), _seconds(event.occurred_at))
             else:
                 when = event.occurred_at.seconds * 1_000_000_000 + event.occurred_at.nanos
                 self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/events/{when:020d}-{event.event_id}.pb",
@@ -279,7 +287,7 @@ class JobsDomain:
                 log.warning("cancel not confirmed by the stage in time; ending the job as cancelled",
                             extra={"job_id": job.job_id, "stage": stage_name(job.stage)})
                 event = new_event(job.job_id, self.producer, job_cancelled=events_pb2.JobCancelled(stage=job.stage))
-            elif now - last >= self.stage_deadline_s:
+            elif now - last >= self.stage_deadline_s and not self._queued_behind_others(job, now):
                 event = new_event(job.job_id, self.producer, stage_failed=events_pb2.StageFailed(
                     stage=job.stage, message=self._silence_message(job, now)))
                 log.warning("stage deadline passed; failing the job", extra={"job_id": job.job_id,
@@ -290,6 +298,12 @@ class JobsDomain:
             self._ended_by_watchdog.add(job.job_id)
             ended.append(job.job_id)
         return ended
+
+    def _queued_behind_others(self, job: Job, now: float) -> bool:
+        """The job's stage has not started on it (no activity of its own there), while the stage's
+        service has said within the deadline that it is working on other jobs: it waits its turn."""
+        heard = self._stage_heard.get(job.stage, 0.0)
+        return not job.activity and now - heard < self.stage_deadline_s
 
     def _silence_message(self, job: Job, now: float) -> str:
         stage = stage_name(job.stage)

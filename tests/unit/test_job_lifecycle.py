@@ -125,6 +125,18 @@ def test_heartbeats_keep_a_long_stage_alive_and_are_not_kept_in_the_history(bus,
     assert history == ["job_submitted"]
 
 
+def test_a_job_queued_behind_a_busy_stage_waits_while_that_stage_is_alive(bus, domain, clock):
+    busy, waiting = domain.submit(spec()).job_id, domain.submit(spec()).job_id
+    bus.drain(5)
+    for _ in range(4):  # ingest works on `busy` for 200 s; `waiting` has not started
+        clock.now += 50
+        domain.apply(event_at(busy, clock.now, "ingest", stage_heartbeat=events_pb2.StageHeartbeat(
+            stage=JobStage.JOB_STAGE_INGEST, activity="preparing")))
+        assert domain.check_deadlines() == []
+    clock.now += 61  # ingest silent for everyone: both jobs fail
+    assert sorted(domain.check_deadlines()) == sorted([busy, waiting])
+
+
 def test_a_late_heartbeat_of_an_earlier_stage_does_not_move_the_job_back(bus, domain, clock):
     job_id = domain.submit(spec()).job_id
     bus.drain(5)
