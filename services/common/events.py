@@ -284,6 +284,11 @@ class EventBus(ABC):
         For operators' tools and tests; a failing handler is logged and the letter skipped."""
         raise NotImplementedError(f"{type(self).__name__} has no dead-letter subscription")
 
+    @abstractmethod
+    def check_consumers(self) -> None:
+        """Readiness: raises when a subscription's consumer thread died while the bus is open (a
+        service that no longer consumes must not say SERVING)."""
+
     def publish_raw(self, key: bytes | None, value: bytes) -> None:
         """Puts arbitrary bytes on the event topic (tests of the unparseable-message path)."""
         raise NotImplementedError(f"{type(self).__name__} cannot publish raw bytes")
@@ -533,6 +538,10 @@ class InProcessEventBus(EventBus):
         if self._closing:
             raise Unavailable("the in-process event bus is closed")
 
+    def check_consumers(self) -> None:
+        with self._cond:
+            _check_alive(self._subscriptions, self._closing)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stops every group once its in-flight handler returned (a handler may still publish
         until then); events not yet delivered are dropped with the bus."""
@@ -545,6 +554,13 @@ class InProcessEventBus(EventBus):
         _join(subscriptions, time.monotonic() + timeout)
         with self._cond:
             self._closed = True
+
+
+def _check_alive(subscriptions: dict, closing: bool) -> None:
+    dead = sorted(group for (_, group), sub in subscriptions.items()
+                  if sub.thread.ident is not None and not sub.thread.is_alive())
+    if dead and not closing:
+        raise RuntimeError(f"event consumer thread(s) died: {', '.join(dead)}")
 
 
 def _join(subscriptions: list, deadline: float) -> None:
@@ -855,6 +871,10 @@ class KafkaEventBus(EventBus):
                               extra={"group": group, "partition": record.partition, "offset": record.offset})
 
         self._start(group, self.dead_letter_topic, handle, threading.Event())
+
+    def check_consumers(self) -> None:
+        with self._lock:
+            _check_alive(self._subscriptions, self._closing)
 
     def ping(self) -> None:
         if self._closing:

@@ -196,6 +196,25 @@ class EventBusContract:
         assert letter.reason.startswith("Unavailable: object store at test:1"), letter.reason
         assert letter.group == group and got.calls[event.event_id] >= 2
 
+    def test_a_consumer_thread_that_died_shows_in_readiness(self, bus, make_group):
+        bus.check_consumers()  # nothing subscribed: healthy
+
+        def dies(event):
+            raise SystemExit("the consumer thread ends here")  # not an Exception: escapes every retry
+
+        group = make_group()
+        bus.subscribe(group, dies)
+        bus.publish(progress(job(), 1))
+
+        def dead() -> bool:
+            try:
+                bus.check_consumers()
+            except RuntimeError as exc:
+                return group in str(exc)
+            return False
+
+        wait_until(dead, self.timeout, "readiness to report the dead consumer")
+
     def test_an_unparseable_message_is_dead_lettered(self, bus, make_group):
         got = Recorder()
         letters: list[DeadLetter] = []
