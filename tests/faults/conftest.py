@@ -189,8 +189,10 @@ class Platform:
 
 def infra_script(component: str, action: str) -> None:
     """deploy/local/<component>.sh down|up: the same scripts `make infra-up` uses."""
-    subprocess.run([str(REPO_ROOT / "deploy" / "local" / f"{component}.sh"), action], check=True,
-                   capture_output=True, timeout=180)
+    done = subprocess.run([str(REPO_ROOT / "deploy" / "local" / f"{component}.sh"), action],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        pytest.fail(f"deploy/local/{component}.sh {action} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
 
 
 def record(case: str, expected: int, ended: Ended, stage_at_fault: int, note: str = "") -> None:

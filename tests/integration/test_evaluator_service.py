@@ -35,7 +35,8 @@ def evaluator_events(consumer, job_id: str, found: list, until, timeout: float, 
         assert time.monotonic() < deadline, f"events so far: {found}\n{log()}"
         for record in consumer:
             event = events_pb2.Event.FromString(record.value)
-            if record.key == job_id.encode() and event.producer == "evaluator":
+            if (record.key == job_id.encode() and event.producer == "evaluator"
+                    and event.WhichOneof("payload") != "stage_heartbeat"):
                 found.append(event)
     return found
 

@@ -57,7 +57,7 @@ def ingest_events(consumer: KafkaConsumer, job_id: str, wait: float, until_found
         for record in consumer:
             if record.key == job_id.encode():
                 event = events_pb2.Event.FromString(record.value)
-                if event.producer == "ingest":
+                if event.producer == "ingest" and event.WhichOneof("payload") != "stage_heartbeat":
                     found.append(event)
     return found
 

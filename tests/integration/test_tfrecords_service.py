@@ -122,7 +122,8 @@ def test_tfrecords_service_builds_from_minio_over_grpc_and_kafka(infra, promethe
         time.sleep(2)
         collect(consumer, seen, lambda found: kinds(found.get(failing_job, [])))
         assert kinds(seen[job_id]) == ["records_built"]  # ... and published nothing more
-        failed = [e for e in seen[failing_job] if e.producer == "tfrecords"]
+        failed = [e for e in seen[failing_job] if e.producer == "tfrecords"
+                  and e.WhichOneof("payload") != "stage_heartbeat"]
         assert kinds(failed) == ["stage_failed"]
         assert failed[0].stage_failed.stage == common_pb2.JOB_STAGE_RECORDS
         assert "'unfinished' is incomplete" in failed[0].stage_failed.message
