@@ -28,6 +28,7 @@ def build_domain(settings: InferenceSettings, store, bus) -> tuple[Classifier, P
                           heartbeat_seconds=settings.heartbeat_seconds)
     classifier = Classifier(client, repo, default_model=settings.default_model, serving_label=settings.serving_label,
                             default_top_k=settings.default_top_k, max_image_bytes=settings.max_image_bytes,
+                            max_image_pixels=settings.max_image_pixels, max_batch_images=settings.max_batch_images,
                             predict_timeout=settings.predict_timeout, stream_window=settings.stream_window,
                             batch_max_size=settings.batch_max_size, batch_wait_ms=settings.batch_wait_ms,
                             on_label_missing=publisher.request_reconcile)

@@ -25,6 +25,11 @@ class InferenceSettings(ServiceSettings):
                              "TF Serving version label that marks the version answering requests without a version")
     default_top_k: int = env("CLASSFORGE_DEFAULT_TOP_K", 5, "classes returned per task when top_k is 0")
     max_image_bytes: int = env("CLASSFORGE_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest image accepted")
+    max_image_pixels: int = env("CLASSFORGE_MAX_IMAGE_PIXELS", 50_000_000,
+                                "most pixels an image's header may declare (decompression-bomb guard, checked "
+                                "before the model server decodes it)")
+    max_batch_images: int = env("CLASSFORGE_MAX_BATCH_IMAGES", 64,
+                                "most images in one REST classify or v2 infer request")
     predict_timeout: float = env("CLASSFORGE_PREDICT_TIMEOUT_SECONDS", 30.0,
                                  "longest a Predict may take when the caller set no deadline")
     publish_timeout: float = env("CLASSFORGE_PUBLISH_TIMEOUT_SECONDS", 300.0,
