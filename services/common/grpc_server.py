@@ -221,6 +221,7 @@ class GrpcServer:
         return self.port
 
     def _set_health(self, serving: bool) -> None:
+        self.serving = serving  # what grpc.health.v1 says; other protocols' readiness endpoints read it
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self._service_names]:
             self.health.set(name, status)

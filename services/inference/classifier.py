@@ -179,14 +179,15 @@ class Classifier:
                                time_remaining=time_remaining, protocol=protocol)
         return [self._response(prediction, row, top_k or self.default_top_k) for row in range(len(images))]
 
-    def infer(self, model: str, images: list[bytes], *, version: int = 0, time_remaining: float | None = None,
-              protocol: str = V2_REST) -> Prediction:
-        """The contract's raw output tensors for a batch of encoded images (Open Inference Protocol v2)."""
-        return self._run(model or self.default_model, images, version=version, time_remaining=time_remaining,
-                         protocol=protocol)
+    def infer(self, model: str, images: list[bytes], *, version: int = 0, outputs: list[str] | None = None,
+              time_remaining: float | None = None, protocol: str = V2_REST) -> Prediction:
+        """The contract's raw output tensors for a batch of encoded images (Open Inference Protocol v2); only
+        `outputs`, in that order, when given."""
+        return self._run(model or self.default_model, images, version=version, select=outputs,
+                         time_remaining=time_remaining, protocol=protocol)
 
     def _run(self, model: str, images: list[bytes], *, version: int = 0, label: str = "", top_k: int | None = None,
-             time_remaining: float | None, protocol: str) -> Prediction:
+             select: list[str] | None = None, time_remaining: float | None, protocol: str) -> Prediction:
         started = time.perf_counter()
         version_label = str(version) if version else ""
         try:
@@ -204,6 +205,8 @@ class Classifier:
                 for key in (contract.probabilities_key(task), contract.class_ids_key(task)):
                     if key in outputs:
                         ordered[key] = outputs[key]
+            if select:
+                ordered = _select(ordered, select, f"{model!r} version {answered}")
             prediction = Prediction(model, answered, tasks, ordered)
         except ClassforgeError as exc:
             metrics.REQUESTS.labels(model, version_label, exc.code.name, protocol).inc()
@@ -415,6 +418,18 @@ class Classifier:
 def _field(index: int, count: int) -> str:
     """How a message names an image: `image` alone (the same words as Classify), `image[i]` in a batch."""
     return "image" if count == 1 else f"image[{index}]"
+
+
+def _select(outputs: dict[str, np.ndarray], names: list[str], model: str) -> dict[str, np.ndarray]:
+    chosen: dict[str, np.ndarray] = {}
+    for index, name in enumerate(names):
+        if name not in outputs:
+            raise InvalidArgument(f"outputs[{index}].name", f"{name!r} is not an output of model {model}; its "
+                                                            f"outputs are {', '.join(outputs)}")
+        if name in chosen:
+            raise InvalidArgument(f"outputs[{index}].name", f"{name!r} is requested twice")
+        chosen[name] = outputs[name]
+    return chosen
 
 
 def _label_missing(exc: grpc.RpcError) -> bool:

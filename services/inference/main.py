@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 
+from classforge.third_party.kserve import grpc_predict_v2_pb2_grpc
 from classforge.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.http_server import HttpServer
 from services.common.runtime import ServiceContext, run_service
+from services.inference import v2_servicer
 from services.inference.classifier import Classifier
+from services.inference.http_api import build_app
 from services.inference.model_server_client import ModelServerClient
 from services.inference.publisher import Publisher
 from services.inference.repository import ModelRepository
@@ -43,6 +47,12 @@ def build(context: ServiceContext) -> None:
     context.server.add_service(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
                                InferenceServicer(classifier, publisher), SERVICE_NAME)
 
+    def ready() -> bool:
+        return context.server.serving
+
+    context.server.add_service(grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                               v2_servicer.OpenInferenceServicer(classifier, ready), v2_servicer.SERVICE_NAME)
+
     def start() -> None:
         publisher.reconcile()  # the model server serves the chosen versions before we say SERVING
         publisher.start_reconciler(settings.reconcile_seconds)
@@ -52,6 +62,13 @@ def build(context: ServiceContext) -> None:
     context.server.on_stop(client.close)
     context.server.on_stop(classifier.close)
     context.server.on_stop(publisher.stop)
+    if settings.rest_port >= 0:
+        http = HttpServer(context.name, build_app(classifier, ready=ready, max_body_bytes=settings.max_message_bytes),
+                          port=settings.rest_port, host=settings.listen_host, grace_seconds=settings.grace_seconds)
+        # Its own start-up step, so that a port in use is retried alone. Stop hooks run last-registered first:
+        # REST drains before the classifier and the model server channel close.
+        context.server.on_ready(http.start)
+        context.server.on_stop(http.stop)
 
 
 def main() -> int:
