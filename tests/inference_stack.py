@@ -8,8 +8,10 @@ port."""
 from __future__ import annotations
 
 import json
+import struct
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import grpc
@@ -36,6 +38,20 @@ from services.model_server.main import MODEL_SERVICE, PREDICTION_SERVICE
 from services.model_server.servicer import ModelServicer, PredictionServicer
 
 IMAGES = [toy_model.png(12, 9, seed=s) for s in range(4)] + [toy_model.jpeg(20, 16, seed=9)]
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk declaring width x height, and nothing else."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+
+
+# Bad images every protocol must refuse with INVALID_ARGUMENT.
+NOT_AN_IMAGE = b"this is not an image at all"
+UNDECODABLE = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40  # passes the signature check, fails the model's decode
+TRUNCATED = toy_model.jpeg(16, 16, 1)[:60]
+BOMB = png_header(50_000, 50_000)  # 40 bytes declaring 2.5 gigapixels
 
 
 def build_exports(root: Path, seeds=(1, 2)) -> dict[int, Path]:

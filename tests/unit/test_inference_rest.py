@@ -9,12 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import struct
 import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 
 import grpc
 import pytest
@@ -31,25 +29,13 @@ from services.inference.classifier import Classifier
 from services.inference.http_api import build_app
 from services.inference.model_server_client import ModelServerClient
 from services.inference.settings import InferenceSettings
-from services.model_server import toy_model
 from services.model_server.core import LoadedVersion
-from tests.inference_stack import IMAGES, Stack, build_exports
+from tests.inference_stack import BOMB, IMAGES, NOT_AN_IMAGE, TRUNCATED, UNDECODABLE, Stack, build_exports
 
 MAX_BODY = 300_000
 MAX_IMAGE = 100_000
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk declaring width x height, and nothing else."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
-            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
-
-
-NOT_AN_IMAGE = b"this is not an image at all"
-UNDECODABLE = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40  # passes the signature check, fails the model's decode
-TRUNCATED = toy_model.jpeg(16, 16, 1)[:60]
-BOMB = png_header(50_000, 50_000)
 TOO_BIG = b"\x89PNG\r\n\x1a\n" + b"\x00" * (MAX_IMAGE + 8)
 
 
