@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -29,6 +30,7 @@ from services.inference.classifier import Classifier
 from services.inference.http_api import build_app
 from services.inference.model_server_client import ModelServerClient
 from services.inference.settings import InferenceSettings
+from services.model_server import toy_model
 from services.model_server.core import LoadedVersion
 from tests.inference_stack import BOMB, IMAGES, NOT_AN_IMAGE, TRUNCATED, UNDECODABLE, Stack, build_exports
 
@@ -168,6 +170,38 @@ def test_the_messages_name_the_problem(stack):
                                                f"(CLASSFORGE_MAX_IMAGE_BYTES)")
     assert grpc_failure(stack, UNDECODABLE)[1].startswith("image: model 'toy' cannot use it: ")
     assert grpc_failure(stack, TRUNCATED)[1].startswith("image: model 'toy' cannot use it: ")
+
+
+@pytest.mark.parametrize("fmt, options, mode", [
+    ("JPEG", {}, "RGB"), ("JPEG", {"progressive": True}, "RGB"), ("PNG", {}, "RGB"), ("GIF", {}, "RGB"),
+    ("BMP", {}, "RGB"), ("BMP", {}, "L"), ("WEBP", {}, "RGB"), ("WEBP", {"lossless": True}, "RGB"),
+    ("WEBP", {}, "RGBA"),  # extended (VP8X) WebP
+])
+def test_the_pixel_guard_reads_each_formats_header(fmt, options, mode):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from services.inference.images import image_size, sniff_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (13, 21, len(mode)), dtype=np.uint8).squeeze()
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode).save(out, format=fmt, **options)
+    data = out.getvalue()
+    assert sniff_image(data) == fmt.lower() and image_size(data) == (21, 13)
+    assert image_size(data[:10]) is None or fmt == "GIF"  # a header cut short gives no size (GIF's fits in 10 bytes)
+
+
+def test_a_jpeg_declaring_too_many_pixels_is_refused_before_decoding(stack):
+    jpeg = bytearray(toy_model.jpeg(16, 16, 1))
+    at = jpeg.index(b"\xff\xc0")  # baseline start of frame: length, precision, height, width
+    jpeg[at + 5:at + 9] = struct.pack(">HH", 60_000, 60_000)
+    message = ("image: declares 60000x60000 = 3600000000 pixels, more than the limit of 50000000 "
+               "(CLASSFORGE_MAX_IMAGE_PIXELS)")
+    assert grpc_failure(stack, bytes(jpeg)) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert stack.json("POST", "/v1/models/toy:classify", instances(bytes(jpeg))) == (
+        400, {"error": message, "code": "INVALID_ARGUMENT"})
 
 
 def test_a_bad_image_in_a_batch_is_named_by_its_index(stack):
