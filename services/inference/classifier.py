@@ -213,6 +213,7 @@ class Classifier:
             metrics.ERRORS.labels(exc.code.name, protocol).inc()
             raise
         metrics.REQUESTS.labels(model, version_label, "OK", protocol).inc()
+        metrics.IMAGES.labels(model, protocol).inc(len(images))
         metrics.LATENCY.labels(model, version_label, protocol).observe(time.perf_counter() - started)
         return prediction
 

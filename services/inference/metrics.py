@@ -15,6 +15,8 @@ LATENCY = Histogram("classforge_inference_request_duration_seconds",
                     "Time to answer one successful classification request (Predict included), by model, answering "
                     "version and protocol.", ["model", "version", "protocol"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+IMAGES = Counter("classforge_inference_images_total", "Images classified successfully, by model and protocol.",
+                 ["model", "protocol"])
 ERRORS = Counter("classforge_inference_errors_total", "Failed classification requests, by status code and protocol.",
                  ["code", "protocol"])
 IMAGE_BYTES = Counter("classforge_inference_image_bytes_total", "Bytes of images received, by model.", ["model"])

@@ -345,6 +345,7 @@ def test_rest_requests_count_in_the_request_metrics_by_protocol(stack):
     rejected = sample("classforge_inference_requests_total", model="toy", version="", code="INVALID_ARGUMENT",
                       protocol="rest")
     errors = sample("classforge_inference_errors_total", code="INVALID_ARGUMENT", protocol="rest")
+    images = sample("classforge_inference_images_total", model="toy", protocol="rest")
 
     assert stack.json("POST", "/v1/models/toy:classify", instances(IMAGES[0], IMAGES[1]))[0] == 200
     stack.classify(IMAGES[0], model_name="toy")
@@ -358,6 +359,7 @@ def test_rest_requests_count_in_the_request_metrics_by_protocol(stack):
     assert sample("classforge_inference_requests_total", model="toy", version="", code="INVALID_ARGUMENT",
                   protocol="rest") == rejected + 2
     assert sample("classforge_inference_errors_total", code="INVALID_ARGUMENT", protocol="rest") == errors + 2
+    assert sample("classforge_inference_images_total", model="toy", protocol="rest") == images + 2
 
 
 # ---------------------------------------------------------------------- the service's wiring

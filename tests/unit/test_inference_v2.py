@@ -481,19 +481,21 @@ def sample(name: str, **labels) -> float:
 def test_v2_requests_count_in_the_request_metrics_by_protocol(stack):
     ok = {"model": "toy", "version": "2", "code": "OK"}
     rejected = {"model": "toy", "version": "", "code": "INVALID_ARGUMENT"}
-    before = {p: (sample("classforge_inference_requests_total", **ok, protocol=p),
-                  sample("classforge_inference_requests_total", **rejected, protocol=p),
-                  sample("classforge_inference_request_duration_seconds_count", model="toy", version="2", protocol=p))
-              for p in ("v2_rest", "v2_grpc")}
+    def samples(protocol: str) -> tuple[float, ...]:
+        return (sample("classforge_inference_requests_total", **ok, protocol=protocol),
+                sample("classforge_inference_requests_total", **rejected, protocol=protocol),
+                sample("classforge_inference_request_duration_seconds_count", model="toy", version="2",
+                       protocol=protocol),
+                sample("classforge_inference_images_total", model="toy", protocol=protocol))
+
+    before = {p: samples(p) for p in ("v2_rest", "v2_grpc")}
     assert stack.json("POST", "/v2/models/toy/infer", json_infer(IMAGES[0], IMAGES[1]))[0] == 200
     assert stack.json("POST", "/v2/models/toy/infer", _request(datatype="FP32"))[0] == 400  # refused by the protocol
     stack.v2.ModelInfer(grpc_request(IMAGES[0]), timeout=10)
     stack.v2.ModelInfer(grpc_request(IMAGES[0], IMAGES[1], IMAGES[2]), timeout=10)
     with pytest.raises(grpc.RpcError):
         stack.v2.ModelInfer(grpc_request(NOT_AN_IMAGE), timeout=10)  # refused by the classifier
-    after = {p: (sample("classforge_inference_requests_total", **ok, protocol=p),
-                 sample("classforge_inference_requests_total", **rejected, protocol=p),
-                 sample("classforge_inference_request_duration_seconds_count", model="toy", version="2", protocol=p))
-             for p in ("v2_rest", "v2_grpc")}
-    assert [a - b for a, b in zip(after["v2_rest"], before["v2_rest"], strict=True)] == [1, 1, 1]
-    assert [a - b for a, b in zip(after["v2_grpc"], before["v2_grpc"], strict=True)] == [2, 1, 2]
+    after = {p: samples(p) for p in ("v2_rest", "v2_grpc")}
+    # requests OK, refused, latency observations, images classified
+    assert [a - b for a, b in zip(after["v2_rest"], before["v2_rest"], strict=True)] == [1, 1, 1, 2]
+    assert [a - b for a, b in zip(after["v2_grpc"], before["v2_grpc"], strict=True)] == [2, 1, 2, 4]
