@@ -93,6 +93,8 @@ class HttpServer:
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 server.should_exit = True
+                self._thread.join(timeout)
+                self._server = self._thread = None  # a later start() tries again from scratch
                 raise RuntimeError(f"{self.name}: the HTTP server on port {self.port} did not start")
             time.sleep(0.01)
         log.info("HTTP server listening", extra={"port": self.port})

@@ -370,6 +370,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def test_http_server_start_failures_can_be_retried(stack, monkeypatch):
+    import uvicorn
+
+    app = build_app(stack.classifier, ready=lambda: True, max_body_bytes=MAX_BODY)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = HttpServer("busy", app, port=port, host="127.0.0.1", grace_seconds=1)
+        with pytest.raises(RuntimeError, match=f"busy: cannot bind HTTP port 127.0.0.1:{port}: Address already in use"):
+            busy.start()
+
+    async def broken(self, sockets=None):
+        raise SystemExit(3)  # what uvicorn does when its start-up fails
+
+    server = HttpServer("flaky", app, port=0, host="127.0.0.1", grace_seconds=1)
+    monkeypatch.setattr(uvicorn.Server, "startup", broken)
+    with pytest.raises(RuntimeError, match="flaky: the HTTP server on port .* did not start"):
+        server.start(timeout=5)
+    monkeypatch.undo()
+    port = server.start()  # the retried on_ready step starts it for real
+    try:
+        assert server.start() == port  # already running: nothing more
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=10) as reply:
+            assert json.loads(reply.read()) == {"live": True}
+    finally:
+        server.stop()
+        server.stop()  # idempotent
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)
+
+
 def test_settings_rest_port():
     required = {"CLASSFORGE_KAFKA_BOOTSTRAP": "k:1", "CLASSFORGE_S3_ENDPOINT": "s:1", "CLASSFORGE_S3_ACCESS_KEY": "a",
                 "CLASSFORGE_S3_SECRET_KEY": "s", "CLASSFORGE_MODEL_BASE_PATH": "/m"}
