@@ -209,7 +209,7 @@ class Classifier:
                 ordered = _select(ordered, select, f"{model!r} version {answered}")
             prediction = Prediction(model, answered, tasks, ordered)
         except ClassforgeError as exc:
-            metrics.REQUESTS.labels(model, version_label, exc.code.name, protocol).inc()
+            metrics.REQUESTS.labels(metrics.model_label(model), version_label, exc.code.name, protocol).inc()
             metrics.ERRORS.labels(exc.code.name, protocol).inc()
             raise
         metrics.REQUESTS.labels(model, version_label, "OK", protocol).inc()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from services.inference.repository import MODEL_NAME
+
 REQUESTS = Counter("classforge_inference_requests_total",
                    "Classification requests (one image for Classify, a batch for REST and v2 infer), by model, "
                    "answering version, status code and protocol.", ["model", "version", "code", "protocol"])
@@ -26,8 +28,14 @@ PUBLISHED = Counter("classforge_inference_published_total", "Versions published,
                     ["model", "outcome"])
 
 
+def model_label(model: str) -> str:
+    """The `model` label: the name, or "(invalid)" for a name that is not a model name at all (a URL path
+    segment can be anything; it must not become a series of its own)."""
+    return model if MODEL_NAME.match(model or "") else "(invalid)"
+
+
 def count_rejected(model: str, code: str, protocol: str) -> None:
     """A request a protocol layer refused before it reached the classifier (malformed JSON, invalid base64,
     a wrong v2 datatype …): counted like the classifier's own failures."""
-    REQUESTS.labels(model, "", code, protocol).inc()
+    REQUESTS.labels(model_label(model), "", code, protocol).inc()
     ERRORS.labels(code, protocol).inc()

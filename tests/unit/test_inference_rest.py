@@ -361,6 +361,14 @@ def test_rest_requests_count_in_the_request_metrics_by_protocol(stack):
     assert sample("classforge_inference_errors_total", code="INVALID_ARGUMENT", protocol="rest") == errors + 2
     assert sample("classforge_inference_images_total", model="toy", protocol="rest") == images + 2
 
+    # A name that is no model name never becomes a series of its own.
+    invalid = sample("classforge_inference_requests_total", model="(invalid)", version="", code="INVALID_ARGUMENT",
+                     protocol="rest")
+    assert stack.json("POST", "/v1/models/%2E%2Eetc:classify", instances(IMAGES[0]))[0] == 400
+    assert stack.json("POST", "/v1/models/%2E%2Eetc:classify", b"{")[0] == 400
+    assert sample("classforge_inference_requests_total", model="(invalid)", version="", code="INVALID_ARGUMENT",
+                  protocol="rest") == invalid + 2
+
 
 # ---------------------------------------------------------------------- the service's wiring
 

@@ -12,6 +12,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 
 import grpc
 import numpy as np
@@ -470,6 +471,29 @@ def test_unknown_models_and_versions_over_rest_and_tritonclient_http(stack):
             stack, [IMAGES[0]])["class_ids_label"].tolist()
     finally:
         client.close()
+
+
+def test_the_callers_deadline_bounds_infer(stack, monkeypatch):
+    from services.model_server.core import LoadedVersion
+
+    slow = LoadedVersion.predict
+
+    def predict(self, *args, **kwargs):
+        time.sleep(1.5)
+        return slow(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoadedVersion, "predict", predict)
+    started = time.monotonic()
+    status, body = stack.json("POST", "/v2/models/toy/infer", json_infer(IMAGES[0], parameters={"timeout": 300_000}))
+    assert (status, body["code"]) == (504, "DEADLINE_EXCEEDED")
+    assert body["error"].startswith("the model server did not answer within the deadline: ")
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.v2.ModelInfer(grpc_request(IMAGES[0]), timeout=0.3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 1.4  # neither waited for the slow Predict
+    monkeypatch.undo()
+    time.sleep(1.5)  # let the abandoned Predicts finish before the next test
+    assert_still_serving(stack)
 
 
 # ---------------------------------------------------------------------- metrics
