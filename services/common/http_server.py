@@ -7,7 +7,8 @@
   service's JSON logging, and SIGTERM belongs to GrpcServer, which stops this server from a stop hook.
 - `error_response`: the one mapping from domain errors (services.common.errors) to HTTP, the REST twin of
   the gRPC ErrorMappingInterceptor: the status code below and a JSON body
-  `{"error": "<the same message gRPC sends>", "code": "<the gRPC status code name>"}`.
+  `{"error": "<the same message gRPC sends>", "code": "<the gRPC status code name>"}` (both transports take
+  the message from errors.caller_message).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 import uvicorn
 from starlette.responses import JSONResponse
 
-from services.common.errors import ClassforgeError
+from services.common.errors import ClassforgeError, caller_message, log_only
 
 log = logging.getLogger("classforge.http")
 
@@ -53,13 +54,17 @@ def error_body(code: grpc.StatusCode, message: str) -> dict:
     return {"error": message, "code": code.name}
 
 
-def error_response(exc: BaseException, where: str) -> JSONResponse:
-    """The response for an exception raised while handling `where` (a route): a domain error keeps its message
-    and code; anything else is logged with its traceback and answered 500, as gRPC answers INTERNAL."""
+def error_response(exc: BaseException, method: str) -> JSONResponse:
+    """The response for an exception raised by `method` (the operation a route performs, named like the gRPC
+    method it mirrors: Classify, ModelInfer …). A domain error gets the message gRPC sends for it
+    (services.common.errors.caller_message: an Unavailable's details go to the log, not to the caller) and
+    its code; anything else is logged with its traceback and answered 500, as gRPC answers INTERNAL."""
     if isinstance(exc, ClassforgeError):
-        return JSONResponse(error_body(exc.code, exc.message), status_code=http_status(exc.code))
-    log.error("unhandled error in %s", where, exc_info=exc, extra={"route": where})
-    return JSONResponse(error_body(grpc.StatusCode.INTERNAL, f"internal error in {where}: {type(exc).__name__}; "
+        if log_only(exc):
+            log.warning("dependency unavailable in %s: %s", method, exc.message, extra={"method": method})
+        return JSONResponse(error_body(exc.code, caller_message(exc, method)), status_code=http_status(exc.code))
+    log.error("unhandled error in %s", method, exc_info=exc, extra={"method": method})
+    return JSONResponse(error_body(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}; "
                                                              f"see the service log"), status_code=500)
 
 

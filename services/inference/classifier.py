@@ -34,7 +34,9 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    RetryLater,
     Unavailable,
+    shown,
 )
 from services.inference import metrics
 from services.inference import tfs_api as tfs
@@ -307,17 +309,18 @@ class Classifier:
 
     def _not_found(self, target: Target) -> ClassforgeError:
         """The model server has no loaded version for the request. A version published in the model base path
-        that is not loaded (yet) is UNAVAILABLE — it is loading, or the model server restarted — not NOT_FOUND."""
+        that is not loaded (yet) is UNAVAILABLE — it is loading, or the model server restarted — not NOT_FOUND;
+        its message is written for the caller (RetryLater)."""
         published = self.repo.versions(target.model)
         if target.version:
             if target.version in published:
-                return Unavailable(f"model version '{target.model}/{target.version}' is published but the model "
+                return RetryLater(f"model version '{target.model}/{target.version}' is published but the model "
                                    f"server has not loaded it{self._states(target.model)}; retry shortly")
             error = NotFound("model version", f"{target.model}/{target.version}")
             error.message += " (or it is not loaded); `classforge models` lists the versions served"
             return error
         if published:
-            return Unavailable(f"model {target.model!r} is published (version(s) {', '.join(map(str, published))}) "
+            return RetryLater(f"model {target.model!r} is published (version(s) {', '.join(map(str, published))}) "
                                f"but the model server has none of them loaded{self._states(target.model)}; "
                                f"retry shortly")
         return NotFound("model", target.model)
@@ -425,10 +428,10 @@ def _select(outputs: dict[str, np.ndarray], names: list[str], model: str) -> dic
     chosen: dict[str, np.ndarray] = {}
     for index, name in enumerate(names):
         if name not in outputs:
-            raise InvalidArgument(f"outputs[{index}].name", f"{name!r} is not an output of model {model}; its "
+            raise InvalidArgument(f"outputs[{index}].name", f"{shown(name)} is not an output of model {model}; its "
                                                             f"outputs are {', '.join(outputs)}")
         if name in chosen:
-            raise InvalidArgument(f"outputs[{index}].name", f"{name!r} is requested twice")
+            raise InvalidArgument(f"outputs[{index}].name", f"{shown(name)} is requested twice")
         chosen[name] = outputs[name]
     return chosen
 

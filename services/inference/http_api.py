@@ -52,7 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.common import serving_signature as contract
-from services.common.errors import ClassforgeError, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import ClassforgeError, InvalidArgument, ResourceExhausted, RetryLater, shown
 from services.common.http_server import error_body, error_response
 from services.inference import metrics, tfs_api, v2
 from services.inference.classifier import REST, V2_REST, Classifier
@@ -100,14 +100,17 @@ async def _no_route(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(error_body(grpc.StatusCode.UNKNOWN, str(exc.detail)), status_code=exc.status_code)
 
 
-def _endpoint(handler):
-    """Every error a handler raises becomes the mapped JSON error response."""
-    async def call(self, request: Request) -> Response:
-        try:
-            return await handler(self, request)
-        except Exception as exc:  # noqa: BLE001 - mapped, never swallowed: error_response logs the unexpected
-            return error_response(exc, f"{request.method} {request.url.path}")
-    return call
+def _endpoint(method: str):
+    """Every error the handler raises becomes the mapped JSON error response; `method` names the operation like
+    the gRPC method it mirrors, so that both transports word an error the same."""
+    def wrap(handler):
+        async def call(self, request: Request) -> Response:
+            try:
+                return await handler(self, request)
+            except Exception as exc:  # noqa: BLE001 - mapped, never swallowed: error_response logs the unexpected
+                return error_response(exc, method)
+        return call
+    return wrap
 
 
 class _Api:
@@ -128,7 +131,7 @@ class _Api:
 
     # ------------------------------------------------------------------ TF Serving-style
 
-    @_endpoint
+    @_endpoint("Classify")
     async def v1_classify(self, request: Request) -> Response:
         name = request.path_params["name"]
         try:
@@ -142,7 +145,7 @@ class _Api:
         return JSONResponse({"results": [json_format.MessageToDict(
             r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True) for r in responses]})
 
-    @_endpoint
+    @_endpoint("ModelStatus")
     async def v1_status(self, request: Request) -> Response:
         version = v2.parse_version(request.path_params.get("version", ""), "version")
         statuses = await run_in_threadpool(self.classifier.model_status, request.path_params["name"], version,
@@ -154,37 +157,37 @@ class _Api:
 
     # ------------------------------------------------------------------ Open Inference Protocol v2
 
-    @_endpoint
+    @_endpoint("ServerMetadata")
     async def v2_server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": v2.SERVER_NAME, "version": v2.server_version(), "extensions": v2.EXTENSIONS})
 
-    @_endpoint
+    @_endpoint("ServerLive")
     async def v2_live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
 
-    @_endpoint
+    @_endpoint("ServerReady")
     async def v2_ready(self, request: Request) -> Response:
         if not self.ready():
-            raise Unavailable("the inference service is not ready: its model server, model base path, Kafka or "
-                              "object store is not reachable yet")
+            raise RetryLater("the inference service is not ready: its model server, model base path, Kafka or "
+                             "object store is not reachable yet")
         return JSONResponse({"ready": True})
 
-    @_endpoint
+    @_endpoint("ModelReady")
     async def v2_model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
         version = v2.parse_version(request.path_params.get("version", ""), "version")
         if not await run_in_threadpool(self.classifier.model_ready, name, version):
             what = f"model version '{name}/{version}'" if version else f"model {name!r}"
-            raise Unavailable(f"{what} is published but not loaded by the model server (yet)")
+            raise RetryLater(f"{what} is published but not loaded by the model server (yet)")
         return JSONResponse({"name": name, "ready": True})
 
-    @_endpoint
+    @_endpoint("ModelMetadata")
     async def v2_metadata(self, request: Request) -> Response:
         version = v2.parse_version(request.path_params.get("version", ""), "version")
         meta = await run_in_threadpool(self.classifier.model_metadata, request.path_params["name"], version)
         return JSONResponse(v2.metadata(meta))
 
-    @_endpoint
+    @_endpoint("ModelInfer")
     async def v2_infer(self, request: Request) -> Response:
         name = request.path_params["name"]
         try:
@@ -263,12 +266,12 @@ def _v1_classify_request(body: bytes) -> tuple[list[bytes], int]:
     document = _json_object(body)
     unknown = sorted(set(document) - _V1_ACCEPTED)
     if unknown:
-        raise InvalidArgument(unknown[0], f"is not accepted; a classify request holds "
+        raise InvalidArgument(_key(unknown[0]), f"is not accepted; a classify request holds "
                                           f"{', '.join(sorted(_V1_ACCEPTED))}")
     signature = document.get("signature_name", contract.SIGNATURE_NAME)
     if signature != contract.SIGNATURE_NAME:
         raise InvalidArgument("signature_name", f"must be {contract.SIGNATURE_NAME!r} (the only signature served), "
-                                                f"got {signature!r}")
+                                                f"got {shown(signature)}")
     given = [key for key in _V1_KEYS if key in document]
     if len(given) != 1:
         raise InvalidArgument("instances", "send the images in exactly one of instances, inputs or examples")
@@ -282,7 +285,7 @@ def _v1_classify_request(body: bytes) -> tuple[list[bytes], int]:
         raise InvalidArgument(key, f"must be a list of images, got {type(items).__name__}")
     top_k = document.get("top_k", 0)
     if not isinstance(top_k, int) or isinstance(top_k, bool):
-        raise InvalidArgument("top_k", f"must be an integer, got {top_k!r}")
+        raise InvalidArgument("top_k", f"must be an integer, got {shown(top_k)}")
     return [_v1_image(item, f"{key}[{index}]") for index, item in enumerate(items)], top_k
 
 
@@ -304,7 +307,7 @@ def _flatten(data: Any) -> list:
 
 def _int_list(value: Any, where: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise InvalidArgument(where, f"must be a list of integers, got {value!r}")
+        raise InvalidArgument(where, f"must be a list of integers, got {shown(value)}")
     return value
 
 
@@ -312,21 +315,22 @@ def _v2_infer_request(body: bytes, header_length: str | None) -> _InferRequest:
     binary = b""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidArgument("Inference-Header-Content-Length", f"must be the byte count of the JSON within the "
-                                                                     f"{len(body)}-byte body, got {header_length!r}")
+            raise InvalidArgument("Inference-Header-Content-Length",
+                                  f"must be the byte count of the JSON within the {len(body)}-byte body, got "
+                                  f"{shown(header_length)}")
         body, binary = body[:int(header_length)], body[int(header_length):]
     document = _json_object(body)
     unknown = sorted(set(document) - _V2_ACCEPTED)
     if unknown:
-        raise InvalidArgument(unknown[0], f"is not accepted; an inference request holds "
+        raise InvalidArgument(_key(unknown[0]), f"is not accepted; an inference request holds "
                                           f"{', '.join(sorted(_V2_ACCEPTED))}")
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
-        raise InvalidArgument("id", f"must be a string, got {request_id!r}")
+        raise InvalidArgument("id", f"must be a string, got {shown(request_id)}")
     parameters = _parameters(document.get("parameters", {}), "parameters")
     timeout = parameters.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
-        raise InvalidArgument("parameters.timeout", f"must be a positive number of microseconds, got {timeout!r}")
+        raise InvalidArgument("parameters.timeout", f"must be a positive number of microseconds, got {shown(timeout)}")
 
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -340,8 +344,8 @@ def _v2_infer_request(body: bytes, header_length: str | None) -> _InferRequest:
         if "data" in tensor:
             raise InvalidArgument("inputs[0]", "has both data and parameters.binary_data_size; send one of them")
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
-            raise InvalidArgument("inputs[0].parameters.binary_data_size", f"is {size!r} but {len(binary)} bytes of "
-                                                                           f"binary data follow the JSON")
+            raise InvalidArgument("inputs[0].parameters.binary_data_size",
+                                  f"is {shown(size)} but {len(binary)} bytes of binary data follow the JSON")
         images = v2.deserialize_bytes(binary[:size], "inputs[0] binary data")
         binary = binary[size:]
     else:
@@ -365,12 +369,18 @@ def _v2_infer_request(body: bytes, header_length: str | None) -> _InferRequest:
         options = _parameters(output.get("parameters", {}), f"outputs[{index}].parameters")
         unknown = sorted(set(options) - {"binary_data"})
         if unknown:
-            raise InvalidArgument(f"outputs[{index}].parameters", f"{unknown[0]!r} is not supported (the outputs are "
-                                                                  f"the model's tensors as they are)")
+            raise InvalidArgument(f"outputs[{index}].parameters",
+                                  f"{shown(unknown[0])} is not supported (the outputs are the model's tensors as "
+                                  f"they are)")
         request.outputs.append(output["name"])
         if "binary_data" in options:
             request.binary[output["name"]] = options["binary_data"] is True
     return request
+
+
+def _key(key: str, limit: int = 80) -> str:
+    """A caller's JSON key named as the field of a message, cut like errors.shown cuts values."""
+    return key if len(key) <= limit else key[:limit - 1] + "…"
 
 
 def _parameters(value: Any, where: str) -> dict:

@@ -20,7 +20,7 @@ import importlib.metadata
 import numpy as np
 
 from services.common import serving_signature as contract
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, shown
 from services.inference import tfs_api as tfs
 from services.inference.classifier import ModelMetadata
 from services.inference.model_server_client import TensorInfo
@@ -55,7 +55,7 @@ def parse_version(text: str, field: str = "model_version") -> int:
     if not text:
         return 0
     if not text.isdigit() or int(text) == 0:
-        raise InvalidArgument(field, f"{text!r} is not a version number (a positive integer)")
+        raise InvalidArgument(field, f"{shown(text)} is not a version number (a positive integer)")
     return int(text)
 
 
@@ -78,10 +78,10 @@ def metadata(meta: ModelMetadata) -> dict:
 def check_input(name: str, datatype: str, shape: list[int], where: str) -> None:
     """The one input tensor the model takes: image_bytes, BYTES, shape [batch] or [batch, 1]."""
     if name != contract.INPUT_KEY:
-        raise InvalidArgument(f"{where}.name", f"{name!r} is not an input of the model; its one input is "
+        raise InvalidArgument(f"{where}.name", f"{shown(name)} is not an input of the model; its one input is "
                                                f"{contract.INPUT_KEY!r} (BYTES, shape [-1])")
     if datatype != BYTES:
-        raise InvalidArgument(f"{where}.datatype", f"must be BYTES (encoded images), got {datatype!r}")
+        raise InvalidArgument(f"{where}.datatype", f"must be BYTES (encoded images), got {shown(datatype)}")
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or any(d < 0 for d in shape):
         raise InvalidArgument(f"{where}.shape", f"must be [batch] (or [batch, 1]), got {list(shape)}")
 

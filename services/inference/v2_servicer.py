@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from classforge.third_party.kserve import grpc_predict_v2_pb2 as pb
 from classforge.third_party.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
-from services.common.errors import ClassforgeError, InvalidArgument
+from services.common.errors import ClassforgeError, InvalidArgument, shown
 from services.inference import metrics, v2
 from services.inference.classifier import V2_GRPC, Classifier
 from services.inference.repository import check_model_name
@@ -97,6 +97,7 @@ def _outputs(request: pb.ModelInferRequest) -> list[str] | None:
     for index, output in enumerate(request.outputs):
         unknown = sorted(set(output.parameters) - _OUTPUT_PARAMETERS)
         if unknown:
-            raise InvalidArgument(f"outputs[{index}].parameters", f"{unknown[0]!r} is not supported (the outputs are "
-                                                                  f"the model's tensors as they are)")
+            raise InvalidArgument(f"outputs[{index}].parameters",
+                                  f"{shown(unknown[0])} is not supported (the outputs are the model's tensors as "
+                                  f"they are)")
     return [output.name for output in request.outputs] or None

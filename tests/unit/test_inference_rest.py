@@ -269,6 +269,16 @@ def test_an_unknown_model_or_version_is_404_with_the_grpc_message(stack):
     assert_still_serving(stack)
 
 
+def test_a_long_message_is_cut_the_same_on_rest_and_grpc(stack):
+    name = "n" * 3000  # not a model name: the message quotes it
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.classify(IMAGES[0], model_name=name)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(caught.value.details()) == 1000 and caught.value.details().endswith("…")
+    assert stack.json("POST", f"/v1/models/{name}:classify", instances(IMAGES[0])) == (
+        400, {"error": caught.value.details(), "code": "INVALID_ARGUMENT"})
+
+
 def test_unknown_endpoints_and_methods_answer_json(stack):
     assert stack.json("GET", "/v1/nothing") == (404, {
         "error": "no such endpoint: GET /v1/nothing (see /v1/models/<name> and /v2)", "code": "NOT_FOUND"})
@@ -318,7 +328,9 @@ def test_the_model_server_unavailable_or_the_service_not_ready_is_503(stack):
         with caught.value as error:
             assert error.code == 503
             body = json.loads(error.read())
-        assert body["code"] == "UNAVAILABLE" and body["error"].startswith("model server 127.0.0.1:1 is unavailable: ")
+        # As on gRPC: the model server's address and the library error go to the log, not to the caller.
+        assert body == {"error": "Classify: a dependency of this service cannot be reached right now; retry later",
+                        "code": "UNAVAILABLE"}
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10)
         with caught.value as error:
