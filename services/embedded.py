@@ -73,6 +73,8 @@ class EmbeddedPlatform:
             "CLASSFORGE_EVALUATOR_WORK_DIR": str(out / "work" / "evaluator"),
             "CLASSFORGE_TFRECORDS_SCRATCH_DIR": str(out / "work" / "tfrecords"),
             "CLASSFORGE_INGEST_WORK_DIR": str(out / "work" / "ingest"),
+            # Embedded mode answers over its one gRPC endpoint; REST would claim a fixed port (8086) per run.
+            "CLASSFORGE_HTTP_PORT": "-1",
         }
         for name, (module, settings_path) in SERVICES.items():
             settings = _settings_class(settings_path).load({**_EMBEDDED_ENV, **overrides})

@@ -86,3 +86,22 @@ class DeadlineExceeded(ClassforgeError):
     """The caller's deadline passed before the work (or a downstream call) finished."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+MAX_ERROR_CHARS = 1000
+
+
+def caller_message(exc: ClassforgeError, where: str) -> str:
+    """The message a caller gets for `exc`, the same over every transport (gRPC details, the REST body):
+    an Unavailable that is not RetryLater says only that a dependency of `where` (the method) cannot be
+    reached (its message, with addresses and library errors, is for the log); any message is capped at
+    MAX_ERROR_CHARS."""
+    if isinstance(exc, Unavailable) and not isinstance(exc, RetryLater):
+        return f"{where}: a dependency of this service cannot be reached right now; retry later"
+    message = exc.message
+    return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 1] + "…"
+
+
+def log_only(exc: ClassforgeError) -> bool:
+    """Whether the caller does not see `exc`'s own message (it should be logged instead)."""
+    return isinstance(exc, Unavailable) and not isinstance(exc, RetryLater)

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics
-from services.common.errors import ClassforgeError, RetryLater, Unavailable
+from services.common.errors import ClassforgeError, caller_message, log_only
 
 log = logging.getLogger("classforge.grpc")
 
@@ -51,17 +51,11 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary, wrap_stream) -> gr
         wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
 
 
-MAX_ERROR_CHARS = 1000
-
-
 def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str):
-    if isinstance(exc, Unavailable) and not isinstance(exc, RetryLater):
-        # Addresses and library errors are for the operator's log, not for the caller.
-        log.warning("dependency unavailable in %s: %s", method, exc.message, extra={"method": method})
-        context.abort(exc.code, f"{method}: a dependency of this service cannot be reached right now; retry later")
     if isinstance(exc, ClassforgeError):
-        message = exc.message
-        context.abort(exc.code, message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 1] + "…")
+        if log_only(exc):  # addresses and library errors are for the operator's log, not for the caller
+            log.warning("dependency unavailable in %s: %s", method, exc.message, extra={"method": method})
+        context.abort(exc.code, caller_message(exc, method))
     log.exception("unhandled error in %s", method, extra={"method": method})
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}; see the service log")
 
@@ -221,6 +215,7 @@ class GrpcServer:
         return self.port
 
     def _set_health(self, serving: bool) -> None:
+        self.serving = serving  # what grpc.health.v1 says; other protocols' readiness endpoints read it
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self._service_names]:
             self.health.set(name, status)

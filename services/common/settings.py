@@ -26,6 +26,10 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
     "inference": (50056, 9106),
     "model-server": (8500, 9107),
 }
+# Default REST port of the services that also answer HTTP (CLASSFORGE_HTTP_PORT).
+DEFAULT_HTTP_PORTS: dict[str, int] = {
+    "inference": 8086,
+}
 
 
 class SettingsError(ValueError):
@@ -115,7 +119,7 @@ class ServiceSettings(Settings):
                             "Prometheus /metrics port; 0 means the service's default, -1 disables")
     listen_host: str = env("CLASSFORGE_LISTEN_HOST", "0.0.0.0", "address the gRPC and metrics servers bind")
     max_message_bytes: int = env("CLASSFORGE_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
-                                 "largest gRPC message accepted or sent")
+                                 "largest gRPC message accepted or sent, and largest HTTP request body accepted")
     grace_seconds: float = env("CLASSFORGE_GRACE_SECONDS", 10.0,
                                "how long in-flight calls may finish after SIGTERM")
     worker_threads: int = env("CLASSFORGE_WORKER_THREADS", 16, "gRPC server thread pool size")

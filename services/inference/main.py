@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 
+from classforge.third_party.kserve import grpc_predict_v2_pb2_grpc
 from classforge.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.http_server import HttpServer
 from services.common.runtime import ServiceContext, run_service
+from services.inference import v2_servicer
 from services.inference.classifier import Classifier
+from services.inference.http_api import build_app
 from services.inference.model_server_client import ModelServerClient
 from services.inference.publisher import Publisher
 from services.inference.repository import ModelRepository
@@ -28,6 +32,7 @@ def build_domain(settings: InferenceSettings, store, bus) -> tuple[Classifier, P
                           heartbeat_seconds=settings.heartbeat_seconds)
     classifier = Classifier(client, repo, default_model=settings.default_model, serving_label=settings.serving_label,
                             default_top_k=settings.default_top_k, max_image_bytes=settings.max_image_bytes,
+                            max_image_pixels=settings.max_image_pixels, max_batch_images=settings.max_batch_images,
                             predict_timeout=settings.predict_timeout, stream_window=settings.stream_window,
                             batch_max_size=settings.batch_max_size, batch_wait_ms=settings.batch_wait_ms,
                             on_label_missing=publisher.request_reconcile)
@@ -42,6 +47,12 @@ def build(context: ServiceContext) -> None:
     context.server.add_service(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
                                InferenceServicer(classifier, publisher), SERVICE_NAME)
 
+    def ready() -> bool:
+        return context.server.serving
+
+    context.server.add_service(grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                               v2_servicer.OpenInferenceServicer(classifier, ready), v2_servicer.SERVICE_NAME)
+
     def start() -> None:
         publisher.reconcile()  # the model server serves the chosen versions before we say SERVING
         publisher.start_reconciler(settings.reconcile_seconds)
@@ -51,6 +62,13 @@ def build(context: ServiceContext) -> None:
     context.server.on_stop(client.close)
     context.server.on_stop(classifier.close)
     context.server.on_stop(publisher.stop)
+    if settings.rest_port >= 0:
+        http = HttpServer(context.name, build_app(classifier, ready=ready, max_body_bytes=settings.max_message_bytes),
+                          port=settings.rest_port, host=settings.listen_host, grace_seconds=settings.grace_seconds)
+        # Its own start-up step, so that a port in use is retried alone. Stop hooks run last-registered first:
+        # REST drains before the classifier and the model server channel close.
+        context.server.on_ready(http.start)
+        context.server.on_stop(http.stop)
 
 
 def main() -> int:

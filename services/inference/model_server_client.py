@@ -18,6 +18,22 @@ class VersionStatus:
     version: int
     state: int  # tfs.State
     error: str = ""
+    error_code: int = 0  # TensorFlow's error code (the same numbers as gRPC status codes); 0 is OK
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: int  # tfs.types_pb2.DataType
+    shape: tuple[int, ...] | None  # -1 for a dimension of unknown size; None for an unknown rank
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """The serving signature of one loaded version, as the model server describes it."""
+
+    version: int
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
 
 
 class ModelServerClient:
@@ -52,20 +68,48 @@ class ModelServerClient:
                    if key.startswith((contract.PROBABILITIES_PREFIX, contract.CLASS_IDS_PREFIX))}
         return response.model_spec.version.value, outputs
 
-    def status(self, name: str, version: int | None = None, timeout: float = 5.0) -> list[VersionStatus]:
-        """Every version the model server knows for `name`; [] when it knows none (NOT_FOUND)."""
+    def status(self, name: str, version: int | None = None, timeout: float = 5.0, label: str = ""
+               ) -> list[VersionStatus]:
+        """Every version the model server knows for `name` (or the one `version` or `label` names); [] when it
+        knows none (NOT_FOUND)."""
         request = tfs.get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = name
         if version:
             request.model_spec.version.value = version
+        elif label:
+            request.model_spec.version_label = label
         try:
             response = self._models.GetModelStatus(request, timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return []
             raise
-        return [VersionStatus(s.version, s.state, s.status.error_message if s.status.error_code else "")
-                for s in response.model_version_status]
+        return [VersionStatus(s.version, s.state, s.status.error_message if s.status.error_code else "",
+                              s.status.error_code) for s in response.model_version_status]
+
+    def metadata(self, name: str, *, version: int | None = None, label: str = "", timeout: float | None = None,
+                 signature: str = contract.SIGNATURE_NAME) -> SignatureInfo:
+        """The serving signature of a loaded version (PredictionService.GetModelMetadata). Raises grpc.RpcError
+        as the model server answered (the caller maps it)."""
+        request = tfs.get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = name
+        if version:
+            request.model_spec.version.value = version
+        elif label:
+            request.model_spec.version_label = label
+        response = self._predict.GetModelMetadata(request, timeout=timeout)
+        signatures = tfs.get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        found = signatures.signature_def.get(signature)
+        if found is None:
+            raise FailedPrecondition(f"model {name!r} version {response.model_spec.version.value} has no "
+                                     f"{signature!r} signature (it has {', '.join(sorted(signatures.signature_def))})")
+
+        def tensors(infos) -> dict[str, TensorInfo]:
+            return {key: TensorInfo(info.dtype, None if info.tensor_shape.unknown_rank else
+                                    tuple(d.size for d in info.tensor_shape.dim)) for key, info in infos.items()}
+
+        return SignatureInfo(response.model_spec.version.value, tensors(found.inputs), tensors(found.outputs))
 
     def reload_config(self, config, timeout: float = 60.0) -> None:
         request = tfs.model_management_pb2.ReloadConfigRequest(config=config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import ServiceSettings, env
+from services.common.settings import DEFAULT_HTTP_PORTS, ServiceSettings, env
 
 
 @dataclass(frozen=True)
@@ -12,6 +12,9 @@ class InferenceSettings(ServiceSettings):
     model_base_path: str = env("CLASSFORGE_MODEL_BASE_PATH",
                                help="directory TF Serving polls: <model>/<version>/saved_model.pb; published "
                                     "versions are copied here")
+    http_port: int = env("CLASSFORGE_HTTP_PORT", 0,
+                         "REST port (TF Serving-style /v1 and Open Inference Protocol v2 /v2); 0 means the default, "
+                         f"{DEFAULT_HTTP_PORTS['inference']}, -1 disables")
     model_server: str = env("CLASSFORGE_MODEL_SERVER", "127.0.0.1:8500",
                             "TF Serving (or services.model_server) gRPC address, host:port")
     model_server_base_path: str = env("CLASSFORGE_MODEL_SERVER_BASE_PATH", "",
@@ -25,6 +28,11 @@ class InferenceSettings(ServiceSettings):
                              "TF Serving version label that marks the version answering requests without a version")
     default_top_k: int = env("CLASSFORGE_DEFAULT_TOP_K", 5, "classes returned per task when top_k is 0")
     max_image_bytes: int = env("CLASSFORGE_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest image accepted")
+    max_image_pixels: int = env("CLASSFORGE_MAX_IMAGE_PIXELS", 50_000_000,
+                                "most pixels an image's header may declare (decompression-bomb guard, checked "
+                                "before the model server decodes it)")
+    max_batch_images: int = env("CLASSFORGE_MAX_BATCH_IMAGES", 64,
+                                "most images in one REST classify or v2 infer request")
     predict_timeout: float = env("CLASSFORGE_PREDICT_TIMEOUT_SECONDS", 30.0,
                                  "longest a Predict may take when the caller set no deadline")
     publish_timeout: float = env("CLASSFORGE_PUBLISH_TIMEOUT_SECONDS", 300.0,
@@ -37,6 +45,11 @@ class InferenceSettings(ServiceSettings):
                               "client-side micro-batching: most images per Predict; 0 or 1 disables")
     batch_wait_ms: float = env("CLASSFORGE_BATCH_WAIT_MS", 2.0,
                                "client-side micro-batching: how long the first request waits for others")
+
+    @property
+    def rest_port(self) -> int:
+        """The REST port to bind: -1 (disabled), or CLASSFORGE_HTTP_PORT, or the default."""
+        return self.http_port or DEFAULT_HTTP_PORTS["inference"]
 
     @property
     def server_base_path(self) -> str:
