@@ -1,9 +1,8 @@
-"""The inference service in one process for the REST and Open Inference Protocol v2 tests, built the way
-tests/unit/test_inference_service.py builds it: toy SavedModels exported from services/model_server/toy_model.py,
-the model-server stand-in (ModelServerCore + TF Serving's PredictionService/ModelService servicers) over real
-gRPC, a Publisher that publishes versions, the Classifier, and the inference service's gRPC server with both
-classforge.v1.InferenceService and inference.GRPCInferenceService, plus its HTTP server (uvicorn) on a free
-port."""
+"""The inference service in one process, for its gRPC, REST and Open Inference Protocol v2 tests: toy
+SavedModels exported from services/model_server/toy_model.py, the model-server stand-in (ModelServerCore +
+TF Serving's PredictionService/ModelService servicers) over real gRPC, a Publisher that publishes versions,
+the Classifier, and the inference service's gRPC server with both classforge.v1.InferenceService and
+inference.GRPCInferenceService, plus its HTTP server (uvicorn) on a free port."""
 
 from __future__ import annotations
 
@@ -59,8 +58,8 @@ def build_exports(root: Path, seeds=(1, 2)) -> dict[int, Path]:
 
 
 class Stack:
-    def __init__(self, root: Path, exports: dict[int, Path], *, max_body_bytes: int = 64 * 1024 * 1024,
-                 **classifier_options):
+    def __init__(self, root: Path, exports: dict[int, Path], *, keep_versions: int = 3,
+                 max_body_bytes: int = 64 * 1024 * 1024, **classifier_options):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.base = root / "models"
@@ -82,8 +81,10 @@ class Stack:
         self.bus = InProcessEventBus()
         self.client = ModelServerClient(f"127.0.0.1:{self.model_server.port}")
         self.repo = ModelRepository(self.base)
+        self.copied: list[str] = []  # every file the publisher copied, in order
         self.publisher = Publisher(self.store, self.bus, self.repo, self.client, server_base_path=str(self.base),
-                                   keep_versions=3, publish_timeout=30, poll_interval=0.02)
+                                   keep_versions=keep_versions, publish_timeout=30, on_file=self.copied.append,
+                                   poll_interval=0.02)
         self.classifier = Classifier(self.client, self.repo, on_label_missing=self.publisher.request_reconcile,
                                      **classifier_options)
         self.server = GrpcServer("inference-test", port=0, host="127.0.0.1", grace_seconds=1)
@@ -102,15 +103,27 @@ class Stack:
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
         self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.out: list[events_pb2.Event] = []  # what the publisher announced
         self.bus.subscribe(GROUP, self.publisher.handle, kinds=KINDS)
+        self.bus.subscribe("test-observer", self.out.append, kinds=["model_deployed", "stage_failed"])
+
+    def submit(self, job_id: str, seed: int, *, blessed: bool = True, deploy: bool = True,
+               model: str = "toy") -> events_pb2.Event:
+        """The job's spec, then its evaluation of export `seed`, as the pipeline would send them."""
+        spec = common_pb2.JobSpec(deploy=common_pb2.DeployOptions(deploy=deploy, model_name=model))
+        self.bus.publish(new_event(job_id, "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))
+        evaluation = self.evaluation(job_id, seed, blessed)
+        self.bus.publish(evaluation)
+        self.bus.drain(timeout=60)
+        return evaluation
+
+    def evaluation(self, job_id: str, seed: int, blessed: bool = True) -> events_pb2.Event:
+        uri = self.store.uri(f"models/job-{seed}/saved_model") + "/"
+        return new_event(job_id, "evaluator", evaluation_completed=events_pb2.EvaluationCompleted(
+            model=common_pb2.ModelRef(job_id=job_id, uri=uri), blessed=blessed, accuracy=0.9))
 
     def publish(self, job_id: str, seed: int, model: str = "toy") -> None:
-        spec = common_pb2.JobSpec(deploy=common_pb2.DeployOptions(deploy=True, model_name=model))
-        self.bus.publish(new_event(job_id, "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))
-        uri = self.store.uri(f"models/job-{seed}/saved_model") + "/"
-        self.bus.publish(new_event(job_id, "evaluator", evaluation_completed=events_pb2.EvaluationCompleted(
-            model=common_pb2.ModelRef(job_id=job_id, uri=uri), blessed=True, accuracy=0.9)))
-        self.bus.drain(timeout=60)
+        self.submit(job_id, seed, model=model)
 
     def classify(self, image: bytes, **kwargs) -> pb.ClassifyResponse:
         return self.stub.Classify(pb.ClassifyRequest(image=image, **kwargs), timeout=10)

@@ -14,23 +14,13 @@ import pytest
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import inference_service_pb2 as pb
-from classforge.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.events import InProcessEventBus, new_event
-from services.common.grpc_server import GrpcServer
-from services.common.storage import LocalObjectStore
-from services.inference.classifier import Classifier, DeadlineExceeded
-from services.inference.main import GROUP, KINDS, SERVICE_NAME
-from services.inference.model_server_client import ModelServerClient
-from services.inference.publisher import Publisher
-from services.inference.repository import ModelRepository
-from services.inference.servicer import InferenceServicer
+from services.common.events import new_event
+from services.inference.classifier import DeadlineExceeded
 from services.model_server import toy_model
-from services.model_server.core import LoadedVersion, ModelServerCore
-from services.model_server.main import MODEL_SERVICE, PREDICTION_SERVICE
-from services.model_server.servicer import ModelServicer, PredictionServicer
+from services.model_server.core import LoadedVersion
+from tests import inference_stack
 
 tf = pytest.importorskip("tensorflow")
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc  # noqa: E402
 
 IMAGES = [toy_model.png(12, 9, seed=s) for s in range(4)] + [toy_model.jpeg(20, 16, seed=9)]
 
@@ -47,67 +37,9 @@ def direct(export: Path, image: bytes) -> dict[str, np.ndarray]:
     return {k: v.numpy()[0] for k, v in function(image_bytes=tf.constant([image])).items()}
 
 
-class Stack:
-    def __init__(self, root: Path, exports: dict[int, Path], keep_versions: int = 3, batch_max_size: int = 0):
-        self.base = root / "models"
-        self.base.mkdir()
-        self.store = LocalObjectStore(root / "store")
-        for seed, export in exports.items():
-            for path in sorted(export.rglob("*")):
-                if path.is_file():
-                    self.store.put_file(f"models/job-{seed}/saved_model/{path.relative_to(export)}", path)
-        self.core = ModelServerCore(self.base, poll_seconds=0.05)
-        self.model_server = GrpcServer("model-server-test", port=0, host="127.0.0.1", grace_seconds=1)
-        self.model_server.add_service(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-                                      PredictionServicer(self.core), PREDICTION_SERVICE)
-        self.model_server.add_service(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
-                                      ModelServicer(self.core), MODEL_SERVICE)
-        self.model_server.start()
-        self.core.start()
-        self.bus = InProcessEventBus()
-        self.client = ModelServerClient(f"127.0.0.1:{self.model_server.port}")
-        self.repo = ModelRepository(self.base)
-        self.copied: list[str] = []
-        self.publisher = Publisher(self.store, self.bus, self.repo, self.client, server_base_path=str(self.base),
-                                   keep_versions=keep_versions, publish_timeout=30, on_file=self.copied.append,
-                                   poll_interval=0.02)
-        self.classifier = Classifier(self.client, self.repo, on_label_missing=self.publisher.request_reconcile,
-                                     batch_max_size=batch_max_size)
-        self.server = GrpcServer("inference-test", port=0, host="127.0.0.1", grace_seconds=1)
-        self.server.add_service(pb_grpc.add_InferenceServiceServicer_to_server,
-                                InferenceServicer(self.classifier, self.publisher), SERVICE_NAME)
-        self.server.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
-        self.stub = pb_grpc.InferenceServiceStub(self.channel)
-        self.out: list[events_pb2.Event] = []
-        self.bus.subscribe(GROUP, self.publisher.handle, kinds=KINDS)
-        self.bus.subscribe("test-observer", self.out.append, kinds=["model_deployed", "stage_failed"])
-
-    def submit(self, job_id: str, seed: int, *, blessed: bool = True, deploy: bool = True, model: str = "toy"):
-        spec = common_pb2.JobSpec(deploy=common_pb2.DeployOptions(deploy=deploy, model_name=model))
-        self.bus.publish(new_event(job_id, "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))
-        evaluation = self.evaluation(job_id, seed, blessed)
-        self.bus.publish(evaluation)
-        self.bus.drain(timeout=60)
-        return evaluation
-
-    def evaluation(self, job_id: str, seed: int, blessed: bool = True) -> events_pb2.Event:
-        uri = self.store.uri(f"models/job-{seed}/saved_model") + "/"
-        return new_event(job_id, "evaluator", evaluation_completed=events_pb2.EvaluationCompleted(
-            model=common_pb2.ModelRef(job_id=job_id, uri=uri), blessed=blessed, accuracy=0.9))
-
+class Stack(inference_stack.Stack):
     def classify(self, image: bytes, **kwargs) -> pb.ClassifyResponse:
-        return self.stub.Classify(pb.ClassifyRequest(image=image, **{"top_k": 10, **kwargs}), timeout=10)
-
-    def close(self):
-        self.channel.close()
-        self.server.stop()
-        self.classifier.close()
-        self.publisher.stop()
-        self.client.close()
-        self.model_server.stop()
-        self.core.stop()
-        self.bus.close()
+        return super().classify(image, **{"top_k": 10, **kwargs})
 
 
 @pytest.fixture
