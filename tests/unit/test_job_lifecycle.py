@@ -10,7 +10,6 @@ from classforge.v1 import common_pb2, events_pb2
 from services.common.errors import Unavailable
 from services.common.events import DeadLetter, InProcessEventBus, new_event
 from services.common.stage_work import Cancellations, JobCancelled, Stage
-from services.common.storage import LocalObjectStore
 from services.jobs.domain import JobsDomain
 
 Status = common_pb2.JobStatus
@@ -25,18 +24,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def bus():
-    bus = InProcessEventBus()
-    yield bus
-    bus.close()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalObjectStore(tmp_path / "store")
 
 
 @pytest.fixture

@@ -2,24 +2,11 @@ import pytest
 
 from classforge.v1 import common_pb2, events_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.events import InProcessEventBus, new_event
-from services.common.storage import LocalObjectStore
+from services.common.events import new_event
 from services.jobs.domain import JobsDomain
 
 Status = common_pb2.JobStatus
 Stage = common_pb2.JobStage
-
-
-@pytest.fixture
-def bus():
-    bus = InProcessEventBus()
-    yield bus
-    bus.close()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalObjectStore(tmp_path / "store")
 
 
 def spec(deploy: bool = True) -> common_pb2.JobSpec:
