@@ -8,8 +8,23 @@ source "$(dirname "$0")/lib.sh"
 
 COMPONENTS=(kafka minio prometheus)
 
+# The services' default gRPC ports (50051-50056; tests use 501xx) lie inside Linux's ephemeral port
+# range (32768-60999): under connection churn an outgoing connection can take one as its source port,
+# and a service started then fails to bind ("Address already in use"). Reserve them from the ephemeral
+# range (root only; the setting belongs to this network namespace).
+RESERVED_PORTS=50000-50999
+reserve_service_ports() {
+  local file=/proc/sys/net/ipv4/ip_local_reserved_ports current
+  current=$(<"$file") || return 0
+  [[ ,$current, == *,$RESERVED_PORTS,* ]] && return 0
+  if ! echo "${current:+$current,}$RESERVED_PORTS" >"$file" 2>/dev/null; then
+    log "could not reserve ports $RESERVED_PORTS from the ephemeral range (not root?); a service may rarely fail to bind"
+  fi
+}
+
 up() {
   local t0=$SECONDS c
+  reserve_service_ports
   if status >/dev/null 2>&1; then
     status
     log "already up"
