@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -23,6 +24,15 @@ from google.protobuf import json_format
 from classforge.v1 import common_pb2
 from services.common.errors import ClassforgeError
 from services.evaluator import blessing, report
+
+DEFAULT_EVALUATOR = "127.0.0.1:50055"
+COMPARE_DOC = """`classforge compare JOB_A JOB_B`: what changed from run A to run B.
+
+Overall and per-class accuracy, precision and recall with deltas (largest change first), confusion
+pairs that grew or shrank, the test images that flipped right->wrong and wrong->right (matched by
+content hash), both training curves on one plot and the two specs side by side. When the test sets
+differ it says how. Written as comparisons/JOB_A__JOB_B/{index.html,comparison.json} in the store.
+"""
 
 if TYPE_CHECKING:
     from services.evaluator.engine import Options
@@ -45,6 +55,19 @@ def register(subparsers) -> None:
     p.add_argument("--gallery-per-cell", type=int, default=16)
     p.add_argument("--fail-if-not-blessed", action="store_true", help="exit 1 when the model is not blessed")
     p.set_defaults(func=cmd_evaluate)
+
+    c = subparsers.add_parser("compare", help="compare two jobs' evaluations (B against A) as HTML and JSON",
+                              description=COMPARE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("job_a", help="the earlier job (every delta is B - A)")
+    c.add_argument("job_b")
+    where = c.add_mutually_exclusive_group()
+    where.add_argument("--store", help="a local object store folder (`classforge run --out OUT` keeps it in "
+                                       "OUT/store): compare in this process, no service needed")
+    where.add_argument("--evaluator", default=os.environ.get("CLASSFORGE_EVALUATOR_ADDR", DEFAULT_EVALUATOR),
+                       help=f"evaluator service address (env CLASSFORGE_EVALUATOR_ADDR, default {DEFAULT_EVALUATOR})")
+    c.add_argument("--out", default="", help="download folder for a remote comparison (default "
+                                             "comparisons/JOB_A__JOB_B)")
+    c.set_defaults(func=cmd_compare)
 
 
 def _model_dir(path: Path) -> Path:
@@ -143,3 +166,57 @@ def cmd_evaluate(args, open_records=open_local_records) -> int:
         print(f"{task['task']}: accuracy {task['accuracy']:.4f} on {task['examples']} {records.split} images")
     print(f"report: {(out / report.INDEX_HTML).resolve()}")
     return 1 if args.fail_if_not_blessed and not decision.blessed else 0
+
+
+def cmd_compare(args) -> int:
+    if args.store:
+        comparison, index = _compare_in_store(Path(args.store), args.job_a, args.job_b)
+    else:
+        comparison, index = _compare_remote(args)
+    if getattr(args, "json", False):
+        print(json.dumps({k: comparison[k] for k in ("a", "b", "test_sets", "notes", "comparison_uri")}, indent=1))
+    else:
+        for note in comparison["notes"]:
+            print(f"note: {note}")
+        for task in comparison["tasks"]:
+            acc = task["overall"]["accuracy"]
+            flips = task.get("flips") or {}
+            print(f"{task['task']}: accuracy {acc['a']:.4f} -> {acc['b']:.4f} ({100 * acc['delta']:+.2f} pts); "
+                  f"{len(flips.get('right_to_wrong', []))} right->wrong, {len(flips.get('wrong_to_right', []))} "
+                  f"wrong->right of {flips.get('matched', 0)} matched images")
+    print(f"comparison: {index}")
+    return 0
+
+
+def _compare_in_store(root: Path, job_a: str, job_b: str) -> tuple[dict, Path]:
+    from services.common.events import InProcessEventBus
+    from services.common.storage import LocalObjectStore
+    from services.evaluator.domain import COMPARISONS_PREFIX, EvaluatorDomain
+
+    if not (root / "reports").is_dir():
+        raise SystemExit(f"classforge compare: {root} holds no reports/ folder: give the object store folder "
+                         f"(OUT/store of `classforge run --out OUT`)")
+    store = LocalObjectStore(root)
+    with tempfile.TemporaryDirectory(prefix="classforge-compare-") as work:
+        domain = EvaluatorDomain(InProcessEventBus(), store, work)
+        try:
+            comparison = domain.compare(job_a, job_b)
+        except ClassforgeError as exc:
+            raise SystemExit(f"classforge compare: {exc.message}") from None
+    return comparison, root / f"{COMPARISONS_PREFIX}{job_a}__{job_b}" / "index.html"
+
+
+def _compare_remote(args) -> tuple[dict, Path]:
+    import grpc
+
+    from classforge.v1 import evaluator_service_pb2 as pb
+    from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
+    from services.cli import fetch_report
+    from services.evaluator import compare as compare_mod
+
+    stub = pb_grpc.EvaluatorServiceStub(grpc.insecure_channel(args.evaluator))
+    reply = stub.CompareEvaluations(pb.CompareEvaluationsRequest(job_a=args.job_a, job_b=args.job_b),
+                                    timeout=max(args.timeout, 300.0))
+    index = fetch_report(reply.comparison_uri, Path(args.out or f"comparisons/{args.job_a}__{args.job_b}"))
+    comparison = json.loads((index.parent / compare_mod.COMPARISON_JSON).read_text())
+    return comparison, index

@@ -41,7 +41,10 @@ from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import JobCancelled, Stage
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.evaluator import blessing, report
+from services.evaluator import compare as compare_mod
+from services.evaluator import predictions as predictions_mod
 from services.evaluator.engine import Evaluation, Options, evaluate
+from services.evaluator.images import save_thumbnail
 from services.evaluator.metrics_export import EVALUATION_IMAGES_PER_SECOND, EVALUATION_SECONDS, EVALUATIONS
 from services.evaluator.model import ServingModel, load_keras_model
 
@@ -49,6 +52,7 @@ log = logging.getLogger("classforge.evaluator")
 
 STATE_PREFIX = "state/evaluator/"
 REPORTS_PREFIX = "reports/"
+COMPARISONS_PREFIX = "comparisons/"
 DEFAULT_MODEL_NAME = "classforge"
 USER_ERRORS = (FailedPrecondition, InvalidArgument, NotFound)
 
@@ -85,6 +89,7 @@ class EvaluatorDomain:
             spec = event.job_submitted.spec
             self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/gates.pb", spec.gates.SerializeToString())
             self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/deploy.pb", spec.deploy.SerializeToString())
+            self.store.put_bytes(f"{STATE_PREFIX}{event.job_id}/spec.pb", spec.SerializeToString())  # for compare
         elif kind == "training_completed":
             self._on_training_completed(event.job_id, event.training_completed)
 
@@ -199,7 +204,8 @@ class EvaluatorDomain:
         document = {
             "job_id": job_id,
             "model": json_format.MessageToDict(model_ref, preserving_proto_field_name=True),
-            "records": records.identity(), "split": records.split, "examples": result.examples,
+            "records": records.identity(), "records_uri": records_uri, "split": records.split,
+            "examples": result.examples,
             "tasks": result.tasks, "duplicates": result.duplicates, "cam_status": result.cam_status,
             "gates": json_format.MessageToDict(gates, preserving_proto_field_name=True),
             "baseline": ({"job_id": baseline.job_id, "source": baseline.source, "tasks": baseline.tasks}
@@ -220,6 +226,106 @@ class EvaluatorDomain:
                 {"job_id": job_id, "model_uri": model_ref.uri, "report_key": prefix + report.EVALUATION_JSON,
                  "records": records.identity(), "blessed_at": time.time()}).encode(), "application/json")
         return document
+
+    # ------------------------------------------------------------------ compare
+
+    def compare(self, job_a: str, job_b: str, flips_shown: int = compare_mod.DEFAULT_FLIPS_SHOWN) -> dict:
+        """Writes comparisons/<job_a>__<job_b>/ (index.html, comparison.json, plots, thumbnails) from the
+        two jobs' stored reports and returns the comparison, with its "comparison_uri"."""
+        for field, value in (("job_a", job_a), ("job_b", job_b)):
+            if not value:
+                raise InvalidArgument(field, "is required: the job ids of the two evaluations to compare")
+        runs = [self._comparable_run(job_id) for job_id in (job_a, job_b)]
+        comparison = compare_mod.compare(runs[0]["evaluation"], runs[1]["evaluation"], runs[0]["predictions"],
+                                         runs[1]["predictions"], runs[0]["spec"], runs[1]["spec"])
+        prefix = f"{COMPARISONS_PREFIX}{job_a}__{job_b}/"
+        comparison["comparison_uri"] = self.store.uri(prefix.rstrip("/")) + "/"
+        scratch = self.work_dir / "comparisons" / f"{job_a}__{job_b}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            self._flip_thumbnails(comparison, runs[1]["evaluation"], scratch, flips_shown)
+            compare_mod.write(scratch, comparison, runs[0]["history"], runs[1]["history"])
+            self.store.delete_prefix(prefix)
+            files = sorted(p for p in scratch.rglob("*") if p.is_file())
+            files.sort(key=lambda p: p.name == compare_mod.COMPARISON_JSON)  # complete once comparison.json is there
+            for path in files:
+                self.store.put_file(prefix + path.relative_to(scratch).as_posix(), path, _content_type(path))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return comparison
+
+    def _comparable_run(self, job_id: str) -> dict:
+        evaluation = self._stored_report(job_id)
+        if evaluation is None:
+            raise NotFound("evaluation report", job_id)
+        predictions = None
+        try:
+            text = self.store.get_bytes(f"{REPORTS_PREFIX}{job_id}/{predictions_mod.FILE_NAME}").decode("utf-8")
+            predictions = predictions_mod.parse(text)
+        except ObjectNotFound:
+            pass
+        except ValueError as exc:
+            raise FailedPrecondition(f"job {job_id}: unreadable {predictions_mod.FILE_NAME}: {exc}") from None
+        spec: dict = {}
+        try:
+            job_spec = common_pb2.JobSpec()
+            job_spec.ParseFromString(self.store.get_bytes(f"{STATE_PREFIX}{job_id}/spec.pb"))
+            spec["job_spec"] = json_format.MessageToDict(job_spec, preserving_proto_field_name=True)
+        except ObjectNotFound:
+            pass
+        model_prefix = self._model_prefix((evaluation.get("model") or {}).get("uri", ""))
+        history = None
+        if model_prefix is not None:
+            spec.update(self._json_object(model_prefix + "config.json", "trained_config") or {})
+            history = self._json_object(model_prefix + "history.json")
+        return {"evaluation": evaluation, "predictions": predictions, "spec": spec, "history": history}
+
+    def _model_prefix(self, uri: str) -> str | None:
+        """The model folder (holding saved_model/, config.json, history.json) of a SavedModel URI."""
+        try:
+            key = self.store.key_from_uri(uri.rstrip("/")).rstrip("/")
+        except InvalidArgument:
+            return None
+        return key[: -len("saved_model")] if key.endswith("/saved_model") else key + "/"
+
+    def _json_object(self, key: str, wrap: str = ""):
+        try:
+            value = json.loads(self.store.get_bytes(key))
+        except (ObjectNotFound, ValueError):
+            return None
+        return {wrap: value} if wrap else value
+
+    def _flip_thumbnails(self, comparison: dict, evaluation_b: dict, out_dir: Path, shown: int) -> None:
+        """Thumbnails of the flips shown, read once from run B's evaluation records (every flip is one
+        of B's images). Skipped with a note when the records are gone or were never named."""
+        wanted: dict[str, list[dict]] = {}
+        for task in comparison["tasks"]:
+            for key in ("right_to_wrong", "wrong_to_right"):
+                for flip in (task.get("flips") or {}).get(key, [])[:shown]:
+                    wanted.setdefault(flip["source_id"], []).append(flip)
+        if not wanted:
+            return
+        records_uri = evaluation_b.get("records_uri")
+        if not records_uri:
+            comparison["notes"].append("no thumbnails: run B's report does not name its records")
+            return
+        try:
+            records = self.open_records(self.store, records_uri, self.work_dir / "records-cache",
+                                        self.options.batch_size)
+            for example in records.examples():
+                flips = wanted.pop(example.source_id, None)
+                if flips:
+                    path = Path("thumbs") / f"{example.source_id[:16]}.png"
+                    save_thumbnail(example.encoded, out_dir / path)
+                    for flip in flips:
+                        flip["thumbnail"] = path.as_posix()
+                if not wanted:
+                    break
+        except ClassforgeError as exc:
+            if isinstance(exc, Unavailable):
+                raise
+            comparison["notes"].append(f"no thumbnails: run B's records {records_uri} cannot be read "
+                                       f"({exc.message})")
 
     def _baseline(self, job_id: str, model_name: str, records, scratch: Path
                   ) -> tuple[blessing.Baseline | None, str]:
@@ -302,3 +408,20 @@ def to_proto(evaluation: dict) -> evaluator_service_pb2.EvaluationReport:
     return pb.EvaluationReport(job_id=evaluation["job_id"], model=_model_ref(evaluation), tasks=tasks,
                                blessed=evaluation["blessing"]["blessed"], reasons=evaluation["blessing"]["reasons"],
                                report_uri=evaluation["report_uri"])
+
+
+def comparison_to_proto(comparison: dict) -> evaluator_service_pb2.CompareEvaluationsResponse:
+    pb = evaluator_service_pb2
+    tasks = []
+    for t in comparison["tasks"]:
+        flips = t.get("flips") or {}
+        tasks.append(pb.TaskComparison(
+            task=t["task"], overall=[pb.MetricChange(metric=name, a=d["a"] or 0.0, b=d["b"] or 0.0,
+                                                     delta=d["delta"] or 0.0)
+                                     for name, d in t["overall"].items()],
+            right_to_wrong=len(flips.get("right_to_wrong", [])), wrong_to_right=len(flips.get("wrong_to_right", [])),
+            matched_images=flips.get("matched", 0)))
+    test_sets = comparison["test_sets"]
+    same = bool(test_sets.get("same_records") or test_sets.get("same_images"))
+    return pb.CompareEvaluationsResponse(comparison_uri=comparison["comparison_uri"], same_test_images=same,
+                                         tasks=tasks, notes=comparison["notes"])

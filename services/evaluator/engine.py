@@ -27,6 +27,7 @@ from services.common.errors import FailedPrecondition
 from services.evaluator import gallery as gallery_mod
 from services.evaluator import metrics as metrics_mod
 from services.evaluator import mislabels as mislabels_mod
+from services.evaluator import predictions as predictions_mod
 from services.evaluator.images import safe_names, save_thumbnail
 from services.evaluator.model import ServingModel
 from services.evaluator.samples import Sample, TopN
@@ -138,6 +139,7 @@ def evaluate(model: ServingModel, examples: Iterable[Example], record_tasks: lis
             s.gallery = gallery_mod.GallerySelector(options.gallery_per_cell)
             s.mistakes = mislabels_mod.ConfidentMistakes(options.mislabel_top, options.mislabel_min_confidence)
     source_ids: list[str] = []
+    filenames: list[str] = []
     hashes: list[int | None] = []
     all_labels: list[tuple[int, ...]] = []
     started = time.perf_counter()
@@ -155,6 +157,7 @@ def evaluate(model: ServingModel, examples: Iterable[Example], record_tasks: lis
                 _select(s, batch, count, labels[:, s.position], probabilities, class_ids, options)
         if options.artefacts:
             source_ids.extend(e.source_id for e in batch)
+            filenames.extend(e.filename for e in batch)
             hash_batches.append(hashing.submit(lambda b: [mislabels_mod.dhash(e.encoded) for e in b], batch))
             while len(hash_batches) > HASH_BATCHES_IN_FLIGHT:
                 hashes.extend(hash_batches.popleft().result())
@@ -189,6 +192,10 @@ def evaluate(model: ServingModel, examples: Iterable[Example], record_tasks: lis
                 for entry in gallery_mod.write(out_dir / "gallery" / base, s.gallery, s.folders)]
             result["mislabels"] = _write_mistakes(out_dir, base, s)
         cam_status = _write_cams(out_dir, states, results, cam_model)
+        predictions_mod.write(out_dir / predictions_mod.FILE_NAME, source_ids, filenames,
+                              [predictions_mod.TaskColumns(s.name, s.classes, np.concatenate(s.labels),
+                                                           np.concatenate(s.class_ids),
+                                                           np.concatenate(s.probabilities)) for s in states])
         duplicates = _duplicates(out_dir, states, source_ids, hashes, all_labels, options, refetch)
     return Evaluation(results, count, duplicates, seconds, count / seconds if seconds > 0 else 0.0, cam_status)
 

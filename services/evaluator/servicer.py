@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from classforge.v1 import evaluator_service_pb2 as pb
 from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
-from services.evaluator.domain import EvaluatorDomain
+from services.evaluator.domain import EvaluatorDomain, comparison_to_proto
 
 
 class EvaluatorServicer(pb_grpc.EvaluatorServiceServicer):
@@ -17,3 +17,6 @@ class EvaluatorServicer(pb_grpc.EvaluatorServiceServicer):
 
     def GetReport(self, request: pb.GetReportRequest, context) -> pb.GetReportResponse:
         return pb.GetReportResponse(report=self.domain.get_report(request.job_id))
+
+    def CompareEvaluations(self, request: pb.CompareEvaluationsRequest, context) -> pb.CompareEvaluationsResponse:
+        return comparison_to_proto(self.domain.compare(request.job_a, request.job_b))

@@ -82,3 +82,49 @@ class GetReportResponse(_message.Message):
     REPORT_FIELD_NUMBER: _ClassVar[int]
     report: EvaluationReport
     def __init__(self, report: _Optional[_Union[EvaluationReport, _Mapping]] = ...) -> None: ...
+
+class CompareEvaluationsRequest(_message.Message):
+    __slots__ = ("job_a", "job_b")
+    JOB_A_FIELD_NUMBER: _ClassVar[int]
+    JOB_B_FIELD_NUMBER: _ClassVar[int]
+    job_a: str
+    job_b: str
+    def __init__(self, job_a: _Optional[str] = ..., job_b: _Optional[str] = ...) -> None: ...
+
+class MetricChange(_message.Message):
+    __slots__ = ("metric", "a", "b", "delta")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    a: float
+    b: float
+    delta: float
+    def __init__(self, metric: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
+class TaskComparison(_message.Message):
+    __slots__ = ("task", "overall", "right_to_wrong", "wrong_to_right", "matched_images")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OVERALL_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_TO_WRONG_FIELD_NUMBER: _ClassVar[int]
+    WRONG_TO_RIGHT_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    overall: _containers.RepeatedCompositeFieldContainer[MetricChange]
+    right_to_wrong: int
+    wrong_to_right: int
+    matched_images: int
+    def __init__(self, task: _Optional[str] = ..., overall: _Optional[_Iterable[_Union[MetricChange, _Mapping]]] = ..., right_to_wrong: _Optional[int] = ..., wrong_to_right: _Optional[int] = ..., matched_images: _Optional[int] = ...) -> None: ...
+
+class CompareEvaluationsResponse(_message.Message):
+    __slots__ = ("comparison_uri", "same_test_images", "tasks", "notes")
+    COMPARISON_URI_FIELD_NUMBER: _ClassVar[int]
+    SAME_TEST_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    comparison_uri: str
+    same_test_images: bool
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskComparison]
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, comparison_uri: _Optional[str] = ..., same_test_images: _Optional[bool] = ..., tasks: _Optional[_Iterable[_Union[TaskComparison, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class EvaluatorServiceStub:
                 request_serializer=classforge_dot_v1_dot_evaluator__service__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=classforge_dot_v1_dot_evaluator__service__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.CompareEvaluations = channel.unary_unary(
+                '/classforge.v1.EvaluatorService/CompareEvaluations',
+                request_serializer=classforge_dot_v1_dot_evaluator__service__pb2.CompareEvaluationsRequest.SerializeToString,
+                response_deserializer=classforge_dot_v1_dot_evaluator__service__pb2.CompareEvaluationsResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
@@ -63,6 +68,14 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareEvaluations(self, request, context):
+        """Compares two jobs' evaluations (B against A) and writes comparisons/<job_a>__<job_b>/ (index.html,
+        comparison.json) to the object store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=classforge_dot_v1_dot_evaluator__service__pb2.GetReportRequest.FromString,
                     response_serializer=classforge_dot_v1_dot_evaluator__service__pb2.GetReportResponse.SerializeToString,
+            ),
+            'CompareEvaluations': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareEvaluations,
+                    request_deserializer=classforge_dot_v1_dot_evaluator__service__pb2.CompareEvaluationsRequest.FromString,
+                    response_serializer=classforge_dot_v1_dot_evaluator__service__pb2.CompareEvaluationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class EvaluatorService:
             '/classforge.v1.EvaluatorService/GetReport',
             classforge_dot_v1_dot_evaluator__service__pb2.GetReportRequest.SerializeToString,
             classforge_dot_v1_dot_evaluator__service__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareEvaluations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/classforge.v1.EvaluatorService/CompareEvaluations',
+            classforge_dot_v1_dot_evaluator__service__pb2.CompareEvaluationsRequest.SerializeToString,
+            classforge_dot_v1_dot_evaluator__service__pb2.CompareEvaluationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
