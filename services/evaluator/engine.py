@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from services.common import mislabel_review
 from services.common.errors import FailedPrecondition
 from services.evaluator import gallery as gallery_mod
 from services.evaluator import metrics as metrics_mod
@@ -191,6 +192,11 @@ def evaluate(model: ServingModel, examples: Iterable[Example], record_tasks: lis
                 {**entry, "path": (Path("gallery") / base / entry["path"]).as_posix()}
                 for entry in gallery_mod.write(out_dir / "gallery" / base, s.gallery, s.folders)]
             result["mislabels"] = _write_mistakes(out_dir, base, s)
+        review_rows = _review_rows(states, source_ids, filenames)
+        for s, result in zip(states, results, strict=True):
+            result["mislabels"]["review_file"] = mislabel_review.FILE_NAME
+            result["mislabels"]["review_rows"] = sum(1 for row in review_rows if row["task"] == s.name)
+        mislabel_review.write(out_dir / mislabel_review.FILE_NAME, review_rows)
         cam_status = _write_cams(out_dir, states, results, cam_model)
         predictions_mod.write(out_dir / predictions_mod.FILE_NAME, source_ids, filenames,
                               [predictions_mod.TaskColumns(s.name, s.classes, np.concatenate(s.labels),
@@ -234,6 +240,26 @@ def _write_mistakes(out_dir: Path, base: Path, s: TaskState) -> dict:
         ranked.append({"rank": rank, **sample.describe(s.classes), "thumbnail": path.as_posix()})
     return {"rule": f"wrong predictions with probability >= {s.mistakes.min_confidence}, most confident first",
             "total": s.mistakes.total, "ranked": ranked}
+
+
+def _review_rows(states: list[TaskState], source_ids: list[str], filenames: list[str]) -> list[dict]:
+    """Every wrongly predicted image of every task, for mislabels.csv, highest score first. The score is
+    the normalised margin of confident learning: p(predicted) - p(given label)."""
+    rows = []
+    for s in states:
+        labels, predicted = np.concatenate(s.labels), np.concatenate(s.class_ids)
+        probabilities = np.concatenate(s.probabilities)
+        known = (labels >= 0) & (labels < len(s.classes))
+        for i in np.flatnonzero(known & (labels != predicted)):
+            given, guess = int(labels[i]), int(predicted[i])
+            confidence = float(probabilities[i, guess]) if 0 <= guess < probabilities.shape[1] else 0.0
+            rows.append({"image_id": source_ids[i], "path": filenames[i], "task": s.name,
+                         "given_label": s.classes[given],
+                         "predicted_label": s.classes[guess] if 0 <= guess < len(s.classes) else str(guess),
+                         "confidence": f"{confidence:.4f}",
+                         "score": f"{confidence - float(probabilities[i, given]):.4f}"})
+    rows.sort(key=lambda row: -float(row["score"]))
+    return rows
 
 
 def _write_cams(out_dir: Path, states: list[TaskState], results: list[dict], cam_model: tuple | None) -> str:

@@ -263,7 +263,13 @@ def _task_html(t: dict, plots: dict, slug: str, multi: bool) -> str:
     mislabels = t.get("mislabels", {})
     if mislabels:
         out.append(f"<h3>Suspected mislabels</h3><p class='note'>{_e(mislabels['rule'])}; "
-                   f"{mislabels['total']} in all, the first {len(mislabels['ranked'])} shown.</p><div class='thumbs'>")
+                   f"{mislabels['total']} in all, the first {len(mislabels['ranked'])} shown.</p>")
+        if mislabels.get("review_file"):
+            out.append(f"<p class='note'>Every wrong prediction ({mislabels['review_rows']} rows of all tasks) is in "
+                       f"<a href='{_e(mislabels['review_file'])}'>{_e(mislabels['review_file'])}</a>: fill in its "
+                       f"decision column (keep, drop, relabel:&lt;class&gt;) and run <code>classforge dataset "
+                       f"relabel</code> to make a new dataset version.</p>")
+        out.append("<div class='thumbs'>")
         out += [_img(m["thumbnail"], f"#{m['rank']} {m['probability']:.3f}: labelled {m['true']}, model says "
                                      f"{m['predicted']}", m.get("filename") or m["source_id"])
                 for m in mislabels["ranked"]]

@@ -3,6 +3,7 @@
     classforge dataset prepare SOURCE --out DIR [--max-ratio 5] [--val-fraction 0.1] [--test-fraction 0] [--seed N]
     classforge dataset upload SOURCE [--request-id ID] [options]     CreateDataset over gRPC
     classforge dataset list | show ID | report ID                    ListDatasets / GetDataset / GetDatasetReport
+    classforge dataset relabel DATASET corrections.csv [--out DIR]  a new version from a reviewed mislabels.csv
     classforge datasets                                              same as `dataset list`
 
 SOURCE is a folder with one sub-folder per label, a list file (`path task1 [task2 …]` with a header),
@@ -102,6 +103,8 @@ def register(subparsers) -> None:
     report.add_argument("dataset_id")
     _address(report)
     report.set_defaults(func=cmd_report)
+
+    register_relabel(commands)
 
     datasets = subparsers.add_parser("datasets", help="list datasets on the ingest service (= dataset list)")
     datasets.add_argument("--limit", type=int, default=50)
@@ -270,6 +273,76 @@ def cmd_report(args) -> int:
 
 def _timeout(args) -> float:
     return getattr(args, "timeout", 30.0)
+
+
+# --------------------------------------------------------------------------- relabel (local or the service)
+
+
+def register_relabel(commands) -> None:
+    relabel = commands.add_parser(
+        "relabel", help="write a new dataset version from a reviewed mislabels.csv (decision column: keep, drop, "
+                        "relabel:<class>)")
+    relabel.add_argument("dataset", help="a dataset folder (with manifest.json) or a dataset id on the ingest service")
+    relabel.add_argument("corrections", help="mislabels.csv of an evaluation report with its decision column filled")
+    relabel.add_argument("--out", default="", metavar="DIR",
+                         help="local only: where the new version goes (default: beside DATASET, named by its id)")
+    relabel.add_argument("--dataset-id", default="", help="id of the new version (default <root>-v<n>-<digest>)")
+    _address(relabel)
+    relabel.set_defaults(func=cmd_relabel)
+
+
+def cmd_relabel(args) -> int:
+    corrections = Path(args.corrections).expanduser()
+    try:
+        data = corrections.read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"classforge: cannot read {corrections}: {exc.strerror}") from None
+    folder = Path(args.dataset).expanduser()
+    if (folder / "manifest.json").is_file():
+        try:
+            return _relabel_local(args, folder, corrections, data)
+        except ClassforgeError as exc:
+            print(f"classforge: {exc.message}", file=sys.stderr)
+            return 1
+    if folder.exists():
+        raise SystemExit(f"classforge: {folder} holds no manifest.json, so it is no dataset")
+    reply = _stub(args).RelabelDataset(pb.RelabelDatasetRequest(
+        dataset_id=args.dataset, corrections=data, new_dataset_id=args.dataset_id), timeout=_timeout(args))
+    if getattr(args, "json", False):
+        _print(reply, True)
+    else:
+        print(f"dataset {reply.dataset.ref.dataset_id} (from {reply.parent_dataset_id}): relabeled "
+              f"{reply.relabeled_count}, dropped {reply.dropped_count}, kept {reply.kept_count}; images "
+              f"{reply.dataset.image_count}, train {reply.dataset.train_count}, val {reply.dataset.val_count}, "
+              f"test {reply.dataset.test_count}")
+    return 0
+
+
+def _relabel_local(args, folder: Path, corrections: Path, data: bytes) -> int:
+    from services.ingest.relabel import plan_relabel, write_version
+
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"classforge: {corrections} is not UTF-8 text (byte {exc.start})") from None
+    plan = plan_relabel(LocalObjectStore(folder), "", text, field=str(corrections),
+                        origin=str(corrections.resolve()))
+    new_id = args.dataset_id or plan.default_id
+    out = Path(args.out).expanduser() if args.out else folder.resolve().parent / new_id
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"classforge: {out} is not empty; choose a new folder with --out")
+    prepared = write_version(plan, LocalObjectStore(out), "", new_id)
+    if getattr(args, "json", False):
+        print(json.dumps(prepared.manifest, indent=2))
+        return 0
+    c = prepared.manifest["corrections"]
+    print(f"dataset {new_id} (from {plan.parent['dataset_id']}): relabeled {c['relabeled']}, dropped "
+          f"{c['dropped']}, kept {c['kept']}; written to {out}")
+    for task, labels in prepared.manifest["label_counts_diff"].items():
+        changed = [f"{label} {d['before']}->{d['after']}" for label, d in labels.items() if d["change"]]
+        if changed:
+            print(f"  {task}: " + ", ".join(changed))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

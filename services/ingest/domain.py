@@ -41,6 +41,7 @@ from services.common.storage import ObjectNotFound, ObjectStore
 from services.ingest import metrics
 from services.ingest.options import DEFAULT_LIMITS, IngestOptions, SourceLimits
 from services.ingest.prepare import prepare_dataset, read_json
+from services.ingest.relabel import is_version_of, plan_relabel, write_version
 from services.ingest.report import to_proto
 from services.ingest.sources import archive_root, download_prefix, extract_archive
 from services.ingest.validation import Reject
@@ -219,6 +220,40 @@ class IngestDomain:
         if not size:
             raise InvalidArgument("chunk", "the header announced an archive but no archive bytes followed it")
         return size, sha.hexdigest()
+
+    # ------------------------------------------------------------------ RelabelDataset
+
+    def relabel(self, dataset_id: str, corrections: bytes, new_dataset_id: str = "") -> tuple[pb.Dataset, dict]:
+        """A new version of `dataset_id` from a reviewed mislabels.csv (relabel.py); the same parent and
+        corrections return the version already made. Returns the dataset and its manifest."""
+        self.manifest(dataset_id)  # NotFound for an unknown or incomplete parent
+        if new_dataset_id:
+            check_dataset_id(new_dataset_id, "new_dataset_id")
+        try:
+            text = corrections.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument("corrections", f"is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"
+                                  ) from None
+        if not text.strip():
+            raise InvalidArgument("corrections", "is empty: send mislabels.csv with its decision column filled in")
+        plan = plan_relabel(self.store, f"{DATASETS_PREFIX}{dataset_id}/", text, origin="RelabelDataset")
+        new_id = new_dataset_id or plan.default_id
+        with self._lock(new_id):
+            existing = self._manifest_or_none(new_id)
+            if existing is not None:
+                if not is_version_of(existing, dataset_id, plan):
+                    raise InvalidArgument("new_dataset_id", f"dataset {new_id!r} already exists and is not this "
+                                                            f"relabel of {dataset_id!r}; choose another id")
+                self._index(existing)
+                return self._dataset(existing), existing
+            prefix = f"{DATASETS_PREFIX}{new_id}/"
+            self.store.delete_prefix(prefix)  # leftovers of an interrupted relabel: no manifest there
+            prepared = write_version(plan, self.store, prefix, new_id)
+        self._index(prepared.manifest)
+        log.info("dataset relabeled", extra={"dataset_id": new_id, "parent": dataset_id,
+                                             "relabeled": prepared.manifest["corrections"]["relabeled"],
+                                             "dropped": prepared.manifest["corrections"]["dropped"]})
+        return self._dataset(prepared.manifest), prepared.manifest
 
     # ------------------------------------------------------------------ events
 

@@ -33,6 +33,13 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         report, markdown = self.domain.report(request.dataset_id)
         return pb.GetDatasetReportResponse(report=report, markdown=markdown)
 
+    def RelabelDataset(self, request: pb.RelabelDatasetRequest, context) -> pb.RelabelDatasetResponse:
+        dataset, manifest = self.domain.relabel(request.dataset_id, request.corrections, request.new_dataset_id)
+        corrections = manifest["corrections"]
+        return pb.RelabelDatasetResponse(dataset=dataset, parent_dataset_id=manifest["parent"]["dataset_id"],
+                                         relabeled_count=corrections["relabeled"],
+                                         dropped_count=corrections["dropped"], kept_count=corrections["kept"])
+
 
 def _chunks(requests: Iterator[pb.CreateDatasetRequest]) -> Iterator[bytes]:
     for number, request in enumerate(requests, 1):

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from classforge.v1 import common_pb2
 from services.common.errors import InvalidArgument, shown
+from services.common.job_uri import job_from_uri
 from services.ingest.options import IngestOptions
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: '$' would let a trailing newline in
@@ -123,6 +124,7 @@ def validate_training(config: common_pb2.TrainingConfig, field: str = "spec.trai
     _check_stages(config, field)
     _check_augmentation(config.augmentation, f"{field}.augmentation")
     _check_task_losses(config, field)
+    job_from_uri(config.initial_weights_uri, f"{field}.initial_weights_uri")  # job://<id> well formed
 
 
 def _check_backbone(config: common_pb2.TrainingConfig, field: str) -> None:

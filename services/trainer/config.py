@@ -19,7 +19,8 @@ Defaults (`with_defaults`):
 | weight_decay | SGD 5e-4, ADAM 1e-4: an L2 loss term (regularization_loss); |
 | | ADAMW 0.05 decoupled (in the optimiser; regularization_loss is then 0) |
 | lr_schedule | COSINE, warm-up 1 epoch (stage 2 only when stage 1 runs) |
-| head_stage | 2 epochs with backbone frozen when initial_weights_uri is set, else skipped |
+| head_stage | 2 epochs with backbone frozen when initial_weights_uri is set, else skipped; skipped |
+| | too for `job://<id>` whose classes are this data's (the loop drops it: its heads are trained) |
 | full_stage | 10 epochs, whole network |
 | validate_every_epochs | 1 |
 | early_stopping_patience | 0 (off) |
@@ -39,6 +40,7 @@ from google.protobuf import json_format
 
 from classforge.v1 import common_pb2
 from services.common.errors import InvalidArgument
+from services.common.job_uri import job_from_uri
 
 TrainingConfig = common_pb2.TrainingConfig
 Backbone = common_pb2.Backbone
@@ -113,6 +115,7 @@ def validate(c: TrainingConfig, prefix: str = "config") -> None:
         raise bad("batch_size", f"{c.batch_size} is outside 1..4096")
     if c.backbone not in Backbone.values() or c.backbone == Backbone.BACKBONE_UNSPECIFIED:
         raise bad("backbone", f"unknown backbone {c.backbone}")
+    job_from_uri(c.initial_weights_uri, f"{prefix}.initial_weights_uri")  # job://<id> well formed
     if c.backbone not in PROJECT_BACKBONES:
         name = Backbone.Name(c.backbone)
         if c.group_norm:

@@ -36,7 +36,7 @@ from services.common.storage import ObjectNotFound, ObjectStore, check_key
 from services.trainer import export, metrics
 from services.trainer.config import to_json, with_defaults
 from services.trainer.data import TrainingData, open_records
-from services.trainer.loop import Hooks, Trainer
+from services.trainer.loop import Hooks, Trainer, model_prefix
 
 log = logging.getLogger("classforge.trainer")
 
@@ -48,10 +48,6 @@ STATE_PREFIX = "state/trainer/"
 KINDS = ["job_submitted", "records_built", "cancel_requested"]
 
 DataOpener = Callable[[str, common_pb2.TrainingConfig, Path], TrainingData]
-
-
-def model_prefix(job_id: str) -> str:
-    return f"models/{job_id}/"
 
 
 class TrainerDomain:
@@ -371,7 +367,8 @@ class TrainerDomain:
                 result = trainer.run()
                 if result.status == "succeeded" and self._stop_reason != "cancel":  # no export once cancelled
                     extra = {"job_id": job_id, "records_uri": training.records_uri,
-                             "resumed_from": result.resumed_from, "early_stopped": result.early_stopped}
+                             "resumed_from": result.resumed_from, "early_stopped": result.early_stopped,
+                             "initial_weights": result.initial_weights}
                     export.publish(result.network, data.label_map(), to_json(training.config), result.history,
                                    training.config.input_size, self.store, prefix, workdir / "run", extra)
                 break

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from classforge.v1 import common_pb2, events_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.job_uri import job_from_uri
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.trainer.backbones import Network, build_network, decay_variables
 from services.trainer.data import TrainingData
@@ -59,6 +60,11 @@ class Hooks:
     def checkpoint(self, uri: str, state: dict) -> None: ...
 
 
+def model_prefix(job_id: str) -> str:
+    """Where the trainer writes a job's model (docs/architecture.md, "Artefact layout")."""
+    return f"models/{job_id}/"
+
+
 @dataclass
 class Stage:
     index: int  # 1 = head only, 2 = whole network
@@ -76,6 +82,7 @@ class RunResult:
     checkpoint_uri: str = ""
     resumed_from: dict | None = None
     early_stopped: bool = False
+    initial_weights: dict | None = None  # where the weights came from (InitialWeights.as_dict), for the manifest
 
 
 def stages_of(config: common_pb2.TrainingConfig) -> list[Stage]:
@@ -192,6 +199,62 @@ def load_initial_weights(store: ObjectStore, uri: str, network: Network, workdir
                              f"norm and SE options are needed): {errors[-1]}")
 
 
+@dataclass(frozen=True)
+class InitialWeights:
+    """The plan for `job://<id>`: the earlier job's whole model when its tasks and classes are this
+    data's (no head stage: straight to fine-tuning), else its backbone under a rebuilt head."""
+
+    job_id: str
+    key: str  # the weights file in the store
+    whole_model: bool
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"job_id": self.job_id, "key": self.key, "whole_model": self.whole_model, "message": self.message}
+
+
+def _tasks_text(tasks: list[dict]) -> str:
+    return "; ".join(f"{t['name']}: {'regression' if t.get('regression') else list(t['classes'])}" for t in tasks)
+
+
+def plan_job_weights(store: ObjectStore, job_id: str, label_map: dict) -> InitialWeights:
+    """What `job://<job_id>` means for data with `label_map` (the trainer's labels.json content)."""
+    try:
+        manifest = json.loads(store.get_bytes(f"{model_prefix(job_id)}manifest.json"))
+    except ObjectNotFound:
+        raise FailedPrecondition(f"config.initial_weights_uri: job {job_id!r} has no finished model "
+                                 f"({model_prefix(job_id)}manifest.json is missing); retrain from a job whose "
+                                 f"training succeeded") from None
+    theirs = [{"name": t["name"], "classes": list(t["classes"]), "regression": bool(t.get("regression"))}
+              for t in manifest["labels"]["tasks"]]
+    ours = [{"name": t["name"], "classes": list(t["classes"]), "regression": bool(t.get("regression"))}
+            for t in label_map["tasks"]]
+    if theirs == ours:
+        return InitialWeights(job_id, f"{model_prefix(job_id)}model.weights.h5", True,
+                              f"starting from job {job_id}'s model (same tasks and classes): its heads are kept, "
+                              f"so training goes straight to the fine-tune stage")
+    return InitialWeights(job_id, f"{model_prefix(job_id)}backbone.weights.h5", False,
+                          f"job {job_id}'s classes ({_tasks_text(theirs)}) differ from this data's "
+                          f"({_tasks_text(ours)}): its backbone is kept and the head is rebuilt, trained first with "
+                          f"the backbone frozen (head stage)")
+
+
+def load_job_weights(store: ObjectStore, plan: InitialWeights, network: Network, workdir: Path) -> None:
+    local = Path(workdir) / "initial.weights.h5"
+    try:
+        store.get_file(plan.key, local)
+    except ObjectNotFound:
+        raise FailedPrecondition(f"initial weights {plan.key!r} of job {plan.job_id!r} do not exist in the "
+                                 f"object store") from None
+    try:
+        (network.model if plan.whole_model else network.backbone).load_weights(local)
+    except (ValueError, KeyError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FailedPrecondition(f"job {plan.job_id!r}'s weights do not fit this network (the same backbone, "
+                                 f"width, norm and SE options are needed; see {model_prefix(plan.job_id)}config.json)"
+                                 f": {detail}") from None
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -214,8 +277,8 @@ class Trainer:
         self.checkpoints = CheckpointStore(self.store, self.prefix, self.workdir)
         self.strategy = self.strategy or choose_strategy()
 
-    def _say(self, text: str) -> None:
-        log.info(text)
+    def _say(self, text: str, warn: bool = False) -> None:
+        (log.warning if warn else log.info)(text)
         if self.log_fn:
             self.log_fn(text)
 
@@ -343,6 +406,10 @@ class Trainer:
     def run(self) -> RunResult:
         c = self.config
         stages = stages_of(c)
+        earlier_job = job_from_uri(c.initial_weights_uri)
+        initial = plan_job_weights(self.store, earlier_job, self.data.label_map()) if earlier_job else None
+        if initial is not None and initial.whole_model and any(s.name == "full" for s in stages):
+            stages = [s for s in stages if s.name != "head"]  # the heads are trained already
         network, losses = self._build()
         state = self.checkpoints.latest()
         opt_arrays: dict = {}
@@ -352,6 +419,9 @@ class Trainer:
             history = state.get("history", [])
             self._say(f"resuming from checkpoint {state['key']} (stage {state['stage']}, epoch {state['epoch']}, "
                       f"step {state['step_in_epoch']})")
+        elif initial is not None:
+            load_job_weights(self.store, initial, network, self.workdir)
+            self._say(initial.message, warn=not initial.whole_model)
         elif c.initial_weights_uri:
             loaded = load_initial_weights(self.store, c.initial_weights_uri, network, self.workdir)
             self._say(f"initial weights from {loaded}")
@@ -420,7 +490,8 @@ class Trainer:
                     self.hooks.checkpoint(checkpoint_uri, {"stage": stage.index, "epoch": epoch,
                                                            "step_in_epoch": step_in_epoch, "stopped": True})
                     self._say(f"stopped at stage {stage.index} epoch {epoch + 1} step {step_in_epoch}")
-                    return RunResult("stopped", network, history, checkpoint_uri, resumed_from)
+                    return RunResult("stopped", network, history, checkpoint_uri, resumed_from,
+                                     initial_weights=initial.as_dict() if initial is not None else None)
                 skip_steps = 0
                 global_epoch += 1
                 rate = images_done / max(elapsed, 1e-9)
@@ -446,7 +517,8 @@ class Trainer:
                     break
             state = None
             best = {"metric": None, "weights": None, "bad": 0}
-        return RunResult("succeeded", network, history, checkpoint_uri, resumed_from, early_stopped)
+        return RunResult("succeeded", network, history, checkpoint_uri, resumed_from, early_stopped,
+                         initial.as_dict() if initial is not None else None)
 
     def _monitor(self, record: dict) -> float | None:
         if "val_accuracy" in record:

@@ -159,6 +159,8 @@ def test_what_the_trainer_accepts_is_accepted(training):
     (dict(augmentation=common_pb2.Augmentation(rescale_min=0.8, rescale_max=0.5)), "augmentation.rescale_max"),
     (dict(task_losses=[common_pb2.TaskLoss(task="a"), common_pb2.TaskLoss(task="a")]), "task_losses[1].task"),
     (dict(task_losses=[common_pb2.TaskLoss(task="a", weight=-1)]), "task_losses[0].weight"),
+    (dict(initial_weights_uri="job://../models"), "initial_weights_uri"),
+    (dict(initial_weights_uri="job://"), "initial_weights_uri"),
 ])
 def test_what_the_trainer_rejects_is_rejected_at_submit(fields, field):
     from services.trainer.config import with_defaults

@@ -59,6 +59,51 @@ def test_initial_weights_from_an_earlier_jobs_model(digits, tmp_path):
                 tmp_path / "d").run()
 
 
+def test_job_uri_starts_from_an_earlier_jobs_model_straight_to_fine_tuning_or_rebuilds_the_head(digits, tmp_path):
+    """`job://<id>`: the same classes load the whole model and skip the head stage; other classes keep
+    the backbone, rebuild the head and train it first, saying so with both class lists."""
+    store = LocalObjectStore(tmp_path / "store")
+    data = data_for(digits)
+    first = Trainer(cfg(), data, store, "models/a/", tmp_path / "a").run()
+    export.publish(first.network, data.label_map(), "{}", first.history, SIZE, store, "models/a/", tmp_path / "a")
+
+    def started(config, data, name):
+        """The network as loaded, before any step (a stop requested up front), and the stage it was in."""
+        said: list[str] = []
+        trainer = Trainer(config, data, store, f"models/{name}/", tmp_path / name, log_fn=said.append)
+        trainer.stop_event.set()
+        result = trainer.run()
+        return result, trainer.checkpoints.latest()["stage"], said
+
+    config = cfg(initial_weights_uri="job://a")
+    assert config.head_stage.epochs == 2 and not config.head_stage.skip  # the default the loop overrides
+    result, stage, said = started(config, data, "same")
+    assert stage == 2 and result.initial_weights["whole_model"] and result.initial_weights["job_id"] == "a"
+    for got, want in zip(result.network.model.get_weights(), first.network.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)  # heads included
+    assert any("straight to the fine-tune stage" in line for line in said)
+    finished = Trainer(config, data, store, "models/b/", tmp_path / "b").run()
+    assert {record["stage"] for record in finished.history} == {2}
+
+    images, labels, names = digits
+    halves = ArrayData({"train": (images[:384], labels[:384] % 2)}, (Task("label", ("even", "odd")),))
+    result, stage, said = started(config, halves, "other")
+    assert stage == 1 and not result.initial_weights["whole_model"]  # the rebuilt head is trained first
+    for got, want in zip(result.network.backbone.get_weights(), first.network.backbone.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    [message] = [line for line in said if "differ" in line]
+    assert f"job a's classes (label: {list(names)}) differ from this data's (label: ['even', 'odd'])" in message
+    assert "head is rebuilt" in message
+
+    with pytest.raises(FailedPrecondition, match="job 'nobody' has no finished model"):
+        Trainer(cfg(initial_weights_uri="job://nobody"), data, store, "models/n/", tmp_path / "n").run()
+    with pytest.raises(FailedPrecondition, match="job 'a''s weights do not fit this network"):
+        Trainer(cfg(initial_weights_uri="job://a", width_multiplier=0.5), data, store, "models/w/",
+                tmp_path / "w").run()
+    with pytest.raises(InvalidArgument, match="config.initial_weights_uri: 'job://a/b' is not job://<job id>"):
+        cfg(initial_weights_uri="job://a/b")
+
+
 def test_regression_head_uses_smooth_l1_and_exports_a_value(digits, tmp_path):
     images, labels, names = digits
     tasks = (Task("label", names), Task("value", (), regression=True))

@@ -148,3 +148,27 @@ class GetDatasetReportResponse(_message.Message):
     report: DatasetReport
     markdown: str
     def __init__(self, report: _Optional[_Union[DatasetReport, _Mapping]] = ..., markdown: _Optional[str] = ...) -> None: ...
+
+class RelabelDatasetRequest(_message.Message):
+    __slots__ = ("dataset_id", "corrections", "new_dataset_id")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEW_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    corrections: bytes
+    new_dataset_id: str
+    def __init__(self, dataset_id: _Optional[str] = ..., corrections: _Optional[bytes] = ..., new_dataset_id: _Optional[str] = ...) -> None: ...
+
+class RelabelDatasetResponse(_message.Message):
+    __slots__ = ("dataset", "parent_dataset_id", "relabeled_count", "dropped_count", "kept_count")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PARENT_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    RELABELED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    KEPT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    dataset: Dataset
+    parent_dataset_id: str
+    relabeled_count: int
+    dropped_count: int
+    kept_count: int
+    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., parent_dataset_id: _Optional[str] = ..., relabeled_count: _Optional[int] = ..., dropped_count: _Optional[int] = ..., kept_count: _Optional[int] = ...) -> None: ...

@@ -55,6 +55,11 @@ class IngestServiceStub:
                 request_serializer=classforge_dot_v1_dot_ingest__service__pb2.GetDatasetReportRequest.SerializeToString,
                 response_deserializer=classforge_dot_v1_dot_ingest__service__pb2.GetDatasetReportResponse.FromString,
                 _registered_method=True)
+        self.RelabelDataset = channel.unary_unary(
+                '/classforge.v1.IngestService/RelabelDataset',
+                request_serializer=classforge_dot_v1_dot_ingest__service__pb2.RelabelDatasetRequest.SerializeToString,
+                response_deserializer=classforge_dot_v1_dot_ingest__service__pb2.RelabelDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -87,6 +92,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RelabelDataset(self, request, context):
+        """A new dataset version from a reviewed mislabels.csv: relabels and drops
+        images, keeps every image in its split, re-balances the training split.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.GetDatasetReport,
                     request_deserializer=classforge_dot_v1_dot_ingest__service__pb2.GetDatasetReportRequest.FromString,
                     response_serializer=classforge_dot_v1_dot_ingest__service__pb2.GetDatasetReportResponse.SerializeToString,
+            ),
+            'RelabelDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelabelDataset,
+                    request_deserializer=classforge_dot_v1_dot_ingest__service__pb2.RelabelDatasetRequest.FromString,
+                    response_serializer=classforge_dot_v1_dot_ingest__service__pb2.RelabelDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class IngestService:
             '/classforge.v1.IngestService/GetDatasetReport',
             classforge_dot_v1_dot_ingest__service__pb2.GetDatasetReportRequest.SerializeToString,
             classforge_dot_v1_dot_ingest__service__pb2.GetDatasetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelabelDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/classforge.v1.IngestService/RelabelDataset',
+            classforge_dot_v1_dot_ingest__service__pb2.RelabelDatasetRequest.SerializeToString,
+            classforge_dot_v1_dot_ingest__service__pb2.RelabelDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,26 @@
+"""`job://<job id>`: an earlier job's model, named in a spec's `training.initial_weights_uri` (retraining from
+the last model). The jobs service checks the form at submit, the trainer resolves it to
+`models/<job id>/`; both read it here."""
+
+from __future__ import annotations
+
+import re
+
+from services.common.errors import InvalidArgument, shown
+
+JOB_SCHEME = "job://"
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def job_uri(job_id: str) -> str:
+    return f"{JOB_SCHEME}{job_id}"
+
+
+def job_from_uri(uri: str, field: str = "config.initial_weights_uri") -> str | None:
+    """The job id of a `job://<id>` URI; None for any other URI; InvalidArgument for a malformed one."""
+    if not uri.startswith(JOB_SCHEME):
+        return None
+    job_id = uri[len(JOB_SCHEME):].rstrip("/")
+    if not _JOB_ID.fullmatch(job_id):
+        raise InvalidArgument(field, f"{shown(uri)} is not job://<job id> (letters, digits, '.', '_', '-')")
+    return job_id
