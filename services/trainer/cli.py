@@ -29,6 +29,18 @@ def register(subparsers) -> None:
     train.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     train.set_defaults(func=cmd_train)
 
+    find = subparsers.add_parser(
+        "find-mislabels", help="score every train/val image out of sample (K folds) and write mislabels.csv",
+        description="Trains K models, each on K-1 stratified folds of the records' distinct train and val "
+                    "images, scores the fold it never saw and flags the images whose confident class is not "
+                    "their label (confident learning). Writes OUT/mislabels.csv (the review file `classforge "
+                    "dataset relabel` reads) and OUT/out_of_sample.npz (probabilities, labels, image ids).")
+    find.add_argument("records", help="records directory (records/<build_id>/ holding manifest.json)")
+    find.add_argument("--folds", type=int, default=5, help="K (default 5)")
+    find.add_argument("--config", help="TrainingConfig as YAML or JSON: the recipe each fold trains with")
+    find.add_argument("--out", required=True, help="output directory")
+    find.set_defaults(func=cmd_find_mislabels)
+
 
 def cmd_train(args) -> int:
     from services.trainer import export
@@ -75,3 +87,31 @@ def cmd_train(args) -> int:
     except ClassforgeError as exc:
         print(f"classforge: {exc.message}", file=sys.stderr)
         return 2
+
+
+def cmd_find_mislabels(args) -> int:
+    import numpy as np
+
+    from services.common import mislabel_review
+    from services.trainer import kfold
+    from services.trainer.config import load_config, with_defaults
+    from services.trainer.data import open_records_directory
+
+    try:
+        config = with_defaults(load_config(args.config) if args.config else common_pb2.TrainingConfig())
+        data = open_records_directory(args.records, config)
+        pool = kfold.gather_pool(data)
+        out = Path(args.out).resolve()
+        probabilities = kfold.out_of_sample_probabilities(config, data, pool, args.folds, out / ".work",
+                                                          say=lambda text: print(text, flush=True))
+    except ClassforgeError as exc:
+        print(f"classforge: {exc.message}", file=sys.stderr)
+        return 2
+    task = data.tasks[0]
+    flags = kfold.confident_learning(pool.labels[:, 0], probabilities)
+    written = mislabel_review.write(out / mislabel_review.FILE_NAME,
+                                    kfold.review_rows(pool, task.name, task.classes, probabilities, flags))
+    np.savez_compressed(out / "out_of_sample.npz", probabilities=probabilities, labels=pool.labels[:, 0],
+                        image_ids=np.asarray(pool.image_ids))
+    print(f"{written} of {len(pool.labels)} images flagged; review {out / mislabel_review.FILE_NAME}")
+    return 0

@@ -51,6 +51,12 @@ class TrainingData:
         """One item -> image uint8 [H, W, 3]."""
         raise NotImplementedError
 
+    def identities(self, *raw, offset: int, split: str) -> tuple[list[str], list[str]]:
+        """(image ids, paths) of a batch of raw elements, for review files; by position unless the
+        source knows better (records carry the image's sha256 and its dataset path)."""
+        count = len(self.parse_batch(*raw)[1])
+        return [f"{split}:{offset + i}" for i in range(count)], [""] * count
+
     def _images(self, items: tf.Tensor, preprocess, size: int) -> tf.Tensor:
         """Each item decoded and preprocessed to float32 [size, size, 3], in one graph-level loop."""
         return tf.map_fn(lambda item: preprocess(self.to_image(item)), items,
@@ -160,6 +166,11 @@ class RecordsData(TrainingData):
 
     def to_image(self, item):
         return decode_image(item)
+
+    def identities(self, serialized, offset: int, split: str) -> tuple[list[str], list[str]]:
+        items = parse_examples(serialized, len(self.tasks))
+        text = [[v.decode("utf-8", "replace") for v in items[key].numpy()] for key in ("source_id", "filename")]
+        return text[0], text[1]
 
 
 def tasks_from_labels(labels: dict, config: common_pb2.TrainingConfig) -> tuple[Task, ...]:
