@@ -121,12 +121,7 @@ def fetch_report(report_uri: str, out: Path) -> Path:
         return Path(unquote(parts.path)) / "index.html"
     if parts.scheme != "s3":
         raise SystemExit(f"classforge: cannot fetch a report from {report_uri!r}")
-    from services.common.settings import ServiceSettings
-    from services.common.storage import MinioObjectStore
-
-    settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
-    store = MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, parts.netloc,
-                             secure=settings.s3_secure)
+    store = _services_store(parts.netloc)
     prefix = parts.path.lstrip("/").rstrip("/") + "/"
     for info in store.list(prefix):
         store.get_file(info.key, out / info.key[len(prefix):])
@@ -199,6 +194,48 @@ def retrain_submitted(args, spec: common_pb2.JobSpec) -> common_pb2.JobSpec:
     return spec
 
 
+# --------------------------------------------------------------------------- lineage
+
+
+def register_lineage(sub) -> None:
+    lineage = sub.add_parser("lineage", help="dataset version -> parents -> records -> model -> report -> served "
+                                             "version of a job, from the manifests in the object store")
+    lineage.add_argument("job_id")
+    lineage.add_argument("--store", default="", metavar="DIR_OR_URL",
+                         help="the object store: a directory (classforge run's OUT/store) or s3://HOST:PORT/BUCKET; "
+                              "default: the services' store from CLASSFORGE_S3_*")
+    lineage.set_defaults(func=cmd_lineage)
+
+
+def _services_store(bucket: str = ""):
+    """The deployment's object store, from CLASSFORGE_S3_* (the bucket named, or CLASSFORGE_S3_BUCKET)."""
+    from services.common.settings import ServiceSettings
+    from services.common.storage import MinioObjectStore
+
+    settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
+    return MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
+                            bucket or settings.s3_bucket, secure=settings.s3_secure)
+
+
+def cmd_lineage(args) -> int:
+    from services import lineage
+    from services.common.storage import open_object_store
+
+    if args.store:
+        if "://" not in args.store and not Path(args.store).is_dir():
+            raise SystemExit(f"classforge: --store {args.store} is not a directory")
+        store = open_object_store(args.store, access_key=os.environ.get("CLASSFORGE_S3_ACCESS_KEY", ""),
+                                  secret_key=os.environ.get("CLASSFORGE_S3_SECRET_KEY", ""))
+    else:
+        store = _services_store()
+    links = lineage.trace(store, args.job_id)
+    if args.json:
+        print(json.dumps([link.as_dict() for link in links], indent=2))
+    else:
+        print(lineage.render(args.job_id, links))
+    return 0 if any(link.ident for link in links) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classforge", description="Image classifiers from folders of images.")
     parser.add_argument("--jobs", default=os.environ.get("CLASSFORGE_JOBS_ADDR", "127.0.0.1:50051"),
@@ -237,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=cmd_list)
+    register_lineage(sub)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return parser
