@@ -3,6 +3,8 @@
     classforge serve jobs                      run one service (distributed mode)
     classforge submit spec.yaml                submit a job (YAML or JSON JobSpec)
     classforge status JOB_ID | watch JOB_ID | cancel JOB_ID | list
+    classforge run DATA --out DIR --from JOB | submit spec.yaml --from JOB   retrain from an earlier job's model
+    classforge lineage JOB                     dataset versions, records, model, report, served version
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def cmd_run(args) -> int:
     from services import embedded  # TensorFlow loads here, not when the parser is built
 
     spec = load_spec(Path(args.config)) if args.config else common_pb2.JobSpec()
+    spec = retrain_embedded(args, spec)
     return embedded.run(Path(args.data), Path(args.out), spec)
 
 
@@ -71,7 +74,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    spec = load_spec(Path(args.spec))
+    spec = retrain_submitted(args, load_spec(Path(args.spec)))
     reply = _jobs_stub(args).SubmitJob(jobs_pb.SubmitJobRequest(spec=spec, request_id=args.request_id),
                                        timeout=args.timeout)
     print(reply.job_id)
@@ -118,12 +121,7 @@ def fetch_report(report_uri: str, out: Path) -> Path:
         return Path(unquote(parts.path)) / "index.html"
     if parts.scheme != "s3":
         raise SystemExit(f"classforge: cannot fetch a report from {report_uri!r}")
-    from services.common.settings import ServiceSettings
-    from services.common.storage import MinioObjectStore
-
-    settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
-    store = MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, parts.netloc,
-                             secure=settings.s3_secure)
+    store = _services_store(parts.netloc)
     prefix = parts.path.lstrip("/").rstrip("/") + "/"
     for info in store.list(prefix):
         store.get_file(info.key, out / info.key[len(prefix):])
@@ -153,6 +151,91 @@ def cmd_list(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- retraining from an earlier job
+
+
+def add_from_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_job", default="", metavar="JOB",
+                        help="start from JOB's model (its weights; its architecture where the spec sets none): "
+                             "straight to fine-tuning when the classes match, else a rebuilt head")
+
+
+def retrain_embedded(args, spec: common_pb2.JobSpec) -> common_pb2.JobSpec:
+    """`run --from JOB`: the earlier job's model is in this --out folder's store (models/JOB/)."""
+    if not getattr(args, "from_job", ""):
+        return spec
+    from services.common.errors import InvalidArgument
+    from services.common.job_uri import job_from_uri, job_uri, retrain_from
+
+    try:
+        job_from_uri(job_uri(args.from_job), "--from")
+    except InvalidArgument as exc:
+        raise SystemExit(f"classforge: {exc.message}") from None
+    config = Path(args.out) / "store" / "models" / args.from_job / "config.json"
+    if not config.is_file():
+        raise SystemExit(f"classforge: --from {args.from_job}: no finished model of that job in {Path(args.out)} "
+                         f"({config} is missing); give the --out folder of the earlier run")
+    earlier = json_format.Parse(config.read_text(), common_pb2.TrainingConfig(), ignore_unknown_fields=True)
+    spec.training.CopyFrom(retrain_from(spec.training, earlier, args.from_job))
+    return spec
+
+
+def retrain_submitted(args, spec: common_pb2.JobSpec) -> common_pb2.JobSpec:
+    """`submit --from JOB`: the earlier job's training config comes from the jobs service."""
+    if not getattr(args, "from_job", ""):
+        return spec
+    from services.common.job_uri import retrain_from
+
+    earlier = _jobs_stub(args).GetJob(jobs_pb.GetJobRequest(job_id=args.from_job), timeout=args.timeout).job
+    if earlier.status != common_pb2.JOB_STATUS_SUCCEEDED and not earlier.model.job_id:
+        raise SystemExit(f"classforge: --from {args.from_job}: that job has no model "
+                         f"(status {common_pb2.JobStatus.Name(earlier.status)[11:]})")
+    spec.training.CopyFrom(retrain_from(spec.training, earlier.spec.training, args.from_job))
+    return spec
+
+
+# --------------------------------------------------------------------------- lineage
+
+
+def register_lineage(sub) -> None:
+    lineage = sub.add_parser("lineage", help="dataset version -> parents -> records -> model -> report -> served "
+                                             "version of a job, from the manifests in the object store")
+    lineage.add_argument("job_id")
+    lineage.add_argument("--store", default="", metavar="DIR_OR_URL",
+                         help="the object store: a directory (classforge run's OUT/store) or s3://HOST:PORT/BUCKET; "
+                              "default: the services' store from CLASSFORGE_S3_*")
+    lineage.set_defaults(func=cmd_lineage)
+
+
+def _services_store(bucket: str = ""):
+    """The deployment's object store, from CLASSFORGE_S3_* (the bucket named, or CLASSFORGE_S3_BUCKET)."""
+    from services.common.settings import ServiceSettings
+    from services.common.storage import MinioObjectStore
+
+    settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
+    return MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
+                            bucket or settings.s3_bucket, secure=settings.s3_secure)
+
+
+def cmd_lineage(args) -> int:
+    from services import lineage
+    from services.common.storage import open_object_store
+
+    if args.store:
+        if "://" not in args.store and not Path(args.store).is_dir():
+            raise SystemExit(f"classforge: --store {args.store} is not a directory")
+        store = open_object_store(args.store, access_key=os.environ.get("CLASSFORGE_S3_ACCESS_KEY", ""),
+                                  secret_key=os.environ.get("CLASSFORGE_S3_SECRET_KEY", ""))
+    else:
+        store = _services_store()
+    links = lineage.trace(store, args.job_id)
+    if args.json:
+        print(json.dumps([link.as_dict() for link in links], indent=2))
+    else:
+        print(lineage.render(args.job_id, links))
+    return 0 if any(link.ident for link in links) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classforge", description="Image classifiers from folders of images.")
     parser.add_argument("--jobs", default=os.environ.get("CLASSFORGE_JOBS_ADDR", "127.0.0.1:50051"),
@@ -164,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("data", help="a folder with one sub-folder per label")
     run.add_argument("--out", required=True, help="where the store, models, reports and serving path go")
     run.add_argument("--config", help="YAML/JSON JobSpec (dataset options, training config, gates)")
+    add_from_flag(run)
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="run one service until SIGTERM")
     serve.add_argument("service", choices=sorted(SERVICES))
@@ -171,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit a job from a YAML/JSON JobSpec")
     submit.add_argument("spec")
     submit.add_argument("--request-id", default="", help="makes a retried submit return the same job")
+    add_from_flag(submit)
     submit.set_defaults(func=cmd_submit)
     status = sub.add_parser("status", help="show one job")
     status.add_argument("job_id")
@@ -189,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=cmd_list)
+    register_lineage(sub)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return parser

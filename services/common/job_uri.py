@@ -24,3 +24,22 @@ def job_from_uri(uri: str, field: str = "config.initial_weights_uri") -> str | N
     if not _JOB_ID.fullmatch(job_id):
         raise InvalidArgument(field, f"{shown(uri)} is not job://<job id> (letters, digits, '.', '_', '-')")
     return job_id
+
+
+# What fixes the shapes of a model's weights: a retrained model must be built the same way to load them.
+ARCHITECTURE_FIELDS = ("backbone", "width_multiplier", "input_size", "small_input_stem", "group_norm",
+                       "squeeze_excitation")
+
+
+def retrain_from(training, earlier, job_id: str):
+    """The TrainingConfig of a run that starts from `job_id`'s model: `training` (the new spec's) with
+    initial_weights_uri = job://<job_id>, and the earlier config's architecture fields wherever the new
+    one leaves them unset (zero/false). Everything else (stages, optimiser, augmentation) is the new
+    spec's, or the trainer's defaults."""
+    merged = type(training)()
+    merged.CopyFrom(training)
+    for name in ARCHITECTURE_FIELDS:
+        if not getattr(merged, name):
+            setattr(merged, name, getattr(earlier, name))
+    merged.initial_weights_uri = job_uri(job_id)
+    return merged

@@ -36,6 +36,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from classforge.v1 import common_pb2, evaluator_service_pb2, events_pb2
+from services.common import artefacts
 from services.common.errors import ClassforgeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import JobCancelled, Stage
@@ -51,8 +52,8 @@ from services.evaluator.model import ServingModel, load_keras_model
 log = logging.getLogger("classforge.evaluator")
 
 STATE_PREFIX = "state/evaluator/"
-REPORTS_PREFIX = "reports/"
-COMPARISONS_PREFIX = "comparisons/"
+REPORTS_PREFIX = artefacts.REPORTS_PREFIX
+COMPARISONS_PREFIX = artefacts.COMPARISONS_PREFIX
 DEFAULT_MODEL_NAME = "classforge"
 USER_ERRORS = (FailedPrecondition, InvalidArgument, NotFound)
 

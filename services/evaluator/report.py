@@ -21,9 +21,10 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
+from services.common import artefacts  # noqa: E402
 from services.evaluator.metrics import CONFUSION_AXES  # noqa: E402
 
-EVALUATION_JSON = "evaluation.json"
+EVALUATION_JSON = artefacts.EVALUATION_JSON
 INDEX_HTML = "index.html"
 
 

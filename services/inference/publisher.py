@@ -66,6 +66,19 @@ def _model_server_error(target: str, exc: grpc.RpcError) -> ClassforgeError:
     return FailedPrecondition(message)
 
 
+def job_state_key(job_id: str, leaf: str) -> str:
+    """The publisher's record of one job: `deploy.json` (its deploy options), `published.json` (model name,
+    version, SavedModel URI, time) once a version of it was published."""
+    if not job_id or "/" in job_id or job_id in (".", ".."):
+        raise InvalidArgument("job_id", f"{job_id!r} cannot be used in an object key")
+    return f"{STATE_PREFIX}jobs/{job_id}/{leaf}"
+
+
+def serving_state_key(name: str) -> str:
+    """The version of model `name` chosen to answer: {"serving": version, "reason", "updated_at"}."""
+    return f"{STATE_PREFIX}models/{check_model_name(name)}.json"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -330,13 +343,11 @@ class Publisher:
 
     @staticmethod
     def _job_key(job_id: str, leaf: str) -> str:
-        if not job_id or "/" in job_id or job_id in (".", ".."):
-            raise InvalidArgument("job_id", f"{job_id!r} cannot be used in an object key")
-        return f"{STATE_PREFIX}jobs/{job_id}/{leaf}"
+        return job_state_key(job_id, leaf)
 
     @staticmethod
     def _model_key(name: str) -> str:
-        return f"{STATE_PREFIX}models/{check_model_name(name)}.json"
+        return serving_state_key(name)
 
     def _get_json(self, key: str) -> dict | None:
         try:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import ingest_service_pb2 as pb
+from services.common import artefacts
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import JobCancelled, Stage
@@ -48,7 +49,7 @@ from services.ingest.validation import Reject
 
 log = logging.getLogger("classforge.ingest")
 
-DATASETS_PREFIX = "datasets/"
+DATASETS_PREFIX = artefacts.DATASETS_PREFIX
 INDEX_PREFIX = "state/ingest/datasets/"
 JOBS_PREFIX = "state/ingest/jobs/"
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
@@ -94,6 +95,11 @@ class IngestDomain:
         name = job_id if _SAFE_ID.fullmatch(job_id) and len(job_id) <= 100 else hashlib.sha256(
             job_id.encode()).hexdigest()[:32]
         return f"ds-{name}"
+
+    @classmethod
+    def job_marker_key(cls, job_id: str) -> str:
+        """Ingest's record of a handled job: {"job_id", "outcome", "dataset_id" when prepared}."""
+        return f"{JOBS_PREFIX}{cls.dataset_id_for_job(job_id)[3:]}.json"
 
     @staticmethod
     def dataset_id_for_request(request_id: str) -> str:
@@ -262,7 +268,7 @@ class IngestDomain:
         if payload_kind(event) != "job_submitted":
             return
         job_id = event.job_id
-        marker = f"{JOBS_PREFIX}{self.dataset_id_for_job(job_id)[3:]}.json"
+        marker = self.job_marker_key(job_id)
         if self.store.exists(marker):
             log.info("job already handled; nothing to do", extra={"job_id": job_id, "event_id": event.event_id})
             return

@@ -24,6 +24,7 @@ import io
 import json
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -32,7 +33,7 @@ from PIL import Image
 
 from services.common import mislabel_review as review
 from services.common.errors import FailedPrecondition, InvalidArgument, shown
-from services.common.storage import ObjectStore
+from services.common.storage import LocalObjectStore, ObjectStore
 from services.ingest.balance import Balance, Example, balance
 from services.ingest.options import IngestOptions
 from services.ingest.prepare import LIST_FILES, MANIFEST_FORMAT, Prepared, read_json
@@ -258,14 +259,18 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
     train, balanced, options = plan.train, plan.balanced, plan.options
     corrections, dropped = plan.corrections, plan.dropped
     before, after = plan.before, plan.after
-    sizes: dict[str, dict] = {}
-    for example in (e for split in SPLITS for e in splits[split]):
+    def copy(example: Example) -> tuple[str, dict]:
         data = source.get_bytes(source_prefix + example.path)
         ext = PurePosixPath(example.path).suffix.lstrip(".")
         target.put_bytes(target_prefix + example.path, data, CONTENT_TYPES.get(ext, "application/octet-stream"))
         with Image.open(io.BytesIO(data)) as image:  # the header only: size, format, mode
-            sizes[example.path] = {"bytes": len(data), "width": image.width, "height": image.height,
-                                   "format": image.format or ext, "mode": image.mode}
+            return example.path, {"bytes": len(data), "width": image.width, "height": image.height,
+                                  "format": image.format or ext, "mode": image.mode}
+
+    # As in prepare: a remote store answers each call after a round trip, so several go at once.
+    threads = 2 if isinstance(target, LocalObjectStore) else 8
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-relabel") as pool:
+        sizes = dict(pool.map(copy, [e for split in SPLITS for e in splits[split]]))
     files: dict[str, dict] = {}
 
     def put_text(name: str, text: str, content_type: str) -> None:

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common import artefacts
 from services.common.errors import DataLoss, InvalidArgument
 from services.common.storage import LocalObjectStore, ObjectNotFound, ObjectStore
 from services.tfrecords import example, metrics
@@ -55,7 +56,7 @@ from services.tfrecords.workers import ChunkEncoder, EncodeJob, WorkerPool
 log = logging.getLogger("classforge.tfrecords")
 
 FORMAT = "classforge-records/1"  # part of every build id: a change of the Example layout means new ids
-RECORDS_PREFIX = "records/"
+RECORDS_PREFIX = artefacts.RECORDS_PREFIX
 MANIFEST = "manifest.json"
 
 DEFAULT_SHARD_BYTES = 100 * 1024 * 1024

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from services.common import artefacts
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 # builder's worker processes import this module for CONTENT_KEY and DatasetError and must start fast.
 
 SPLITS = ("train", "val", "test")
-DATASETS_PREFIX = "datasets/"
+DATASETS_PREFIX = artefacts.DATASETS_PREFIX
 _DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Images are stored once, named by content: images/<sha256[:2]>/<sha256>.<ext>
 CONTENT_KEY = re.compile(r"images/([0-9a-f]{2})/(\1[0-9a-f]{62})\.[a-z0-9]{1,5}")

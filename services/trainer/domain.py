@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from classforge.v1 import common_pb2, events_pb2, trainer_service_pb2
+from services.common.artefacts import model_prefix
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import Stage
@@ -36,7 +37,7 @@ from services.common.storage import ObjectNotFound, ObjectStore, check_key
 from services.trainer import export, metrics
 from services.trainer.config import to_json, with_defaults
 from services.trainer.data import TrainingData, open_records
-from services.trainer.loop import Hooks, Trainer, model_prefix
+from services.trainer.loop import Hooks, Trainer
 
 log = logging.getLogger("classforge.trainer")
 

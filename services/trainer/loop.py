@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from classforge.v1 import common_pb2, events_pb2
+from services.common.artefacts import model_prefix
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.job_uri import job_from_uri
 from services.common.storage import ObjectNotFound, ObjectStore
@@ -58,11 +59,6 @@ class Hooks:
     def progress(self, progress: events_pb2.TrainingProgress, epoch_end: bool) -> None: ...
 
     def checkpoint(self, uri: str, state: dict) -> None: ...
-
-
-def model_prefix(job_id: str) -> str:
-    """Where the trainer writes a job's model (docs/architecture.md, "Artefact layout")."""
-    return f"models/{job_id}/"
 
 
 @dataclass

@@ -247,3 +247,29 @@ def test_relabel_over_grpc_and_the_local_cli(domain, tmp_path, source, capsys):
     assert cli.main(["dataset", "relabel", str(local), str(tmp_path / "bad.csv")]) == 1
     assert f"{tmp_path / 'bad.csv'}: 1 bad row(s), nothing was applied: line 2: unknown image id 'nope'" in \
         capsys.readouterr().err
+
+
+def test_a_multi_task_review_changes_only_the_task_its_row_names(tmp_path, source):
+    """A list file with two tasks; the row's `task` column picks which label a relabel changes."""
+    rows = ["path animal size"]
+    for label in COUNTS:
+        for path in sorted((source / label).iterdir()):
+            rows.append(f"{label}/{path.name} {label} {'big' if int(path.stem) % 2 else 'small'}")
+    (source / "labels.txt").write_text("\n".join(rows) + "\n")
+    store = LocalObjectStore(tmp_path / "multi")
+    prepare_dataset(source, store, "datasets/ds-m/", IngestOptions(test_fraction=0.25, max_class_ratio=2, seed=1),
+                    dataset_id="ds-m", source=local_source(source, "labels.txt"), list_file="labels.txt", workers=1)
+    domain = IngestDomain(store, workers=1)
+    text = store.get_bytes("datasets/ds-m/test.list").decode()
+    path, animal, size = text.splitlines()[0].split()
+    image = PurePosixPath(path).stem
+    other_size = "small" if size == "0" else "big"  # classes are sorted: big 0, small 1
+    _, manifest = domain.relabel("ds-m", review([{"image_id": image, "task": "size",
+                                                  "decision": f"relabel:{other_size}"}], tmp_path))
+    new = store.get_bytes(f"datasets/{manifest['dataset_id']}/test.list").decode().splitlines()
+    [line] = [line for line in new if image in line]
+    assert line.split() == [path, animal, str(1 - int(size))]  # animal unchanged, size flipped
+    assert manifest["corrections"]["applied"][0]["task"] == "size"
+    assert sum(d["change"] for d in manifest["label_counts_diff"]["animal"].values()) == 0
+    with pytest.raises(InvalidArgument, match="line 2: unknown class 'cat' for task 'size' \\(classes: big, small\\)"):
+        domain.relabel("ds-m", review([{"image_id": image, "task": "size", "decision": "relabel:cat"}], tmp_path))
