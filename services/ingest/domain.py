@@ -42,7 +42,7 @@ from services.ingest import metrics
 from services.ingest.options import DEFAULT_LIMITS, IngestOptions, SourceLimits
 from services.ingest.prepare import prepare_dataset, read_json
 from services.ingest.report import to_proto
-from services.ingest.sources import archive_root, download_prefix, extract_archive
+from services.ingest.sources import archive_root, download_prefix, extract_archive, open_local_source
 from services.ingest.validation import Reject
 
 log = logging.getLogger("classforge.ingest")
@@ -289,9 +289,12 @@ class IngestDomain:
             if existing is not None:
                 return existing
             if kind == "local_path":
-                root = self._local_root(value, f"{field}.local_path")
-                return self._build(dataset_id, root, options, description, source.list_file,
-                                   f"{field}.list_file", [], check)
+                path = self._local_path(value, f"{field}.local_path")
+                with self._workspace() as work:  # where an archive is extracted
+                    local = open_local_source(path, source.list_file, work, limits=self.limits,
+                                              field_name=f"{field}.local_path", list_file_field=f"{field}.list_file")
+                    return self._build(dataset_id, local.root, options, description, local.list_file,
+                                       f"{field}.list_file", local.rejected, check)
             check_relative(f"{field}.object_prefix", value)
             prefix = value if value.endswith("/") else value + "/"
             if next(iter(self.store.list(prefix)), None) is None:
@@ -301,14 +304,15 @@ class IngestDomain:
                 return self._build(dataset_id, work / "files", options, description, source.list_file,
                                    f"{field}.list_file", rejects, check)
 
-    def _local_root(self, value: str, field: str) -> Path:
-        root = Path(value).resolve()
-        if self.local_roots and not any(root.is_relative_to(allowed) for allowed in self.local_roots):
+    def _local_path(self, value: str, field: str) -> Path:
+        """A folder, list file or archive on this service's file system, inside the allowed roots."""
+        path = Path(value).resolve()
+        if self.local_roots and not any(path.is_relative_to(allowed) for allowed in self.local_roots):
             raise InvalidArgument(field, f"{value!r} is outside the folders this service may read "
                                          f"({', '.join(map(str, self.local_roots))})")
-        if not root.is_dir():
-            raise NotFound("directory", value)
-        return root
+        if not path.exists():
+            raise NotFound("folder, list file or archive", value)
+        return path
 
     def _reuse(self, dataset_id: str, description: dict, options: IngestOptions, field: str) -> pb.Dataset | None:
         """The dataset already made under this id (a retry or a redelivery), or None. With `field` set
