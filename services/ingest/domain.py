@@ -369,6 +369,8 @@ class IngestDomain:
 
     @contextlib.contextmanager
     def _workspace(self) -> Iterator[Path]:
+        if self.work_dir:  # a configured scratch folder may not exist yet (a fresh embedded run's out/work)
+            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.work_dir, prefix="classforge-ingest-") as path:
             yield Path(path)
 
