@@ -97,7 +97,8 @@ def cmd_watch(args) -> int:
     from services import progress
 
     stub = _jobs_stub(args)
-    replies = stub.WatchJob(jobs_pb.WatchJobRequest(job_id=args.job_id))
+    # JSON is the job's history, as stored; a person also gets the heartbeats' live progress.
+    replies = stub.WatchJob(jobs_pb.WatchJobRequest(job_id=args.job_id, include_heartbeats=not args.json))
     if args.json:
         for reply in replies:
             _print(reply, True)

@@ -82,6 +82,8 @@ class EmbeddedPlatform:
             "CLASSFORGE_INGEST_WORK_DIR": str(out / "work" / "ingest"),
             # Embedded mode answers over its one gRPC endpoint; REST would claim a fixed port (8086) per run.
             "CLASSFORGE_HTTP_PORT": "-1",
+            # Heartbeats carry the stages' progress to the bars; in one process they cost next to nothing.
+            "CLASSFORGE_HEARTBEAT_SECONDS": "2",
         }
         for name, (module, settings_path) in SERVICES.items():
             settings = _settings_class(settings_path).load({**_EMBEDDED_ENV, **overrides})
@@ -179,7 +181,7 @@ def run(source: str | Path, out: Path, spec: common_pb2.JobSpec, *, list_file: s
         print(f"job {job_id}: {source} -> {out}", flush=True)
         dataset_id = ""
         with progress.display(plain=plain) as shown:
-            for reply in stub.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id)):
+            for reply in stub.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id, include_heartbeats=True)):
                 shown.update(reply.event, reply.job)
                 if reply.event.WhichOneof("payload") == "dataset_prepared":
                     dataset_id = reply.event.dataset_prepared.dataset.dataset_id

@@ -1,11 +1,12 @@
 """A job's progress for a person: one bar per stage with a time estimate on a terminal, plain lines at a
 bounded rate anywhere else (`classforge run`, `classforge watch`).
 
-Both displays are fed the WatchJob stream, (event, job) pairs, and show the same per-stage states, folded
-here once by `JobProgress`: waiting, running, done, failed or cancelled, and `done` of `total` units
-where the stage says so (training: `step` of `total_steps`). The time estimate comes from the events'
-own times, not from when they arrive, so a replayed history (`watch` of a job already running) does not
-fake a speed.
+Both displays are fed the WatchJob stream (asked with include_heartbeats), (event, job) pairs, and show
+the same per-stage states, folded here once by `JobProgress`: waiting, running, done, failed or
+cancelled, what the stage says it is doing, and `done` of `total` units where the stage counts them
+(training: `step` of `total_steps`; other stages: their heartbeats' done/total). The time estimate
+comes from the events' own times, not from when they arrive, so a replayed history (`watch` of a job
+already running) does not fake a speed.
 """
 
 from __future__ import annotations
@@ -108,9 +109,11 @@ class JobProgress:
 
         def move(stage: str, state: str, detail: str | None = None) -> StageState:
             s = self.stages[stage]
+            if s.state in ENDED:  # a late word (a heartbeat sent as the stage ended) changes nothing
+                return s
             if detail is not None:
                 s.detail = detail
-            if s.state != state and s.state not in ENDED:
+            if s.state != state:
                 s.state = state
                 if state == RUNNING:
                     s.started_at = when
@@ -131,9 +134,12 @@ class JobProgress:
             if p.total_steps:
                 s.count(when, p.step, p.total_steps, "steps")
         elif kind == "stage_heartbeat":
-            name = common_pb2.JobStage.Name(event.stage_heartbeat.stage)
+            beat = event.stage_heartbeat
+            name = common_pb2.JobStage.Name(beat.stage)
             if name in self.stages:
-                move(name, RUNNING, event.stage_heartbeat.activity)
+                s = move(name, RUNNING, beat.activity)
+                if beat.total and s.state == RUNNING:
+                    s.count(when, beat.done, beat.total, beat.unit)
         elif kind == "stage_failed":
             name = common_pb2.JobStage.Name(event.stage_failed.stage or job.stage)
             if name in self.stages:

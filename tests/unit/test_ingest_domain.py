@@ -299,6 +299,22 @@ def test_a_local_path_may_be_a_list_file_or_an_archive_as_in_dataset_prepare(sto
     assert caught.value.field == "header.source.local_path"
 
 
+def test_prepare_says_what_it_does_and_counts_the_images_it_writes(store, tmp_path, digit_files):
+    from services.ingest.prepare import prepare_dataset
+
+    root = tmp_path / "photos"
+    for name, data in digit_files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    heard = []
+    prepare_dataset(root, store, "datasets/p/", IngestOptions().validated("options"), dataset_id="p",
+                    source={"kind": "local_path"}, progress=lambda *said: heard.append(said))
+    assert heard[0][0].startswith("validating images (") and len(heard[0]) == 1
+    writing = [said for said in heard if said[0] == "writing images"]
+    assert len(writing) == 120 and all(total == 120 and unit == "images" for _, _, total, unit in writing)
+    assert sorted(done for _, done, _, _ in writing) == list(range(1, 121))
+
+
 # --------------------------------------------------------------------------- events
 
 

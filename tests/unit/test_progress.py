@@ -113,3 +113,23 @@ def test_bars_draw_every_started_stage_with_its_count_and_estimate():
     for text in ("ingest", "records", "training", "300/1000 steps", "ETA 35s", "a note between the bars"):
         assert text in drawn, f"{text!r} missing from the bars"
     assert "evaluation" not in drawn  # a stage that has not started has no bar yet
+
+
+def test_a_stage_that_counts_its_work_in_heartbeats_gets_a_count_and_an_estimate():
+    state = progress.JobProgress()
+    ingest = state.stages["JOB_STAGE_INGEST"]
+
+    def beat(at: float, done: int) -> None:
+        state.update(event(at, stage_heartbeat=events_pb2.StageHeartbeat(
+            stage=common_pb2.JOB_STAGE_INGEST, activity="writing images", done=done, total=5000, unit="images")),
+            job(common_pb2.JOB_STAGE_INGEST))
+
+    state.update(event(0, job_submitted=events_pb2.JobSubmitted()), job(common_pb2.JOB_STAGE_INGEST))
+    beat(2, 1000)
+    beat(4, 2000)
+    assert (ingest.state, ingest.detail, ingest.eta_seconds()) == ("running", "writing images", 6.0)
+    assert "2000/5000 images (40%)  ETA 6s  writing images" in ingest.summary()
+    state.update(event(5, dataset_prepared=events_pb2.DatasetPrepared(train_count=4500, val_count=500)),
+                 job(common_pb2.JOB_STAGE_RECORDS))
+    beat(5.1, 4900)  # a heartbeat sent as the stage ended: it changes nothing
+    assert (ingest.state, ingest.done) == ("done", 5000) and ingest.detail.startswith("4500 train")

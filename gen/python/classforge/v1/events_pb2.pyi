@@ -158,9 +158,15 @@ class JobCancelled(_message.Message):
     def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., checkpoint_uri: _Optional[str] = ...) -> None: ...
 
 class StageHeartbeat(_message.Message):
-    __slots__ = ("stage", "activity")
+    __slots__ = ("stage", "activity", "done", "total", "unit")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     stage: _common_pb2.JobStage
     activity: str
-    def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., activity: _Optional[str] = ...) -> None: ...
+    done: int
+    total: int
+    unit: str
+    def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., activity: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
