@@ -54,7 +54,8 @@ class StageState:
     total: int = 0
     unit: str = ""
     detail: str = ""
-    started_at: float | None = None  # event time (seconds since the epoch)
+    started_at: float | None = None  # event times (seconds since the epoch)
+    ended_at: float | None = None
     # (event time, done) when the counting began in this stage: the rate is measured from there.
     _first: tuple[float, int] | None = None
     _last: tuple[float, int] | None = None
@@ -78,6 +79,12 @@ class StageState:
             return None
         return max(0.0, (self.total - d1) * (t1 - t0) / (d1 - d0))
 
+    def took(self) -> str:
+        """How long an ended stage ran, by the events' times ('' while running or when not known)."""
+        if self.started_at is None or self.ended_at is None:
+            return ""
+        return duration(self.ended_at - self.started_at)
+
     def summary(self) -> str:
         """One line: the state, the count and the estimate where known, and the detail."""
         parts = [f"{self.label:<10}", f"{self.state:<9}"]
@@ -86,6 +93,8 @@ class StageState:
         eta = self.eta_seconds()
         if eta is not None:
             parts.append(f"ETA {duration(eta)}")
+        if self.took():
+            parts.append(f"in {self.took()}")
         if self.detail:
             parts.append(self.detail)
         return "  ".join(parts)
@@ -117,6 +126,8 @@ class JobProgress:
                 s.state = state
                 if state == RUNNING:
                     s.started_at = when
+                if state in ENDED:
+                    s.ended_at = when
                 if state == DONE and s.total:
                     s.done = s.total  # early stopping ends training short of the plan: the stage is done
                 changed.append(s)
@@ -234,10 +245,18 @@ class BarDisplay:
     def __init__(self, stream: TextIO):
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.text import Text
+
+        class Elapsed(TimeElapsedColumn):
+            """How long an ended stage ran by its events' times (a replayed history ends at once here)."""
+
+            def render(self, task):
+                took = task.fields.get("took")
+                return Text(took, style="progress.elapsed") if took else super().render(task)
 
         self.console = Console(file=stream)
         self.bars = Progress(SpinnerColumn(finished_text="•"), TextColumn("{task.description:<10}"),
-                             BarColumn(), TextColumn("{task.fields[count]}", markup=False), TimeElapsedColumn(),
+                             BarColumn(), TextColumn("{task.fields[count]}", markup=False), Elapsed(),
                              TextColumn("{task.fields[eta]}", markup=False),
                              TextColumn("{task.fields[detail]}", markup=False),
                              console=self.console, redirect_stdout=False, redirect_stderr=False)
@@ -259,7 +278,7 @@ class BarDisplay:
 
     def _draw(self, s: StageState) -> None:
         eta = s.eta_seconds()
-        fields = {"count": f"{s.done}/{s.total} {s.unit}" if s.total else "",
+        fields = {"count": f"{s.done}/{s.total} {s.unit}" if s.total else "", "took": s.took(),
                   "eta": f"ETA {duration(eta)}" if eta is not None else "",
                   "detail": s.detail if s.state in (RUNNING, DONE) else f"[{s.state}] {s.detail}"}
         if s.stage not in self._tasks:

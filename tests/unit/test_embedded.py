@@ -97,7 +97,7 @@ def test_a_multi_task_list_file_goes_through_every_stage_to_a_served_model(digit
     assert embedded.run(listed, tmp_path / "out", spec, plain=True) == 0
 
     out = capsys.readouterr().out
-    for stage in ("ingest      done       420 train, 90 val, 90 test images", "records     done",
+    for stage in ("ingest      done", "420 train, 90 val, 90 test images", "records     done",
                   "training    running", "training    done       26/26 steps", "evaluation  done", "deployment  done",
                   "serving classforge v1", "JOB_STATUS_SUCCEEDED", "confusion matrix", "task parity"):
         assert stage in out, f"{stage!r} missing from:\n{out}"

@@ -2,6 +2,7 @@
 bounded rate otherwise, and the per-stage states and time estimate both are drawn from."""
 
 import io
+import re
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -96,7 +97,7 @@ def test_plain_lines_stay_bounded_for_a_burst_of_a_thousand_progress_events():
     # A change of state is never held back by the rate limit.
     shown.update(event(61, training_completed=events_pb2.TrainingCompleted()), job(common_pb2.JOB_STAGE_EVALUATION))
     last = out.getvalue().splitlines()[-2:]
-    assert last[0] == "08:01:01Z  training    done       1000/1000 steps (100%)  model exported"
+    assert last[0] == "08:01:01Z  training    done       1000/1000 steps (100%)  in 52s  model exported"
     assert last[1].startswith("08:01:01Z  evaluation  running")
 
 
@@ -109,10 +110,12 @@ def test_bars_draw_every_started_stage_with_its_count_and_estimate():
         shown.update(step(10, 100), job())
         shown.update(step(20, 300), job())
         shown.note("a note between the bars")
-    drawn = out.getvalue()
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # without the terminal's colour codes
     for text in ("ingest", "records", "training", "300/1000 steps", "ETA 35s", "a note between the bars"):
         assert text in drawn, f"{text!r} missing from the bars"
     assert "evaluation" not in drawn  # a stage that has not started has no bar yet
+    # An ended stage shows how long it ran by its events (0 s to 5 s), not how long the display saw it.
+    assert re.search(r"ingest .* 5s .*900 train", drawn) and re.search(r"records .* 4s .*900 train", drawn)
 
 
 def test_a_stage_that_counts_its_work_in_heartbeats_gets_a_count_and_an_estimate():
