@@ -53,7 +53,8 @@ class StageState:
     done: int = 0
     total: int = 0
     unit: str = ""
-    detail: str = ""
+    detail: str = ""  # from the stage's events: progress, the outcome, the failure
+    activity: str = ""  # from its heartbeats; shown while no event has said more
     started_at: float | None = None  # event times (seconds since the epoch)
     ended_at: float | None = None
     # (event time, done) when the counting began in this stage: the rate is measured from there.
@@ -95,9 +96,13 @@ class StageState:
             parts.append(f"ETA {duration(eta)}")
         if self.took():
             parts.append(f"in {self.took()}")
-        if self.detail:
-            parts.append(self.detail)
+        if self.shown_detail:
+            parts.append(self.shown_detail)
         return "  ".join(parts)
+
+    @property
+    def shown_detail(self) -> str:
+        return self.detail or self.activity
 
 
 def _seconds(timestamp) -> float:
@@ -148,9 +153,11 @@ class JobProgress:
             beat = event.stage_heartbeat
             name = common_pb2.JobStage.Name(beat.stage)
             if name in self.stages:
-                s = move(name, RUNNING, beat.activity)
-                if beat.total and s.state == RUNNING:
-                    s.count(when, beat.done, beat.total, beat.unit)
+                s = move(name, RUNNING)
+                if s.state == RUNNING:
+                    s.activity = beat.activity
+                    if beat.total:
+                        s.count(when, beat.done, beat.total, beat.unit)
         elif kind == "stage_failed":
             name = common_pb2.JobStage.Name(event.stage_failed.stage or job.stage)
             if name in self.stages:
@@ -280,7 +287,7 @@ class BarDisplay:
         eta = s.eta_seconds()
         fields = {"count": f"{s.done}/{s.total} {s.unit}" if s.total else "", "took": s.took(),
                   "eta": f"ETA {duration(eta)}" if eta is not None else "",
-                  "detail": s.detail if s.state in (RUNNING, DONE) else f"[{s.state}] {s.detail}"}
+                  "detail": s.shown_detail if s.state in (RUNNING, DONE) else f"[{s.state}] {s.shown_detail}"}
         if s.stage not in self._tasks:
             self._tasks[s.stage] = self.bars.add_task(s.label, total=None, **fields)
         task = self._tasks[s.stage]

@@ -66,7 +66,10 @@ def test_stages_move_from_waiting_to_done_and_training_counts_steps():
     state.update(step(10, 100), job())
     assert stages["JOB_STAGE_TRAINING"].eta_seconds() is None  # one point tells no rate
     state.update(step(20, 300), job())
+    state.update(event(21, stage_heartbeat=events_pb2.StageHeartbeat(stage=common_pb2.JOB_STAGE_TRAINING,
+                                                                      activity="training")), job())
     training = stages["JOB_STAGE_TRAINING"]
+    assert training.shown_detail.startswith("stage 2 epoch 4")  # the events say more than the heartbeat
     assert (training.done, training.total) == (300, 1000)
     assert training.eta_seconds() == 35.0  # 200 steps in 10 s of event time: 700 steps left
     assert "300/1000 steps (30%)  ETA 35s" in training.summary()
@@ -130,7 +133,7 @@ def test_a_stage_that_counts_its_work_in_heartbeats_gets_a_count_and_an_estimate
     state.update(event(0, job_submitted=events_pb2.JobSubmitted()), job(common_pb2.JOB_STAGE_INGEST))
     beat(2, 1000)
     beat(4, 2000)
-    assert (ingest.state, ingest.detail, ingest.eta_seconds()) == ("running", "writing images", 6.0)
+    assert (ingest.state, ingest.shown_detail, ingest.eta_seconds()) == ("running", "writing images", 6.0)
     assert "2000/5000 images (40%)  ETA 6s  writing images" in ingest.summary()
     state.update(event(5, dataset_prepared=events_pb2.DatasetPrepared(train_count=4500, val_count=500)),
                  job(common_pb2.JOB_STAGE_RECORDS))
