@@ -82,8 +82,9 @@ class EmbeddedPlatform:
             "CLASSFORGE_INGEST_WORK_DIR": str(out / "work" / "ingest"),
             # Embedded mode answers over its one gRPC endpoint; REST would claim a fixed port (8086) per run.
             "CLASSFORGE_HTTP_PORT": "-1",
-            # Heartbeats carry the stages' progress to the bars; in one process they cost next to nothing.
+            # Heartbeats and training progress move the bars; in one process they cost next to nothing.
             "CLASSFORGE_HEARTBEAT_SECONDS": "2",
+            "CLASSFORGE_TRAINER_PROGRESS_SECONDS": "2",
         }
         for name, (module, settings_path) in SERVICES.items():
             settings = _settings_class(settings_path).load({**_EMBEDDED_ENV, **overrides})
