@@ -93,8 +93,8 @@ class StageWork:
             raise JobCancelled(self.job_id, reason)
 
     def say(self, activity: str) -> None:
-        """What the next heartbeats report the stage is doing."""
-        self.activity = activity
+        """What the next heartbeats report the stage is doing (uncounted)."""
+        self.progress(activity)
 
     def progress(self, activity: str, done: int = 0, total: int = 0, unit: str = "") -> None:
         """What the next heartbeats say: the activity and, where the work is counted, `done` of `total`
