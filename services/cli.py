@@ -3,7 +3,8 @@
     classforge serve jobs                      run one service (distributed mode)
     classforge submit spec.yaml                submit a job (YAML or JSON JobSpec)
     classforge status JOB_ID | watch JOB_ID | cancel JOB_ID | list
-    classforge run DATA --out DIR --from JOB | submit spec.yaml --from JOB   retrain from an earlier job's model
+    classforge run SOURCE --out DIR            every service in this process (SOURCE as for `dataset prepare`)
+    classforge run SOURCE --out DIR --from JOB | submit spec.yaml --from JOB   retrain from an earlier job's model
     classforge lineage JOB                     dataset versions, records, model, report, served version
 """
 
@@ -63,10 +64,16 @@ def cmd_run(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from services import embedded  # TensorFlow loads here, not when the parser is built
+    from services.common.errors import ClassforgeError
 
     spec = load_spec(Path(args.config)) if args.config else common_pb2.JobSpec()
     spec = retrain_embedded(args, spec)
-    return embedded.run(Path(args.data), Path(args.out), spec)
+    try:
+        return embedded.run(args.source, Path(args.out), spec, list_file=args.list_file,
+                            plain=args.no_progress or args.json)
+    except ClassforgeError as exc:  # an unusable SOURCE: say what and where, no traceback
+        print(f"classforge: {exc.message}", file=sys.stderr)
+        return 1
 
 
 def cmd_serve(args) -> int:
@@ -88,21 +95,22 @@ def cmd_status(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    """Prints each event of the job as it happens, until the job ends."""
-    for reply in _jobs_stub(args).WatchJob(jobs_pb.WatchJobRequest(job_id=args.job_id)):
-        if args.json:
+    """Follows the job until it ends: a bar per stage on a terminal, plain lines at a bounded rate
+    otherwise (--no-progress), or every event as JSON (--json)."""
+    from services import progress
+
+    stub = _jobs_stub(args)
+    # JSON is the job's history, as stored; a person also gets the heartbeats' live progress.
+    replies = stub.WatchJob(jobs_pb.WatchJobRequest(job_id=args.job_id, include_heartbeats=not args.json))
+    if args.json:
+        for reply in replies:
             _print(reply, True)
-            continue
-        event, job = reply.event, reply.job
-        kind = event.WhichOneof("payload")
-        detail = ""
-        if kind == "training_progress":
-            p = event.training_progress
-            detail = (f" stage {p.stage} epoch {p.epoch} step {p.step} loss {p.total_loss:.4f} "
-                      f"({p.images_per_second:.0f} images/s)")
-        elif kind == "stage_failed":
-            detail = f" {event.stage_failed.message}"
-        print(f"{event.occurred_at.ToJsonString()}  {kind:<22} {common_pb2.JobStatus.Name(job.status)[11:]}{detail}")
+        return 0
+    with progress.display(plain=args.no_progress) as shown:
+        for reply in replies:
+            shown.update(reply.event, reply.job)
+    job = stub.GetJob(jobs_pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout).job
+    print(f"job {job.job_id} {common_pb2.JobStatus.Name(job.status)[11:]}" + (f": {job.error}" if job.error else ""))
     return 0
 
 
@@ -243,11 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the whole pipeline on a folder, every service in this process")
-    run.add_argument("data", help="a folder with one sub-folder per label")
+    run = sub.add_parser("run", help="run the whole pipeline on a dataset source, every service in this process")
+    run.add_argument("source", metavar="SOURCE",
+                     help="what `dataset prepare` takes: a folder per label, a list file (`path task1 [task2 …]`), "
+                          "a .zip/.tar/.tar.gz archive of either; or s3://HOST:PORT/BUCKET/PREFIX")
     run.add_argument("--out", required=True, help="where the store, models, reports and serving path go")
     run.add_argument("--config", help="YAML/JSON JobSpec (dataset options, training config, gates)")
     add_from_flag(run)
+    run.add_argument("--list-file", default="", metavar="NAME",
+                     help="list file inside a folder or archive SOURCE (multi-task data)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="plain progress lines (at most one per stage every 10 s) even on a terminal")
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="run one service until SIGTERM")
     serve.add_argument("service", choices=sorted(SERVICES))
@@ -262,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     watch = sub.add_parser("watch", help="follow a job's events until it ends")
     watch.add_argument("job_id")
+    watch.add_argument("--no-progress", action="store_true",
+                       help="plain progress lines (at most one per stage every 10 s) even on a terminal")
     watch.set_defaults(func=cmd_watch)
     cancel = sub.add_parser("cancel", help="ask a running job to stop")
     cancel.add_argument("job_id")

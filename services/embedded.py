@@ -14,18 +14,25 @@ import functools
 import importlib
 import json
 import logging
+import os
+import shutil
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 
 from classforge.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
+from services import progress
+from services.common.errors import InvalidArgument
 from services.common.events import InProcessEventBus
 from services.common.grpc_server import GrpcServer, wait_until_serving
 from services.common.runtime import ServiceContext
 from services.common.settings import ServiceSettings
-from services.common.storage import LocalObjectStore
+from services.common.storage import LocalObjectStore, open_object_store
+from services.ingest.sources import download_prefix, local_source_kind
 
 log = logging.getLogger("classforge.embedded")
 
@@ -75,6 +82,9 @@ class EmbeddedPlatform:
             "CLASSFORGE_INGEST_WORK_DIR": str(out / "work" / "ingest"),
             # Embedded mode answers over its one gRPC endpoint; REST would claim a fixed port (8086) per run.
             "CLASSFORGE_HTTP_PORT": "-1",
+            # Heartbeats and training progress move the bars; in one process they cost next to nothing.
+            "CLASSFORGE_HEARTBEAT_SECONDS": "2",
+            "CLASSFORGE_TRAINER_PROGRESS_SECONDS": "2",
         }
         for name, (module, settings_path) in SERVICES.items():
             settings = _settings_class(settings_path).load({**_EMBEDDED_ENV, **overrides})
@@ -92,24 +102,10 @@ class EmbeddedPlatform:
         self.server.stop()
 
 
-def _print_event(event, job) -> None:
-    kind = event.WhichOneof("payload")
-    if kind == "training_progress":
-        p = event.training_progress
-        metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(p.metrics.items()) if "accuracy" in k)
-        print(f"  training: stage {p.stage} epoch {p.epoch} step {p.step}  loss {p.total_loss:.4f} "
-              f"(data {p.data_loss:.4f} + reg {p.regularization_loss:.4f})  {p.images_per_second:.0f} img/s  {metrics}",
-              flush=True)
-    elif kind == "stage_failed":
-        print(f"  FAILED in {common_pb2.JobStage.Name(event.stage_failed.stage)}: {event.stage_failed.message}")
-    else:
-        print(f"  {kind}", flush=True)
-
-
-def _print_dataset_report(store: LocalObjectStore, dataset_id: str) -> None:
+def _show_dataset_report(store: LocalObjectStore, dataset_id: str, show) -> None:
     key = f"datasets/{dataset_id}/report.md"
     if store.exists(key):
-        print(store.get_bytes(key).decode())
+        show(store.get_bytes(key).decode())
 
 
 def _print_evaluation(store: LocalObjectStore, job_id: str) -> Path | None:
@@ -136,43 +132,92 @@ def _print_evaluation(store: LocalObjectStore, job_id: str) -> Path | None:
     return store.root / "reports" / job_id / "index.html"
 
 
-def run(data: Path, out: Path, spec: common_pb2.JobSpec, *, classify_sample: bool = True) -> int:
-    """Runs one job through every stage in this process; returns the exit code."""
+def job_source(source: str, out: Path, list_file: str = "") -> common_pb2.DataSource:
+    """What `classforge run SOURCE` hands to ingest: SOURCE is what `classforge dataset prepare` takes (a
+    folder per label, a list file, or a .zip/.tar/.tar.gz archive of either, read by ingest's one reader
+    of local sources), or an object-store prefix `s3://HOST:PORT/BUCKET/PREFIX`, copied into `out`
+    first. InvalidArgument("SOURCE") naming the path when it cannot be used, before anything starts."""
+    if source.startswith("s3://"):
+        return common_pb2.DataSource(local_path=str(_download(source, out / "work" / "source")),
+                                     list_file=list_file)
+    path = Path(source).expanduser().resolve()
+    kind = local_source_kind(path, "SOURCE")
+    if kind == "list" and list_file:
+        raise InvalidArgument("--list-file", f"{source} is itself a list file; --list-file names a list file "
+                                             f"inside a folder or archive")
+    return common_pb2.DataSource(local_path=str(path), list_file=list_file)
+
+
+def _download(uri: str, dest: Path) -> Path:
+    """Copies the objects under an s3://HOST:PORT/BUCKET/PREFIX URI (credentials from CLASSFORGE_S3_*) into
+    `dest` with ingest's own download (its size limits; objects it cannot use are left out and said)."""
+    parts = urlsplit(uri)
+    bucket, _, prefix = parts.path.lstrip("/").partition("/")
+    if not parts.netloc or not bucket or not prefix.strip("/"):
+        raise InvalidArgument("SOURCE", f"{uri!r}: expected s3://HOST:PORT/BUCKET/PREFIX")
+    settings = ServiceSettings.load({**_EMBEDDED_ENV, **os.environ})
+    store = open_object_store(f"s3://{parts.netloc}/{bucket}", access_key=settings.s3_access_key,
+                              secret_key=settings.s3_secret_key, secure=settings.s3_secure)
+    if next(iter(store.list(prefix.rstrip("/") + "/")), None) is None:
+        raise InvalidArgument("SOURCE", f"{uri}: no objects under this prefix")
+    if dest.exists():
+        shutil.rmtree(dest)  # a copy from an earlier run: the prefix may have changed since
+    left_out = download_prefix(store, prefix, dest)
+    for reject in left_out:
+        print(f"  left out {reject.path}: {reject.reason}", file=sys.stderr)
+    return dest
+
+
+def run(source: str | Path, out: Path, spec: common_pb2.JobSpec, *, list_file: str = "",
+        classify_sample: bool = True, plain: bool = False) -> int:
+    """Runs one job through every stage in this process; returns the exit code. Progress: bars on a
+    terminal, plain lines at a bounded rate otherwise (or with `plain`)."""
     out.mkdir(parents=True, exist_ok=True)
-    spec.source.local_path = str(data.resolve())
+    spec.source.CopyFrom(job_source(str(source), out, list_file or spec.source.list_file))
     spec.deploy.deploy = True
     platform = EmbeddedPlatform(out.resolve())
     try:
         stub = jobs_grpc.JobsServiceStub(platform.channel)
         job_id = stub.SubmitJob(jobs_pb.SubmitJobRequest(spec=spec)).job_id
-        print(f"job {job_id}: {data} -> {out}", flush=True)
-        job = None
-        for reply in stub.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id)):
-            _print_event(reply.event, reply.job)
-            if reply.event.WhichOneof("payload") == "dataset_prepared":
-                _print_dataset_report(platform.store, reply.event.dataset_prepared.dataset.dataset_id)
-            job = reply.job
+        print(f"job {job_id}: {source} -> {out}", flush=True)
+        dataset_id = ""
+        with progress.display(plain=plain) as shown:
+            for reply in stub.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id, include_heartbeats=True)):
+                shown.update(reply.event, reply.job)
+                if reply.event.WhichOneof("payload") == "dataset_prepared":
+                    dataset_id = reply.event.dataset_prepared.dataset.dataset_id
+                    _show_dataset_report(platform.store, dataset_id, shown.note)
         job = stub.GetJob(jobs_pb.GetJobRequest(job_id=job_id)).job
         status = common_pb2.JobStatus.Name(job.status)
         report = _print_evaluation(platform.store, job_id)
         print(f"\njob {job_id} {status}" + (f": {job.error}" if job.error else ""))
         if report is not None:
             print(f"report: {report}")
-        if job.model.version and classify_sample:
-            _classify_one(platform, data)
+        if job.model.version and classify_sample and dataset_id:
+            _classify_one(platform, dataset_id)
         return 0 if job.status == common_pb2.JOB_STATUS_SUCCEEDED else 1
     finally:
         platform.stop()
 
 
-def _classify_one(platform: EmbeddedPlatform, data: Path) -> None:
-    # The first image of the first label folder (hidden files such as markers are not images).
-    image = next(p for p in sorted(data.rglob("*"))
-                 if p.is_file() and p.parent != data and not p.name.startswith("."))
+def _classify_one(platform: EmbeddedPlatform, dataset_id: str) -> None:
+    """The served model on one image of the prepared dataset (held out where there is a test split)."""
+    prefix = f"datasets/{dataset_id}/"
+    labels = json.loads(platform.store.get_bytes(prefix + "labels.json"))
+    for name in ("test.list", "val.list", "train.list"):
+        lines = platform.store.get_bytes(prefix + name).decode().splitlines() if platform.store.exists(
+            prefix + name) else []
+        if lines:
+            break
+    else:
+        return
+    path, *indices = lines[0].split()
+    truth = ", ".join(f"{task['name']} {task['classes'][int(i)]}" for task, i in zip(labels["tasks"], indices,
+                                                                                       strict=True) if int(i) >= 0)
     stub = inference_service_pb2_grpc.InferenceServiceStub(platform.channel)
-    reply = stub.Classify(inference_service_pb2.ClassifyRequest(image=image.read_bytes(), top_k=3), timeout=30)
+    image = platform.store.get_bytes(prefix + path)
+    reply = stub.Classify(inference_service_pb2.ClassifyRequest(image=image, top_k=3), timeout=30)
     for prediction in reply.predictions:
         top = ", ".join(f"{s.label} {s.probability:.3f}" for s in prediction.top)
-        print(f"served model {reply.model_name} v{reply.version} on {image.relative_to(data)}: {top}")
-
-
+        print(f"served model {reply.model_name} v{reply.version} on {name.split('.')[0]} image {path} "
+              f"(true {truth}): {top}")

@@ -75,6 +75,7 @@ class StageWork:
 
     def __init__(self, stage: Stage, job_id: str, activity: str):
         self.stage, self.job_id, self.activity = stage, job_id, activity
+        self.counted: tuple[int, int, str] = (0, 0, "")
         self._next_check = time.monotonic() + stage.check_seconds
 
     def check(self) -> None:
@@ -92,8 +93,13 @@ class StageWork:
             raise JobCancelled(self.job_id, reason)
 
     def say(self, activity: str) -> None:
-        """What the next heartbeats report the stage is doing."""
-        self.activity = activity
+        """What the next heartbeats report the stage is doing (uncounted)."""
+        self.progress(activity)
+
+    def progress(self, activity: str, done: int = 0, total: int = 0, unit: str = "") -> None:
+        """What the next heartbeats say: the activity and, where the work is counted, `done` of `total`
+        `unit`s (progress bars and time estimates of `classforge run` and `watch`)."""
+        self.activity, self.counted = activity, (done, total, unit)
 
 
 class Stage:
@@ -114,18 +120,19 @@ class Stage:
         if reason is not None:
             raise JobCancelled(job_id, reason)
         work = StageWork(self, job_id, activity)
-        with self.heartbeats(job_id, lambda: work.activity):
+        with self.heartbeats(job_id, lambda: work.activity, lambda: work.counted):
             yield work
 
     @contextlib.contextmanager
-    def heartbeats(self, job_id: str, activity: Callable[[], str]) -> Iterator[None]:
-        """A thread publishing `stage_heartbeat` (saying `activity()`) now and every `heartbeat_seconds`
-        until the block ends."""
+    def heartbeats(self, job_id: str, activity: Callable[[], str],
+                   counted: Callable[[], tuple[int, int, str]] = lambda: (0, 0, "")) -> Iterator[None]:
+        """A thread publishing `stage_heartbeat` (saying `activity()` and `counted()`: done, total, unit)
+        now and every `heartbeat_seconds` until the block ends."""
         stop = threading.Event()
 
         def beat() -> None:
             while True:
-                self.heartbeat(job_id, activity())
+                self.heartbeat(job_id, activity(), *counted())
                 if stop.wait(self.heartbeat_seconds):
                     return
 
@@ -140,11 +147,11 @@ class Stage:
     def is_cancelled(self, job_id: str) -> bool:
         return self.cancellations.reason(job_id) is not None
 
-    def heartbeat(self, job_id: str, activity: str) -> None:
+    def heartbeat(self, job_id: str, activity: str, done: int = 0, total: int = 0, unit: str = "") -> None:
         """Best effort: a broker outage must not fail the work; the deadline is long enough to ride it out."""
         try:
             self.bus.publish(new_event(job_id, self.producer, stage_heartbeat=events_pb2.StageHeartbeat(
-                stage=self.stage, activity=activity)))
+                stage=self.stage, activity=activity, done=done, total=total, unit=unit)))
         except Exception as exc:  # noqa: BLE001 - heartbeats are advisory
             log.warning("could not publish a heartbeat (%s)", exc, extra={"job_id": job_id, "stage": self.name})
 

@@ -37,7 +37,7 @@ from services.common.errors import ClassforgeError, InvalidArgument
 from services.common.storage import LocalObjectStore
 from services.ingest.options import DEFAULT_MAX_CLASS_RATIO, DEFAULT_MAX_PIXELS, DEFAULT_VAL_FRACTION, IngestOptions
 from services.ingest.prepare import LIST_FILES, Prepared, prepare_dataset
-from services.ingest.sources import archive_root, detect_archive_format, extract_archive
+from services.ingest.sources import archive_format_of, local_source_kind, open_local_source
 
 DEFAULT_ADDR = "127.0.0.1:50052"
 CHUNK_BYTES = 1024 * 1024
@@ -126,11 +126,6 @@ def _options(args) -> IngestOptions:
         raise SystemExit(f"classforge: {flag}: {exc.message.split(': ', 1)[-1]}") from None
 
 
-def _archive_format(path: Path) -> str:
-    """From the content; an old-style tar without the ustar magic is known by its suffix."""
-    return detect_archive_format(path) or ("tar" if path.suffix.lower() == ".tar" else "")
-
-
 def cmd_prepare(args) -> int:
     try:
         return _prepare(args)
@@ -143,31 +138,26 @@ def _prepare(args) -> int:
     options = _options(args)
     source = Path(args.source).expanduser()
     out = Path(args.out).expanduser()
-    if not source.exists():
-        raise SystemExit(f"classforge: {source} does not exist")
+    local_source_kind(source, "SOURCE")  # a missing or unusable source is said before anything is written
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise SystemExit(f"classforge: --out {out} is not empty and holds no dataset; choose a new or empty folder")
     dataset_id = args.dataset_id or re.sub(r"[^A-Za-z0-9._-]", "-", out.resolve().name).strip(".-") or "dataset"
     with tempfile.TemporaryDirectory(prefix="classforge-prepare-") as work:
-        list_file, rejects = args.list_file, []
+        local = open_local_source(source, args.list_file, Path(work), field_name="SOURCE",
+                                  list_file_field="--list-file")
         description: dict = {"kind": "local_path", "path": str(source.resolve())}
-        if source.is_dir():
-            root = source
-        elif fmt := _archive_format(source):
-            rejects = extract_archive(source, fmt, Path(work) / "files", field_name="SOURCE").rejected
-            root = archive_root(Path(work) / "files", list_file)
-            description = {"kind": "archive", "path": str(source.resolve()), "archive_format": fmt}
-        else:  # a list file: paths are relative to its folder
-            root, list_file = source.parent, source.name
-        if list_file:
-            description["list_file"] = list_file
+        if local.kind == "archive":
+            description = {"kind": "archive", "path": str(source.resolve()), "archive_format": local.archive_format}
+        if local.list_file:
+            description["list_file"] = local.list_file
         store = LocalObjectStore(out)
         if (out / "manifest.json").exists():  # replace the dataset written there before, nothing else
             store.delete_prefix("images/")
             for name in _OUTPUTS:
                 store.delete(name)
-        prepared = prepare_dataset(root, store, "", options, dataset_id=dataset_id, source=description,
-                                   list_file=list_file, list_file_field="--list-file", extra_rejects=rejects,
+        prepared = prepare_dataset(local.root, store, "", options, dataset_id=dataset_id, source=description,
+                                   list_file=local.list_file, list_file_field="--list-file",
+                                   extra_rejects=local.rejected,
                                    workers=args.workers or None)
     if getattr(args, "json", False):
         print(json.dumps(prepared.manifest, indent=2))
@@ -235,7 +225,7 @@ def cmd_upload(args) -> int:
                         tar.add(path, arcname=path.relative_to(source).as_posix(), recursive=False)
             fmt = "tar.gz"
         else:
-            archive, fmt = source, _archive_format(source)
+            archive, fmt = source, archive_format_of(source)
             if not fmt:
                 raise SystemExit(f"classforge: {source} is neither a folder nor a .zip/.tar/.tar.gz archive")
         header.archive_format = _PROTO_FORMATS[fmt]

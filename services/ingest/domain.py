@@ -28,7 +28,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -37,14 +37,14 @@ from classforge.v1 import ingest_service_pb2 as pb
 from services.common import artefacts
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.events import EventBus, new_event, payload_kind
-from services.common.stage_work import JobCancelled, Stage
+from services.common.stage_work import JobCancelled, Stage, StageWork
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.ingest import metrics
 from services.ingest.options import DEFAULT_LIMITS, IngestOptions, SourceLimits
 from services.ingest.prepare import prepare_dataset, read_json
 from services.ingest.relabel import is_version_of, plan_relabel, write_version
 from services.ingest.report import to_proto
-from services.ingest.sources import archive_root, download_prefix, extract_archive
+from services.ingest.sources import archive_root, download_prefix, extract_archive, open_local_source
 from services.ingest.validation import Reject
 
 log = logging.getLogger("classforge.ingest")
@@ -274,7 +274,7 @@ class IngestDomain:
             return
         try:
             with self.stage.working(job_id, "preparing the dataset") as work:
-                dataset = self._for_job(job_id, event.job_submitted.spec, work.check)
+                dataset = self._for_job(job_id, event.job_submitted.spec, work)
             if self.stage.is_cancelled(job_id):  # cancelled while the last images were written
                 raise JobCancelled(job_id, "cancelled")
         except JobCancelled:
@@ -292,7 +292,7 @@ class IngestDomain:
         self._record(marker, {"job_id": job_id, "outcome": "prepared", "dataset_id": dataset.ref.dataset_id})
         log.info("dataset prepared for job", extra={"job_id": job_id, "dataset_id": dataset.ref.dataset_id})
 
-    def _for_job(self, job_id: str, spec: common_pb2.JobSpec, check: Callable[[], None]) -> pb.Dataset:
+    def _for_job(self, job_id: str, spec: common_pb2.JobSpec, work: StageWork) -> pb.Dataset:
         source = spec.source
         kind = source.WhichOneof("source")
         if kind is None:
@@ -304,7 +304,7 @@ class IngestDomain:
             metrics.DATASETS.labels("reused").inc()
             return dataset
         options = IngestOptions.from_proto(spec.dataset, "spec.dataset")
-        return self._from_source(self.dataset_id_for_job(job_id), source, options, "spec.source", "", check)
+        return self._from_source(self.dataset_id_for_job(job_id), source, options, "spec.source", "", work)
 
     def _publish(self, event: events_pb2.Event) -> None:
         if self.bus is None:
@@ -317,7 +317,7 @@ class IngestDomain:
     # ------------------------------------------------------------------ building
 
     def _from_source(self, dataset_id: str, source: common_pb2.DataSource, options: IngestOptions, field: str,
-                     reuse_field: str, check: Callable[[], None] = lambda: None) -> pb.Dataset:
+                     reuse_field: str, work: StageWork | None = None) -> pb.Dataset:
         kind = source.WhichOneof("source")
         value = getattr(source, kind)
         if not value.strip():
@@ -330,26 +330,30 @@ class IngestDomain:
             if existing is not None:
                 return existing
             if kind == "local_path":
-                root = self._local_root(value, f"{field}.local_path")
-                return self._build(dataset_id, root, options, description, source.list_file,
-                                   f"{field}.list_file", [], check)
+                path = self._local_path(value, f"{field}.local_path")
+                with self._workspace() as scratch:  # where an archive is extracted
+                    local = open_local_source(path, source.list_file, scratch, limits=self.limits,
+                                              field_name=f"{field}.local_path", list_file_field=f"{field}.list_file")
+                    return self._build(dataset_id, local.root, options, description, local.list_file,
+                                       f"{field}.list_file", local.rejected, work)
             check_relative(f"{field}.object_prefix", value)
             prefix = value if value.endswith("/") else value + "/"
             if next(iter(self.store.list(prefix)), None) is None:
                 raise NotFound("object prefix", prefix)
-            with self._workspace() as work:
-                rejects = download_prefix(self.store, prefix, work / "files", self.limits)
-                return self._build(dataset_id, work / "files", options, description, source.list_file,
-                                   f"{field}.list_file", rejects, check)
+            with self._workspace() as scratch:
+                rejects = download_prefix(self.store, prefix, scratch / "files", self.limits)
+                return self._build(dataset_id, scratch / "files", options, description, source.list_file,
+                                   f"{field}.list_file", rejects, work)
 
-    def _local_root(self, value: str, field: str) -> Path:
-        root = Path(value).resolve()
-        if self.local_roots and not any(root.is_relative_to(allowed) for allowed in self.local_roots):
+    def _local_path(self, value: str, field: str) -> Path:
+        """A folder, list file or archive on this service's file system, inside the allowed roots."""
+        path = Path(value).resolve()
+        if self.local_roots and not any(path.is_relative_to(allowed) for allowed in self.local_roots):
             raise InvalidArgument(field, f"{value!r} is outside the folders this service may read "
                                          f"({', '.join(map(str, self.local_roots))})")
-        if not root.is_dir():
-            raise NotFound("directory", value)
-        return root
+        if not path.exists():
+            raise NotFound("folder, list file or archive", value)
+        return path
 
     def _reuse(self, dataset_id: str, description: dict, options: IngestOptions, field: str) -> pb.Dataset | None:
         """The dataset already made under this id (a retry or a redelivery), or None. With `field` set
@@ -366,7 +370,7 @@ class IngestDomain:
         return self._dataset(manifest)
 
     def _build(self, dataset_id: str, root: Path, options: IngestOptions, description: dict, list_file: str,
-               list_field: str, rejects: list[Reject], check: Callable[[], None] = lambda: None) -> pb.Dataset:
+               list_field: str, rejects: list[Reject], work: StageWork | None = None) -> pb.Dataset:
         prefix = f"{DATASETS_PREFIX}{dataset_id}/"
         removed = self.store.delete_prefix(prefix)  # leftovers of an interrupted build: no manifest there
         if removed:
@@ -376,7 +380,9 @@ class IngestDomain:
             prepared = prepare_dataset(root, self.store, prefix, options, dataset_id=dataset_id,
                                        source=description, list_file=list_file, list_file_field=list_field,
                                        extra_rejects=rejects, workers=self.workers,
-                                       max_file_bytes=self.limits.max_file_bytes, stop_check=check)
+                                       max_file_bytes=self.limits.max_file_bytes,
+                                       stop_check=work.check if work else _no_stop,
+                                       progress=work.progress if work else None)
         except BaseException:
             self._remove_incomplete(prefix)
             raise
@@ -406,8 +412,14 @@ class IngestDomain:
 
     @contextlib.contextmanager
     def _workspace(self) -> Iterator[Path]:
+        if self.work_dir:  # a configured scratch folder may not exist yet (a fresh embedded run's out/work)
+            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.work_dir, prefix="classforge-ingest-") as path:
             yield Path(path)
+
+
+def _no_stop() -> None:
+    """A dataset made outside a job (CreateDataset) has no cancel to poll."""
 
 
 def _identity(description: dict) -> dict:

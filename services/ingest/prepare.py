@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -82,18 +83,28 @@ def _reasons_summary(rejects: list[Reject], limit: int = 6) -> str:
     return text or "no files"
 
 
+# progress(activity, done=0, total=0, unit=""): StageWork.progress in a job.
+Progress = Callable[..., None]
+
+
+def _unheard(activity: str, done: int = 0, total: int = 0, unit: str = "") -> None:
+    pass
+
+
 def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: IngestOptions, *, dataset_id: str,
                     source: dict, list_file: str = "", list_file_field: str = "source.list_file",
                     extra_rejects: list[Reject] | tuple[Reject, ...] = (), workers: int | None = None,
                     write_threads: int = 0, max_file_bytes: int = DEFAULT_LIMITS.max_file_bytes,
-                    stop_check: Callable[[], None] = lambda: None) -> Prepared:
+                    stop_check: Callable[[], None] = lambda: None, progress: Progress | None = None) -> Prepared:
     """Prepares the dataset found in `root` and writes it under `prefix` ("" or ending in '/'),
     manifest.json last. Raises FailedPrecondition when the data allows no dataset. `stop_check` is called
-    between batches of files and before every image upload; whatever it raises (a cancel) stops the work."""
+    between batches of files and before every image upload; whatever it raises (a cancel) stops the work.
+    `progress(activity, done, total, unit)` hears what is being done, and how far the counted parts are."""
     started = time.perf_counter()
     try:
         prepared = _prepare(root, store, prefix, options, dataset_id, source, list_file, list_file_field,
-                            list(extra_rejects), workers, write_threads, max_file_bytes, started, stop_check)
+                            list(extra_rejects), workers, write_threads, max_file_bytes, started, stop_check,
+                            progress or _unheard)
     except ClassforgeError:
         metrics.DATASETS.labels("failed").inc()
         raise
@@ -104,7 +115,8 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
 
 def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions, dataset_id: str, source: dict,
              list_file: str, list_file_field: str, rejected: list[Reject], workers: int | None,
-             write_threads: int, max_file_bytes: int, started: float, stop_check: Callable[[], None]) -> Prepared:
+             write_threads: int, max_file_bytes: int, started: float, stop_check: Callable[[], None],
+             progress: Progress) -> Prepared:
     if prefix and not prefix.endswith("/"):
         raise ValueError(f"prefix must be empty or end with '/', got {prefix!r}")
     # Names from outside (rejects of an extraction or a download, a local path) as text: a name that is
@@ -115,8 +127,13 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
     dataset_id = printable(dataset_id)  # checked by the service; the CLI takes any --dataset-id
     with ValidationPool(min_side=options.min_side, max_pixels=options.max_pixels, max_bytes=max_file_bytes,
                         workers=workers) as pool:  # 1. validate every candidate, while the walk goes on
+        found = 0
+
         def add(batch) -> None:
+            nonlocal found
             stop_check()
+            found += len(batch)
+            progress(f"validating images ({found} found so far)")
             pool.add(batch)
 
         collection = collect(root, list_file, list_file_field, on_batch=add)
@@ -203,9 +220,15 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
     train, balanced = balance(splits.train, options.max_class_ratio, options.seed, options.max_per_class)
 
     # 5. write: images, label map, lists, report, manifest last
+    written, written_lock = 0, threading.Lock()
+
     def put_image(unique: _Unique) -> None:
+        nonlocal written
         stop_check()
         store.put_file(prefix + unique.key, unique.path, CONTENT_TYPES[unique.check.ext])
+        with written_lock:
+            written += 1
+            progress("writing images", written, len(uniques), "images")
 
     # Remote stores answer each upload after a round trip, so several go at once; a local directory is
     # bound by the kernel's own work per file, where more threads than cores only add contention.

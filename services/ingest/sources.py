@@ -594,6 +594,71 @@ def unwrap(root: Path) -> Path:
         root = inner
 
 
+# --------------------------------------------------------------------------- a local source, whatever its form
+
+_TEXT_SNIFF_BYTES = 4096
+
+
+def archive_format_of(path: Path) -> str:
+    """"zip", "tar.gz" or "tar" from the content; an old-style tar without the ustar magic is known by
+    its suffix; "" when the file is no archive."""
+    return detect_archive_format(path) or ("tar" if path.suffix.lower() == ".tar" else "")
+
+
+def local_source_kind(path: Path, field_name: str = "source") -> str:
+    """What a local source is: "folder", "archive" or "list" (a list file). InvalidArgument(field_name)
+    naming the path when it does not exist or is a file that is neither an archive nor text (a list
+    file's header is judged when it is read, by collect_list_file)."""
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise InvalidArgument(field_name, f"{path} does not exist")
+    if not path.is_file():
+        raise InvalidArgument(field_name, f"{path} is neither a folder nor a regular file")
+    try:
+        if archive_format_of(path):
+            return "archive"
+        with open(path, "rb") as handle:
+            head = handle.read(_TEXT_SNIFF_BYTES)
+    except OSError as exc:
+        raise InvalidArgument(field_name, f"{path} cannot be read: {exc.strerror}") from None
+    # A cut at the sniff's end may split a character: only the bytes before the last 3 must decode.
+    if b"\x00" in head or _utf8_or_none(head[:-3] if len(head) == _TEXT_SNIFF_BYTES else head) is None:
+        raise InvalidArgument(field_name, f"{path} is neither a folder, a list file (text, first line a header "
+                                          f"such as 'path label') nor a .zip/.tar/.tar.gz archive")
+    return "list"
+
+
+@dataclass
+class LocalSource:
+    """A local source made ready to collect from: the folder holding the label folders (or `list_file`)."""
+
+    root: Path
+    list_file: str
+    kind: str  # "folder", "archive" or "list"
+    archive_format: str = ""
+    rejected: list[Reject] = field(default_factory=list)  # archive entries left out
+
+
+def open_local_source(path: Path, list_file: str, work: Path, *, limits: SourceLimits = DEFAULT_LIMITS,
+                      field_name: str = "source", list_file_field: str = "source.list_file") -> LocalSource:
+    """A folder per label (or holding `list_file`), a list file, or a .zip/.tar/.tar.gz archive of
+    either, as a folder to collect from. Archives are extracted (safely, see extract_archive) under
+    `work`, which must outlive the use of the result. The one way every entry point (`dataset prepare`,
+    `run`, a job's local_path) reads a local source."""
+    kind = local_source_kind(path, field_name)
+    if kind == "folder":
+        return LocalSource(path, list_file, kind)
+    if kind == "archive":
+        fmt = archive_format_of(path)
+        extracted = extract_archive(path, fmt, work / "files", limits, field_name=field_name)
+        return LocalSource(archive_root(work / "files", list_file), list_file, kind, fmt, extracted.rejected)
+    if list_file:
+        raise InvalidArgument(list_file_field, f"{path} is itself a list file; name a list file only inside a "
+                                               f"folder or archive source (got {list_file!r})")
+    return LocalSource(path.parent, path.name, kind)  # a list file's paths are relative to its folder
+
+
 # --------------------------------------------------------------------------- object store
 
 

@@ -5,7 +5,8 @@ No gRPC and no Kafka here: the servicer calls this class, and the event bus feed
 Job state is the fold of the job's events. The state and every event of a job are saved to
 the object store (state/jobs/<id>/job.pb and state/jobs/<id>/events/…), so a restarted jobs
 service (or a second replica) answers the same, WatchJob included. Heartbeats only move the job's
-`last_activity_at` and `activity`; they are not kept in its history.
+`last_activity_at` and `activity`; they are not kept in its history (a watcher may ask for the latest
+one live, for progress).
 
 Every job ends (SUCCEEDED, FAILED with the stage and a reason, or CANCELLED):
 - a dead-lettered event becomes `stage_failed` for the stage whose consumer group gave up;
@@ -71,6 +72,8 @@ class JobsDomain:
         self._lock = threading.Condition()  # notified on every change, for watchers
         self._jobs: dict[str, Job] = {}
         self._events: dict[str, list[events_pb2.Event]] = {}
+        # The latest heartbeat of each job, for watchers that want live progress (not history, not saved).
+        self._beats: dict[str, events_pb2.Event] = {}
         # Deadlines run from when this service could last see and record events: a jobs service that
         # was down, or cut off from Kafka or the object store, gives every stage a fresh deadline
         # instead of failing jobs for a silence that was its own.
@@ -168,26 +171,36 @@ class JobsDomain:
             reason=reason)), "cancel it again")
         return job
 
-    def watch(self, job_id: str, is_active: Callable[[], bool], poll_seconds: float = 1.0
-              ) -> Iterator[tuple[events_pb2.Event, Job]]:
+    def watch(self, job_id: str, is_active: Callable[[], bool], poll_seconds: float = 1.0,
+              heartbeats: bool = False) -> Iterator[tuple[events_pb2.Event, Job]]:
         """The job's events from the start, then live ones until the job ends or is_active() turns
-        false (the client went away); each comes with the job's state as of sending."""
+        false (the client went away); each comes with the job's state as of sending. With
+        `heartbeats`, also the job's latest heartbeat whenever a new one came (live only)."""
         self.get(job_id)
-        sent = 0
+        sent, beat_sent = 0, ""
+
+        def new_beat() -> events_pb2.Event | None:
+            beat = self._beats.get(job_id) if heartbeats else None
+            return beat if beat is not None and beat.event_id != beat_sent else None
+
         while True:
             with self._lock:
                 history = self._events.get(job_id, [])
-                while sent >= len(history) and is_active():
+                while sent >= len(history) and new_beat() is None and is_active():
                     if self._jobs[job_id].status in TERMINAL:
                         return
                     self._lock.wait(poll_seconds)
                     history = self._events.get(job_id, [])
                 if not is_active():
                     return
-                pending, job = history[sent:], self._jobs[job_id]
+                pending, job, beat = history[sent:], self._jobs[job_id], new_beat()
             for event in pending:
                 yield event, job
             sent += len(pending)
+            if beat is not None:
+                beat_sent = beat.event_id
+                if job.status not in TERMINAL:
+                    yield beat, job
 
     def apply(self, event: events_pb2.Event) -> None:
         """Folds one event into its job's state. Idempotent: applying an event twice changes nothing more."""
@@ -220,7 +233,7 @@ class JobsDomain:
                 job.last_activity_at.CopyFrom(event.occurred_at)
         try:
             if kind == "stage_heartbeat":  # the state moves, the history stays readable
-                self._save(job)
+                self._save(job, beat=event)
                 stage = event.stage_heartbeat.stage
                 self._stage_heard[stage] = max(self._stage_heard.get(stage, 0.0), _seconds(event.occurred_at))
             else:
@@ -316,11 +329,13 @@ class JobsDomain:
         return (f"no progress from the {stage} stage within its {self.stage_deadline_s:.0f}s deadline; {heard}. "
                 f"Is the {service} service running and able to reach Kafka and the object store?")
 
-    def _save(self, job: Job, event: events_pb2.Event | None = None) -> None:
+    def _save(self, job: Job, event: events_pb2.Event | None = None, beat: events_pb2.Event | None = None) -> None:
         self.store.put_bytes(f"{STATE_PREFIX}{job.job_id}/job.pb", job.SerializeToString())
         with self._lock:  # the event and the state it led to become visible together, for watchers
             if event is not None:
                 self._events.setdefault(event.job_id, []).append(event)
+            if beat is not None:
+                self._beats[job.job_id] = beat
             self._jobs[job.job_id] = job
             self._lock.notify_all()
 

@@ -27,5 +27,6 @@ class JobsServicer(pb_grpc.JobsServiceServicer):
         return pb.CancelJobResponse(job=self.domain.cancel(request.job_id, request.reason))
 
     def WatchJob(self, request: pb.WatchJobRequest, context):
-        for event, job in self.domain.watch(request.job_id, context.is_active):
+        for event, job in self.domain.watch(request.job_id, context.is_active,
+                                            heartbeats=request.include_heartbeats):
             yield pb.WatchJobResponse(event=event, job=job)

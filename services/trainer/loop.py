@@ -266,6 +266,8 @@ class Trainer:
     progress_seconds: float = 10.0
     strategy: tf.distribute.Strategy | None = None
     log_fn: Callable[[str], None] | None = None
+    # Steps of every stage as planned, sent with each progress event (progress bars and time estimates).
+    planned_steps: int = field(default=0, init=False)
 
     def __post_init__(self):
         self.workdir = Path(self.workdir)
@@ -425,6 +427,7 @@ class Trainer:
         steps_per_epoch = self.data.steps_per_epoch(c.batch_size)
         if c.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, c.max_steps_per_epoch)
+        self.planned_steps = steps_per_epoch * sum(stage.epochs for stage in stages)
         global_epoch = len(history)
         global_step = int(state["global_step"]) if state else 0
         checkpoint_uri = ""
@@ -566,7 +569,7 @@ class Trainer:
         data, reg = values["data"] / steps, values["reg"] / steps
         progress = events_pb2.TrainingProgress(
             stage=stage.index, epoch=epoch + 1, step=global_step, total_loss=data + reg, data_loss=data,
-            regularization_loss=reg, images_per_second=rate)
+            regularization_loss=reg, images_per_second=rate, total_steps=self.planned_steps)
         for k, v in metrics.items():
             if math.isfinite(v):
                 progress.metrics[k] = v

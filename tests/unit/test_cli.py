@@ -83,3 +83,50 @@ def test_report_names_the_index_of_a_finished_job_and_explains_a_missing_one(tmp
     finally:
         server.stop()
         bus.close()
+
+
+def test_watch_shows_each_stage_as_plain_lines_without_a_terminal_or_as_json(tmp_path, capsys):
+    from classforge.v1 import common_pb2, events_pb2
+    from services.common.events import new_event
+
+    bus = InProcessEventBus()
+    domain = JobsDomain(bus, LocalObjectStore(tmp_path / "store"))
+    server = GrpcServer("cli-watch", port=0, host="127.0.0.1", grace_seconds=1)
+    server.add_service(pb_grpc.add_JobsServiceServicer_to_server, JobsServicer(domain), SERVICE_NAME)
+    server.start()
+    address = f"127.0.0.1:{server.port}"
+    try:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text("source: {local_path: /data}\n")
+        main(["--jobs", address, "submit", str(spec)])
+        job_id = capsys.readouterr().out.strip()
+        for producer, payload in [
+            ("ingest", {"dataset_prepared": events_pb2.DatasetPrepared(train_count=90, val_count=10)}),
+            ("tfrecords", {"records_built": events_pb2.RecordsBuilt(train_examples=90)}),
+            *[("trainer", {"training_progress": events_pb2.TrainingProgress(stage=2, epoch=1, step=n,
+                                                                            total_steps=300)})
+              for n in range(1, 301)],
+            ("trainer", {"training_completed": events_pb2.TrainingCompleted()}),
+            ("evaluator", {"evaluation_completed": events_pb2.EvaluationCompleted(accuracy=0.5, blessed=False)})]:
+            domain.apply(new_event(job_id, producer, **payload))
+        assert domain.get(job_id).status == common_pb2.JOB_STATUS_SUCCEEDED
+
+        assert main(["--jobs", address, "watch", job_id]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        # A replayed history with 300 progress events within a second: every change of state, no progress
+        # line in between. (No job_submitted in this history: nothing consumed it, so ingest just ends.)
+        assert [line[11:30].split() for line in lines[:-1]] == [
+            ["ingest", "done"], ["records", "running"], ["records", "done"],
+            ["training", "running"], ["training", "done"], ["evaluation", "running"], ["evaluation", "done"]]
+        assert "300/300 steps" in lines[4] and "accuracy 0.5000, not blessed" in lines[6]
+        assert lines[-1] == f"job {job_id} SUCCEEDED"
+
+        assert main(["--jobs", address, "--json", "watch", job_id]) == 0
+        text, replies, at = capsys.readouterr().out, [], 0
+        while text[at:].strip():  # one JSON object per reply
+            reply, at = json.JSONDecoder().raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+            replies.append(reply)
+        assert len(replies) == 304 and replies[-1]["event"]["evaluation_completed"]["accuracy"] == 0.5
+    finally:
+        server.stop()
+        bus.close()

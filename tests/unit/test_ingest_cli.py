@@ -98,8 +98,13 @@ def test_prepare_from_a_zip_archive_and_from_a_multi_task_list_file(digits_dir, 
 
 
 def test_prepare_reports_problems_without_a_traceback(digits_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="does not exist"):
-        cli.main(["dataset", "prepare", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o")])
+    assert cli.main(["dataset", "prepare", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o")]) == 1
+    assert f"SOURCE: {tmp_path / 'nothing-here'} does not exist" in capsys.readouterr().err
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    assert cli.main(["dataset", "prepare", str(picture), "--out", str(tmp_path / "o")]) == 1
+    assert f"{picture} is neither a folder, a list file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     empty = tmp_path / "empty"
     (empty / "cats").mkdir(parents=True)
     (empty / "cats" / "a.png").write_bytes(b"")

@@ -223,7 +223,7 @@ def test_unknown_ids_and_sources_are_not_found(store, tmp_path):
     assert caught.value.field == "dataset_id"
     with pytest.raises(NotFound, match="object prefix 'uploads/none/' not found"):
         domain.create(pb.CreateDatasetHeader(source=common_pb2.DataSource(object_prefix="uploads/none")), [])
-    with pytest.raises(NotFound, match="directory"):
+    with pytest.raises(NotFound, match="folder, list file or archive .*no. not found"):
         domain.create(pb.CreateDatasetHeader(source=common_pb2.DataSource(local_path=str(tmp_path / "no"))), [])
     with pytest.raises(NotFound, match="ds-gone"):
         domain.create(pb.CreateDatasetHeader(source=common_pb2.DataSource(dataset_id="ds-gone")), [])
@@ -268,6 +268,51 @@ def test_local_path_and_object_prefix_sources(store, tmp_path, digit_files):
     assert page[0].ref.dataset_id == local.ref.dataset_id and token == ""
     with pytest.raises(InvalidArgument):
         domain.list(page_token="abc")
+
+
+def test_a_local_path_may_be_a_list_file_or_an_archive_as_in_dataset_prepare(store, tmp_path, digit_files):
+    root = tmp_path / "photos"
+    for name, data in digit_files.items():
+        (root / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "imgs" / name).write_bytes(data)
+    rows = ["path digit parity"] + [f"imgs/{name} {name[0]} {'even' if int(name[0]) % 2 == 0 else 'odd'}"
+                                    for name in sorted(digit_files)]
+    (root / "list.tsv").write_text("\n".join(rows) + "\n")
+    archive = tmp_path / "digits.tar.gz"
+    archive.write_bytes(tar_gz({f"wrap/{name}": data for name, data in digit_files.items()}
+                               | {"/etc/evil.png": b"x"}))
+    domain = IngestDomain(store)
+    listed = domain.create(pb.CreateDatasetHeader(source=common_pb2.DataSource(local_path=str(root / "list.tsv"))), [])
+    assert list(listed.ref.tasks) == ["digit", "parity"] and listed.image_count == 120
+    packed = domain.create(pb.CreateDatasetHeader(source=common_pb2.DataSource(local_path=str(archive))), [])
+    assert list(packed.ref.tasks) == ["label"] and packed.image_count == 120
+    assert packed.rejected_count == 1  # the unsafe entry is left out and reported; the good data is kept
+    manifest = json.loads(store.get_bytes(f"datasets/{packed.ref.dataset_id}/manifest.json"))
+    assert manifest["source"] == {"kind": "local_path", "path": str(archive)}
+    with pytest.raises(InvalidArgument, match=r"list\.tsv is itself a list file") as caught:
+        domain.create(pb.CreateDatasetHeader(source=common_pb2.DataSource(
+            local_path=str(root / "list.tsv"), list_file="other.txt")), [])
+    assert caught.value.field == "header.source.list_file"
+    (tmp_path / "notes.bin").write_bytes(bytes(range(256)))
+    with pytest.raises(InvalidArgument, match="notes.bin is neither a folder, a list file") as caught:
+        domain.create(pb.CreateDatasetHeader(source=common_pb2.DataSource(local_path=str(tmp_path / "notes.bin"))), [])
+    assert caught.value.field == "header.source.local_path"
+
+
+def test_prepare_says_what_it_does_and_counts_the_images_it_writes(store, tmp_path, digit_files):
+    from services.ingest.prepare import prepare_dataset
+
+    root = tmp_path / "photos"
+    for name, data in digit_files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    heard = []
+    prepare_dataset(root, store, "datasets/p/", IngestOptions().validated("options"), dataset_id="p",
+                    source={"kind": "local_path"}, progress=lambda *said: heard.append(said))
+    assert heard[0][0].startswith("validating images (") and len(heard[0]) == 1
+    writing = [said for said in heard if said[0] == "writing images"]
+    assert len(writing) == 120 and all(total == 120 and unit == "images" for _, _, total, unit in writing)
+    assert sorted(done for _, done, _, _ in writing) == list(range(1, 121))
 
 
 # --------------------------------------------------------------------------- events

@@ -112,6 +112,45 @@ def test_heartbeats_keep_a_long_stage_alive_and_are_not_kept_in_the_history(bus,
     assert history == ["job_submitted"]
 
 
+def test_a_watcher_that_asks_gets_the_latest_heartbeat_live_with_its_count(bus, domain, clock):
+    import threading
+
+    job_id = domain.submit(spec()).job_id
+    bus.drain(5)
+
+    def beat(done: int) -> None:
+        clock.now += 5
+        domain.apply(event_at(job_id, clock.now, "ingest", stage_heartbeat=events_pb2.StageHeartbeat(
+            stage=JobStage.JOB_STAGE_INGEST, activity="writing images", done=done, total=1000, unit="images")))
+
+    beat(100)
+    beat(200)  # only the latest beat is kept: a watcher starting now gets 200, not 100
+    seen = []
+
+    def watch() -> None:
+        for event, _ in domain.watch(job_id, lambda: True, poll_seconds=0.05, heartbeats=True):
+            seen.append((event.WhichOneof("payload"), event.stage_heartbeat.done))
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(seen) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_for(2)
+    beat(300)  # live: sent to the watcher as it comes
+    wait_for(3)
+    domain.apply(event_at(job_id, clock.now + 1, "ingest", stage_failed=events_pb2.StageFailed(
+        stage=JobStage.JOB_STAGE_INGEST, message="disk full")))
+    watcher.join(5)
+    assert not watcher.is_alive()
+    assert seen == [("job_submitted", 0), ("stage_heartbeat", 200), ("stage_heartbeat", 300), ("stage_failed", 0)]
+    # Without asking, a watcher gets the history only, as before.
+    assert [e.WhichOneof("payload") for e, _ in domain.watch(job_id, lambda: True)] == ["job_submitted",
+                                                                                       "stage_failed"]
+
+
 def test_a_job_queued_behind_a_busy_stage_waits_while_that_stage_is_alive(bus, domain, clock):
     busy, waiting = domain.submit(spec()).job_id, domain.submit(spec()).job_id
     bus.drain(5)

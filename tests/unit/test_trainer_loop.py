@@ -98,8 +98,10 @@ def test_crash_resumes_from_the_checkpoint_epoch(digits, tmp_path):
 class StopAfter(Hooks):
     def __init__(self, steps: int, event):
         self.steps, self.event = steps, event
+        self.seen = []
 
     def progress(self, progress, epoch_end):
+        self.seen.append(progress)
         if progress.step >= self.steps:
             self.event.set()
 
@@ -110,9 +112,12 @@ def test_stop_request_writes_a_final_checkpoint_and_resume_skips_the_steps_done(
     data = digits[0]
     config = small_config(max_steps_per_epoch=6, full_stage=common_pb2.TrainingStage(epochs=2, learning_rate=3e-3))
     stop = threading.Event()
-    run = trainer(config, data, tmp_path, stop_event=stop, progress_seconds=0, hooks=StopAfter(8, stop))
+    hooks = StopAfter(8, stop)
+    run = trainer(config, data, tmp_path, stop_event=stop, progress_seconds=0, hooks=hooks)
     result = run.run()
     assert result.status == "stopped"
+    # Every progress event says how far training is: step of the planned 2 epochs x 6 steps.
+    assert [(p.step, p.total_steps) for p in hooks.seen[:3]] == [(1, 12), (2, 12), (3, 12)]
     store = LocalObjectStore(tmp_path / "store")
     state = json.loads(store.get_bytes(json.loads(store.get_bytes("models/job/checkpoints/latest.json"))["key"]
                                        + "state.json"))

@@ -83,7 +83,7 @@ class RecordsBuilt(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., records_uri: _Optional[str] = ..., train_examples: _Optional[int] = ..., val_examples: _Optional[int] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
-    __slots__ = ("stage", "epoch", "step", "total_loss", "data_loss", "regularization_loss", "images_per_second", "metrics")
+    __slots__ = ("stage", "epoch", "step", "total_loss", "data_loss", "regularization_loss", "images_per_second", "metrics", "total_steps")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class TrainingProgress(_message.Message):
     REGULARIZATION_LOSS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     stage: int
     epoch: int
     step: int
@@ -107,7 +108,8 @@ class TrainingProgress(_message.Message):
     regularization_loss: float
     images_per_second: float
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, stage: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_loss: _Optional[float] = ..., data_loss: _Optional[float] = ..., regularization_loss: _Optional[float] = ..., images_per_second: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    total_steps: int
+    def __init__(self, stage: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_loss: _Optional[float] = ..., data_loss: _Optional[float] = ..., regularization_loss: _Optional[float] = ..., images_per_second: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_steps: _Optional[int] = ...) -> None: ...
 
 class TrainingCompleted(_message.Message):
     __slots__ = ("model", "history_uri", "records_uri")
@@ -156,9 +158,15 @@ class JobCancelled(_message.Message):
     def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., checkpoint_uri: _Optional[str] = ...) -> None: ...
 
 class StageHeartbeat(_message.Message):
-    __slots__ = ("stage", "activity")
+    __slots__ = ("stage", "activity", "done", "total", "unit")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     stage: _common_pb2.JobStage
     activity: str
-    def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., activity: _Optional[str] = ...) -> None: ...
+    done: int
+    total: int
+    unit: str
+    def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., activity: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...

@@ -94,10 +94,12 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "include_heartbeats")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    include_heartbeats: bool
+    def __init__(self, job_id: _Optional[str] = ..., include_heartbeats: _Optional[bool] = ...) -> None: ...
 
 class WatchJobResponse(_message.Message):
     __slots__ = ("event", "job")
