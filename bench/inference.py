@@ -10,6 +10,7 @@ measured per call, throughput is calls / wall time. Direct and through-the-servi
 concurrency level, so machine noise falls on both.
 
     .venv/bin/python -m bench.inference           # prints the table of this benchmark only
+    .venv/bin/python -m bench.inference --load    # load: 32 threads for 60 s over every protocol (inference_load.py)
 """
 
 from __future__ import annotations
@@ -195,9 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--base", required=True)
     serve.add_argument("--model-server", required=True)
+    parser.add_argument("--load", action="store_true",
+                        help="the load run of bench/inference_load.py instead of the overhead table")
+    parser.add_argument("--seconds", type=float, default=60.0, help="--load: how long to send")
+    parser.add_argument("--concurrency", type=int, default=32, help="--load: client threads, split over protocols")
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="--load: stop after this many calls")
     args = parser.parse_args(argv)
     if args.command == "serve-inference":
         return _serve_inference(args)
+    if args.load:
+        from bench.inference_load import run_load
+
+        result = run_load(args.seconds, args.concurrency, args.max_requests)
+        print(result.render())
+        return 0 if result.passed else 1
     print(render(run()))
     return 0
 
