@@ -3,13 +3,15 @@ images, same client harness, same run (issue #7: p50 overhead <= 10%, throughput
 
 Harness (a documented Python one, no ghz): the model server stand-in (services.model_server) and the
 inference service (its servicer, Classifier and Publisher on the shared GrpcServer; no Kafka or MinIO,
-which Classify does not touch) each run as their own process on 127.0.0.1 and serve the contract's toy
-SavedModel (services.model_server.toy_model). This process is the client: at concurrency C, C threads
-share one channel and send a fixed number of requests (a bounded run, after a warm-up); latency is
-measured per call, throughput is calls / wall time. Direct and through-the-service runs alternate per
-concurrency level, so machine noise falls on both.
+which Classify does not touch) each run as their own process on 127.0.0.1 and serve the models below.
+This process is the client: at concurrency C, C threads share one channel and send a fixed number of
+requests (a bounded run, after a warm-up); latency is measured per call, throughput is calls / wall time.
+Direct and through-the-service runs alternate per concurrency level, so machine noise falls on both.
+Models: two toy SavedModels of the contract (services.model_server.toy_model), and the network
+`make demo` trains (its serving graph, untrained weights) on 28x28 images like Fashion-MNIST's.
 
     .venv/bin/python -m bench.inference           # prints the table of this benchmark only
+    .venv/bin/python -m bench.inference --models demo
     .venv/bin/python -m bench.inference --load    # load: 32 threads for 60 s over every protocol (inference_load.py)
 """
 
@@ -37,10 +39,31 @@ from services.model_server import toy_model
 
 LEVELS = {1: 300, 8: 800, 32: 960}  # concurrency -> requests per measured run
 WARMUP = 50
-# name -> (toy_model.build keyword arguments, what it stands for)
+DEMO_IMAGE_SIDE = 28  # Fashion-MNIST
+
+
+def _export_demo_model(directory: Path) -> Path:
+    """The network `make demo` trains and serves (the trainer's CPU recipe for small images, the 10 Fashion-MNIST
+    classes), exported by the trainer's own export: the same serving graph, untrained weights (the time of a
+    Predict does not depend on them)."""
+    from services.common.sample_data import FASHION_MNIST_CLASSES
+    from services.trainer.backbones import build_network
+    from services.trainer.config import cpu_recipe_small_images
+    from services.trainer.data import tasks_from_labels
+    from services.trainer.export import export_saved_model
+
+    config = cpu_recipe_small_images()
+    labels = {"tasks": [{"name": "label", "classes": list(FASHION_MNIST_CLASSES)}]}
+    network = build_network(config, tasks_from_labels(labels, config))
+    return export_saved_model(network, config.input_size, labels, directory)
+
+
+# name -> (writes the SavedModel to a directory, test image side, what it stands for)
 MODELS = {
-    "tiny": ({}, "8x8 linear model, Predict ~1 ms: the worst case for the extra hop"),
-    "cnn": ({"size": 96, "conv_channels": 32}, "two 3x3 convolutions at 96x96, a small CNN"),
+    "tiny": (lambda d: toy_model.build(d, seed=1), 32, "8x8 linear model, Predict ~1 ms: the worst case for the hop"),
+    "cnn": (lambda d: toy_model.build(d, seed=1, size=96, conv_channels=32), 32,
+            "two 3x3 convolutions at 96x96, a small CNN"),
+    "demo": (_export_demo_model, DEMO_IMAGE_SIDE, "the model make demo serves (trainer's small-image CPU recipe)"),
 }
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,11 +135,12 @@ def _serve_inference(args) -> int:
     return 0
 
 
-def run() -> list[Row]:
+def run(models: list[str] | None = None) -> list[Row]:
+    models = models or list(MODELS)
     with tempfile.TemporaryDirectory() as root:
         base = Path(root) / "models"
-        for name, (options, _) in MODELS.items():
-            toy_model.build(base / name / "1", seed=1, **options)
+        for name in models:
+            MODELS[name][0](base / name / "1")
         server_port, inference_port = _free_port(), _free_port()
         env = {**os.environ, "CLASSFORGE_LOG_LEVEL": "WARNING", "CLASSFORGE_METRICS_PORT": "-1",
                "CLASSFORGE_MODEL_BASE_PATH": str(base), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -129,7 +153,7 @@ def run() -> list[Row]:
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]
         try:
-            return _measure(server_port, inference_port)
+            return _measure(server_port, inference_port, models)
         finally:
             for process in processes:
                 process.terminate()
@@ -137,13 +161,13 @@ def run() -> list[Row]:
                 process.wait(30)
 
 
-def _measure(server_port: int, inference_port: int) -> list[Row]:
+def _measure(server_port: int, inference_port: int, models: list[str]) -> list[Row]:
     direct = grpc.insecure_channel(f"127.0.0.1:{server_port}")
     ours = grpc.insecure_channel(f"127.0.0.1:{inference_port}")
     wait_until_serving(direct, timeout=120)
     wait_until_serving(ours, timeout=120)
     rows = []
-    for model in MODELS:
+    for model in models:
         rows += _measure_model(direct, ours, model)
     direct.close()
     ours.close()
@@ -151,7 +175,8 @@ def _measure(server_port: int, inference_port: int) -> list[Row]:
 
 
 def _measure_model(direct: grpc.Channel, ours: grpc.Channel, model: str) -> list[Row]:
-    images = [toy_model.png(32, 32, seed=i) for i in range(16)]
+    side = MODELS[model][1]
+    images = [toy_model.png(side, side, seed=i) for i in range(16)]
     predict = tfs.prediction_service_pb2_grpc.PredictionServiceStub(direct).Predict
     classify = pb_grpc.InferenceServiceStub(ours).Classify
     predict_requests = []
@@ -196,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--base", required=True)
     serve.add_argument("--model-server", required=True)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="only these models (default: all)")
     parser.add_argument("--load", action="store_true",
                         help="the load run of bench/inference_load.py instead of the overhead table")
     parser.add_argument("--seconds", type=float, default=60.0, help="--load: how long to send")
@@ -210,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_load(args.seconds, args.concurrency, args.max_requests)
         print(result.render())
         return 0 if result.passed else 1
-    print(render(run()))
+    print(render(run(args.models)))
     return 0
 
 
