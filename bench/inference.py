@@ -12,6 +12,7 @@ Models: two toy SavedModels of the contract (services.model_server.toy_model), a
 
     .venv/bin/python -m bench.inference           # prints the table of this benchmark only
     .venv/bin/python -m bench.inference --models demo
+    CLASSFORGE_BATCH_MAX_SIZE=8 .venv/bin/python -m bench.inference   # the service's settings in TUNING apply
     .venv/bin/python -m bench.inference --load    # load: 32 threads for 60 s over every protocol (inference_load.py)
 """
 
@@ -39,6 +40,8 @@ from services.model_server import toy_model
 
 LEVELS = {1: 300, 8: 800, 32: 960}  # concurrency -> requests per measured run
 WARMUP = 50
+# The inference service's settings a bench run may set in its environment, to measure their effect.
+TUNING = ("CLASSFORGE_WORKER_THREADS", "CLASSFORGE_BATCH_MAX_SIZE", "CLASSFORGE_BATCH_WAIT_MS")
 DEMO_IMAGE_SIDE = 28  # Fashion-MNIST
 
 
@@ -119,7 +122,8 @@ def _serve_inference(args) -> int:
     from services.inference.settings import InferenceSettings
 
     configure_logging("inference-bench", "WARNING")
-    settings = InferenceSettings.load(environ={}, kafka_bootstrap="-", s3_endpoint="-", s3_access_key="-",
+    tuning = {k: v for k, v in os.environ.items() if k in TUNING}  # the rest of the environment is not the bench's
+    settings = InferenceSettings.load(environ=tuning, kafka_bootstrap="-", s3_endpoint="-", s3_access_key="-",
                                       s3_secret_key="-", model_base_path=args.base, model_server=args.model_server)
     with tempfile.TemporaryDirectory() as state:
         classifier, publisher, client, _ = build_domain(settings, LocalObjectStore(state), InProcessEventBus())

@@ -95,7 +95,11 @@ class MicroBatcher:
     """Client-side micro-batching: concurrent requests for the same target within `wait_s` (or until
     `max_size` are waiting) go to the model server as one Predict. The first request of a batch sends
     it; the others wait for its answer. A batch that fails with INVALID_ARGUMENT (one bad image fails
-    the whole decode) is retried image by image, so only the bad image's caller sees the error."""
+    the whole decode) is retried image by image, so only the bad image's caller sees the error.
+
+    The first request waits for company only while a Predict of the same target is in flight (the
+    model server is busy, so waiting costs little): when nothing is in flight it is sent at once, so a
+    lone caller (concurrency 1) pays no `wait_s`."""
 
     class _Batch:
         def __init__(self):
@@ -110,6 +114,7 @@ class MicroBatcher:
         self.send, self.max_size, self.wait_s = send, max_size, wait_s
         self._lock = threading.Lock()
         self._open: dict[Target, MicroBatcher._Batch] = {}
+        self._in_flight: dict[Target, int] = {}  # Predicts sent and not yet answered, per target
 
     def predict(self, target: Target, image: bytes, timeout: float | None) -> tuple[int, dict[str, np.ndarray]]:
         with self._lock:
@@ -123,15 +128,23 @@ class MicroBatcher:
                 self._open.pop(target, None)
                 batch.full.set()
         if leader:
-            batch.full.wait(self.wait_s if timeout is None else min(self.wait_s, timeout))
+            with self._lock:
+                busy = self._in_flight.get(target, 0) > 0
+            if busy:
+                batch.full.wait(self.wait_s if timeout is None else min(self.wait_s, timeout))
             with self._lock:
                 if self._open.get(target) is batch:
                     del self._open[target]
+                self._in_flight[target] = self._in_flight.get(target, 0) + 1
             try:
                 batch.result = self.send(target, batch.images, timeout)
             except BaseException as exc:  # noqa: BLE001 - handed to every member of the batch
                 batch.error = exc
             finally:
+                with self._lock:
+                    self._in_flight[target] -= 1
+                    if not self._in_flight[target]:
+                        del self._in_flight[target]
                 batch.done.set()
         elif not batch.done.wait(timeout):
             raise DeadlineExceeded("deadline exceeded while waiting for the batch's Predict")

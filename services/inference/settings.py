@@ -44,7 +44,8 @@ class InferenceSettings(ServiceSettings):
     batch_max_size: int = env("CLASSFORGE_BATCH_MAX_SIZE", 0,
                               "client-side micro-batching: most images per Predict; 0 or 1 disables")
     batch_wait_ms: float = env("CLASSFORGE_BATCH_WAIT_MS", 2.0,
-                               "client-side micro-batching: how long the first request waits for others")
+                               "client-side micro-batching: how long the first request waits for others, only while a "
+                               "Predict of the same model is in flight (else it is sent at once)")
 
     @property
     def rest_port(self) -> int:

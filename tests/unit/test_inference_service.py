@@ -15,7 +15,7 @@ import pytest
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import inference_service_pb2 as pb
 from services.common.events import new_event
-from services.inference.classifier import DeadlineExceeded
+from services.inference.classifier import DeadlineExceeded, MicroBatcher, Target
 from services.model_server import toy_model
 from services.model_server.core import LoadedVersion
 from tests import inference_stack
@@ -248,6 +248,40 @@ def test_classify_stream_answers_in_order(stack, exports):
     assert len(replies) == len(requests)
     for request, reply in zip(requests, replies, strict=True):
         assert reply.response == stack.classify(request.request.image, model_name="toy", top_k=3)
+
+
+class RecordingSend:
+    """A stand-in for Classifier._send: records each batch; the first Predict is held until released."""
+
+    def __init__(self):
+        self.batches: list[list[bytes]] = []
+        self.first_sent, self.release_first = threading.Event(), threading.Event()
+
+    def __call__(self, target, images, timeout):
+        self.batches.append(list(images))
+        if len(self.batches) == 1:
+            self.first_sent.set()
+            self.release_first.wait(10)
+        return 1, {"probabilities_label": np.arange(len(images), dtype=np.float32)[:, None]}
+
+
+def test_micro_batching_sends_a_lone_request_at_once_and_batches_while_the_model_server_is_busy():
+    send = RecordingSend()
+    batcher = MicroBatcher(send, max_size=3, wait_s=30.0)  # a wait a lone request would notice
+    target = Target("toy", label="stable")
+    with futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.predict, target, b"a", 10)
+        assert send.first_sent.wait(5)  # nothing was in flight: sent alone, without waiting 30 s
+        # While that Predict is in flight, the next requests gather into one batch (sent when full).
+        rest = [pool.submit(batcher.predict, target, image, 10) for image in (b"b", b"c", b"d")]
+        while sum(len(b) for b in send.batches) < 4:
+            time.sleep(0.01)
+        send.release_first.set()
+        answers = [first.result(10)] + [f.result(10) for f in rest]
+    assert send.batches[0] == [b"a"] and sorted(send.batches[1]) == [b"b", b"c", b"d"]
+    # each caller gets its own row of the batch's answer
+    rows = sorted(float(outputs["probabilities_label"][0, 0]) for _, outputs in answers[1:])
+    assert rows == [0.0, 1.0, 2.0] and all(outputs["probabilities_label"].shape == (1, 1) for _, outputs in answers)
 
 
 def test_micro_batching_gives_the_same_answers(tmp_path, exports):
