@@ -38,15 +38,15 @@ from services.common.errors import (
     Unavailable,
     shown,
 )
+from services.common.image_headers import declared_size, sniff_format
 from services.inference import metrics
 from services.inference import tfs_api as tfs
-from services.inference.images import image_size, sniff_image
 from services.inference.model_server_client import ModelServerClient, SignatureInfo, TensorInfo, VersionStatus
 from services.inference.repository import ModelRepository, check_model_name
 
 log = logging.getLogger("classforge.inference")
 
-__all__ = ["Classifier", "MicroBatcher", "ModelMetadata", "Prediction", "Target", "sniff_image"]
+__all__ = ["Classifier", "MicroBatcher", "ModelMetadata", "Prediction", "Target"]
 
 _DEADLINE_MARGIN = 0.005  # seconds kept for answering after Predict returns
 _LABEL_MISSING = "Unrecognized servable version label"
@@ -253,10 +253,10 @@ class Classifier:
         if len(image) > self.max_image_bytes:
             raise ResourceExhausted(f"{field}: {len(image)} bytes is more than the limit of "
                                     f"{self.max_image_bytes} (CLASSFORGE_MAX_IMAGE_BYTES)")
-        if sniff_image(image) is None:
+        if sniff_format(image) is None:
             raise InvalidArgument(field, f"is not a JPEG, PNG, GIF, BMP or WebP image (it starts with "
                                          f"{image[:8].hex(' ')})")
-        size = image_size(image)
+        size = declared_size(image)
         if size is not None and size[0] * size[1] > self.max_image_pixels:
             width, height = size
             raise InvalidArgument(field, f"declares {width}x{height} = {width * height} pixels, more than the limit "

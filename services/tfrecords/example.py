@@ -30,6 +30,8 @@ from typing import BinaryIO
 
 import google_crc32c
 
+from services.common.image_headers import declared_size, sniff_format
+
 ENCODED = "image/encoded"
 FORMAT = "image/format"
 HEIGHT = "image/height"
@@ -194,60 +196,12 @@ class ExampleEncoder:
 
 
 def image_info(data: bytes) -> tuple[str, int, int]:
-    """(format, height, width) from the image's header, without decoding it; PIL for what the fast
-    paths do not cover. Raises ValueError for bytes that are not an image PIL can open."""
-    try:
-        found = _sniff(data)
-    except (struct.error, IndexError):
-        found = None
-    if found is not None and found[1] > 0 and found[2] > 0:
-        return found
+    """(format, height, width) from the image's header, without decoding it; PIL for what the header
+    reader does not cover. Raises ValueError for bytes that are not an image PIL can open."""
+    fmt, size = sniff_format(data), declared_size(data)
+    if fmt is not None and size is not None and size[0] > 0 and size[1] > 0:
+        return fmt, size[1], size[0]
     return _pil_info(data)
-
-
-def _sniff(data: bytes) -> tuple[str, int, int] | None:
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        return "png", height, width
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data)
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        width, height = struct.unpack("<HH", data[6:10])
-        return "gif", height, width
-    if data[:2] == b"BM" and len(data) >= 26:
-        (dib,) = struct.unpack("<I", data[14:18])
-        if dib == 12:
-            width, height = struct.unpack("<HH", data[18:22])
-        else:
-            width, height = struct.unpack("<ii", data[18:26])
-        return "bmp", abs(height), abs(width)
-    return None  # WebP and anything unusual: PIL
-
-
-# Start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        if marker in _SOF:
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return "jpeg", height, width
-        if marker == 0xDA:  # start of scan before any frame header: malformed
-            return None
-        pos += 2 + length
-    return None
 
 
 _PIL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}

@@ -183,14 +183,14 @@ def test_the_pixel_guard_reads_each_formats_header(fmt, options, mode):
     import numpy as np
     from PIL import Image
 
-    from services.inference.images import image_size, sniff_image
+    from services.common.image_headers import declared_size, sniff_format
 
     pixels = np.random.default_rng(0).integers(0, 256, (13, 21, len(mode)), dtype=np.uint8).squeeze()
     out = io.BytesIO()
     Image.fromarray(pixels, mode).save(out, format=fmt, **options)
     data = out.getvalue()
-    assert sniff_image(data) == fmt.lower() and image_size(data) == (21, 13)
-    assert image_size(data[:10]) is None or fmt == "GIF"  # a header cut short gives no size (GIF's fits in 10 bytes)
+    assert sniff_format(data) == fmt.lower() and declared_size(data) == (21, 13)
+    assert declared_size(data[:10]) is None or fmt == "GIF"  # a header cut short gives no size (GIF's fits in 10 bytes)
 
 
 def test_a_jpeg_declaring_too_many_pixels_is_refused_before_decoding(stack):

@@ -1,10 +1,10 @@
-"""Cheap checks of an encoded image before it is sent to the model server: its format from the first
-bytes, and the pixel size its header declares — read from a few header bytes, nothing decoded.
+"""What an encoded image's first bytes say — its format and the pixel size its header declares — read
+without decoding anything. Ingest-free services use it where a decode would be wasted or dangerous: the
+records builder records each image's size, and the inference service refuses a decompression bomb (a
+40-byte PNG may declare 50,000×50,000 pixels) before the model's in-graph decode tries to allocate it.
 
-The size check is the decompression-bomb guard of every protocol: a 40-byte PNG may declare
-50,000×50,000 pixels, and the model's in-graph decode would try to allocate 7.5 GB for it.
-A header too short or too damaged to read gives no size; such an image is left to the model's
-decode, which rejects it as INVALID_ARGUMENT.
+A header too short or too damaged to read gives None; callers fall back to a real decoder (which then
+rejects the image with its own error).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ _SIGNATURES = [
     (b"GIF89a", "gif"),
     (b"BM", "bmp"),
 ]
-# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); they carry the size.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-# JPEG markers without a length field.
-_JPEG_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}
+# JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # markers without a length field
+_JPEG_SOS = 0xDA
 
 
-def sniff_image(data: bytes) -> str | None:
-    """The image format from its first bytes (JPEG, PNG, GIF, BMP, WebP), or None."""
+def sniff_format(data: bytes) -> str | None:
+    """The image format from its first bytes: jpeg, png, gif, bmp, webp, or None."""
     for magic, name in _SIGNATURES:
         if data.startswith(magic):
             return name
@@ -32,20 +32,12 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
-def _u16be(data: bytes, at: int) -> int:
-    return int.from_bytes(data[at:at + 2], "big")
-
-
-def _le(data: bytes, at: int, size: int, signed: bool = False) -> int:
-    return int.from_bytes(data[at:at + size], "little", signed=signed)
-
-
-def image_size(data: bytes) -> tuple[int, int] | None:
+def declared_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) as the image's header declares it, or None when the header cannot be read."""
-    kind = sniff_image(data)
+    kind = sniff_format(data)
     if kind == "png":
         if len(data) >= 24 and data[12:16] == b"IHDR":
-            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+            return _be(data, 16, 4), _be(data, 20, 4)
     elif kind == "gif":
         if len(data) >= 10:
             return _le(data, 6, 2), _le(data, 8, 2)
@@ -59,6 +51,14 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     elif kind == "jpeg":
         return _jpeg_size(data)
     return None
+
+
+def _be(data: bytes, at: int, size: int) -> int:
+    return int.from_bytes(data[at:at + size], "big")
+
+
+def _le(data: bytes, at: int, size: int, signed: bool = False) -> int:
+    return int.from_bytes(data[at:at + size], "little", signed=signed)
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:
@@ -88,6 +88,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker in _JPEG_SOF:
             if at + 9 > len(data):
                 return None
-            return _u16be(data, at + 7), _u16be(data, at + 5)
-        at += 2 + _u16be(data, at + 2)
+            return _be(data, at + 7, 2), _be(data, at + 5, 2)
+        if marker == _JPEG_SOS:  # a scan before any frame header: malformed
+            return None
+        at += 2 + _be(data, at + 2, 2)
     return None
