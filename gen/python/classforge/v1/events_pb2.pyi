@@ -83,7 +83,7 @@ class RecordsBuilt(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., records_uri: _Optional[str] = ..., train_examples: _Optional[int] = ..., val_examples: _Optional[int] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
-    __slots__ = ("stage", "epoch", "step", "total_loss", "data_loss", "regularization_loss", "images_per_second", "metrics")
+    __slots__ = ("stage", "epoch", "step", "total_loss", "data_loss", "regularization_loss", "images_per_second", "metrics", "plan")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class TrainingProgress(_message.Message):
     REGULARIZATION_LOSS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     stage: int
     epoch: int
     step: int
@@ -107,7 +108,8 @@ class TrainingProgress(_message.Message):
     regularization_loss: float
     images_per_second: float
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, stage: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_loss: _Optional[float] = ..., data_loss: _Optional[float] = ..., regularization_loss: _Optional[float] = ..., images_per_second: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    plan: str
+    def __init__(self, stage: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_loss: _Optional[float] = ..., data_loss: _Optional[float] = ..., regularization_loss: _Optional[float] = ..., images_per_second: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., plan: _Optional[str] = ...) -> None: ...
 
 class TrainingCompleted(_message.Message):
     __slots__ = ("model", "history_uri", "records_uri")
