@@ -45,6 +45,22 @@ def load_spec(path: Path) -> common_pb2.JobSpec:
         raise SystemExit(f"classforge: {path}: {exc}") from None
 
 
+def apply_training_flags(spec: common_pb2.JobSpec, args) -> common_pb2.JobSpec:
+    """`--time-budget` and `--recipe` over the spec's training config (the flags win)."""
+    from services.common.durations import parse_duration
+    from services.common.errors import InvalidArgument
+
+    if args.time_budget:
+        try:
+            parse_duration(args.time_budget, "--time-budget")
+        except InvalidArgument as exc:
+            raise SystemExit(f"classforge: {exc.message}") from None
+        spec.training.time_budget = args.time_budget
+    if args.recipe:
+        spec.training.recipe = args.recipe
+    return spec
+
+
 def _jobs_stub(args) -> jobs_grpc.JobsServiceStub:
     return jobs_grpc.JobsServiceStub(grpc.insecure_channel(args.jobs))
 
@@ -62,7 +78,7 @@ def cmd_run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from services import embedded  # TensorFlow loads here, not when the parser is built
 
-    spec = load_spec(Path(args.config)) if args.config else common_pb2.JobSpec()
+    spec = apply_training_flags(load_spec(Path(args.config)) if args.config else common_pb2.JobSpec(), args)
     return embedded.run(Path(args.data), Path(args.out), spec)
 
 
@@ -71,7 +87,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    spec = load_spec(Path(args.spec))
+    spec = apply_training_flags(load_spec(Path(args.spec)), args)
     reply = _jobs_stub(args).SubmitJob(jobs_pb.SubmitJobRequest(spec=spec, request_id=args.request_id),
                                        timeout=args.timeout)
     print(reply.job_id)
@@ -93,7 +109,9 @@ def cmd_watch(args) -> int:
         event, job = reply.event, reply.job
         kind = event.WhichOneof("payload")
         detail = ""
-        if kind == "training_progress":
+        if kind == "training_progress" and event.training_progress.plan:  # the trainer's plan, once per run
+            detail = "\n" + event.training_progress.plan
+        elif kind == "training_progress":
             p = event.training_progress
             detail = (f" stage {p.stage} epoch {p.epoch} step {p.step} loss {p.total_loss:.4f} "
                       f"({p.images_per_second:.0f} images/s)")
@@ -153,6 +171,14 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _training_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--time-budget", default="", metavar="DURATION",
+                        help="end training plus evaluation within this time, e.g. 10m, 1h30m or 600 (seconds)")
+    parser.add_argument("--recipe", choices=("auto", "imagenet-gpu"), default="",
+                        help="how unset training fields are chosen: auto (from the data and this hardware; the "
+                             "default without a training config) or imagenet-gpu (224 px ResNet18 defaults)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classforge", description="Image classifiers from folders of images.")
     parser.add_argument("--jobs", default=os.environ.get("CLASSFORGE_JOBS_ADDR", "127.0.0.1:50051"),
@@ -164,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("data", help="a folder with one sub-folder per label")
     run.add_argument("--out", required=True, help="where the store, models, reports and serving path go")
     run.add_argument("--config", help="YAML/JSON JobSpec (dataset options, training config, gates)")
+    _training_flags(run)
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="run one service until SIGTERM")
     serve.add_argument("service", choices=sorted(SERVICES))
@@ -171,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit a job from a YAML/JSON JobSpec")
     submit.add_argument("spec")
     submit.add_argument("--request-id", default="", help="makes a retried submit return the same job")
+    _training_flags(submit)
     submit.set_defaults(func=cmd_submit)
     status = sub.add_parser("status", help="show one job")
     status.add_argument("job_id")

@@ -94,7 +94,9 @@ class EmbeddedPlatform:
 
 def _print_event(event, job) -> None:
     kind = event.WhichOneof("payload")
-    if kind == "training_progress":
+    if kind == "training_progress" and event.training_progress.plan:  # the trainer's plan, once per run
+        print(event.training_progress.plan, flush=True)
+    elif kind == "training_progress":
         p = event.training_progress
         metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(p.metrics.items()) if "accuracy" in k)
         print(f"  training: stage {p.stage} epoch {p.epoch} step {p.step}  loss {p.total_loss:.4f} "
