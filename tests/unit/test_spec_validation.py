@@ -77,11 +77,8 @@ def digits_spec() -> common_pb2.JobSpec:
 
 
 def demo_spec() -> common_pb2.JobSpec:
-    # What services/demo.py submits: the CPU recipe (already through with_defaults), plus what embedded.run sets.
-    from services.trainer.config import cpu_recipe_small_images
-
-    training = cpu_recipe_small_images()
-    training.full_stage.epochs = 4
+    # What services/demo.py submits: the automatic recipe with a budget, plus what embedded.run sets.
+    training = common_pb2.TrainingConfig(recipe="auto", time_budget="3m", mirror_invariant=True)
     return common_pb2.JobSpec(
         display_name="fashion-mnist demo",
         source=common_pb2.DataSource(local_path="/tmp/fashion-mnist"),
