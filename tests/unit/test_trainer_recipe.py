@@ -156,9 +156,10 @@ def planned_end(plan, spent: float) -> float:
 def test_budget_plan_fits_and_uses_the_budget(budget):
     plan = plan_budget(budget_seconds=budget, spent_seconds=12, max_epochs=20, **BUDGET)
     assert plan.fits and planned_end(plan, 12) <= budget
-    epoch_seconds = 425 * 128 / 900 + 3000 / 3000 + recipe.CHECKPOINT_SECONDS
-    if plan.epochs < 20:  # not capped by the recipe: one more epoch would not have fitted
-        assert planned_end(plan, 12) + epoch_seconds > budget * recipe.SAFETY
+    whole_epoch = 425 * 128 / 900 + 3000 / 3000 + recipe.CHECKPOINT_SECONDS
+    if plan.epochs < 20:  # not capped by the recipe: the time is used, not left over for lack of a whole epoch
+        assert planned_end(plan, 12) + plan.epochs * 128 / 900 > budget * recipe.SAFETY
+        assert plan.epochs * whole_epoch > plan.planned_training_seconds  # so the epochs were shortened
     # The margin grows with the test split (the evaluator's pass over it).
     bigger_test = plan_budget(budget_seconds=budget, spent_seconds=12, max_epochs=20,
                               **(BUDGET | {"test_examples": 50000}))
@@ -170,10 +171,19 @@ def test_budget_plan_caps_at_the_recipes_epochs():
     assert plan.epochs == 18 and plan.steps_per_epoch == 425 and plan.fits
 
 
+def test_budget_of_one_and_a_half_epochs_trains_two_shorter_ones():
+    whole_epoch = 425 * 128 / 900 + 1 + recipe.CHECKPOINT_SECONDS
+    margin = plan_budget(budget_seconds=1000, spent_seconds=0, max_epochs=18, **BUDGET).evaluation_margin_seconds
+    budget = 10 + margin + 1.5 * whole_epoch / recipe.SAFETY
+    plan = plan_budget(budget_seconds=budget, spent_seconds=10, max_epochs=18, **BUDGET)
+    assert plan.epochs == 2 and 0.7 * 425 <= plan.steps_per_epoch <= 0.76 * 425 and plan.fits
+    assert planned_end(plan, 10) <= budget
+
+
 def test_budget_smaller_than_one_epoch_trains_part_of_one():
-    plan = plan_budget(budget_seconds=90, spent_seconds=10, max_epochs=18, **BUDGET)
+    plan = plan_budget(budget_seconds=60, spent_seconds=10, max_epochs=18, **BUDGET)
     assert plan.epochs == 1 and 1 <= plan.steps_per_epoch < 425 and plan.fits
-    assert planned_end(plan, 10) <= 90
+    assert planned_end(plan, 10) <= 60
     hopeless = plan_budget(budget_seconds=20, spent_seconds=10, max_epochs=18, **BUDGET)
     assert (hopeless.epochs, hopeless.steps_per_epoch, hopeless.fits) == (1, 1, False)
     assert "too small" in hopeless.reason
