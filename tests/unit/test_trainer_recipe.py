@@ -55,7 +55,7 @@ def test_min_kept_area_measures_crop_and_jitter():
 def test_auto_plan_for_fashion_mnist_on_two_avx2_cores():
     plan = plan_training(config(mirror_invariant=True), small_images(28), TWO_CORE_AVX2)
     c = plan.config
-    assert (c.input_size, c.backbone, c.width_multiplier, c.batch_size) == (28, common_pb2.BACKBONE_SMALL_CNN, 0.5, 128)
+    assert (c.input_size, c.backbone, c.width_multiplier, c.batch_size) == (28, common_pb2.BACKBONE_SMALL_CNN, 0.5, 64)
     assert c.small_input_stem and c.optimizer == common_pb2.OPTIMIZER_SGD and c.nesterov
     assert c.full_stage.learning_rate == pytest.approx(0.05)
     assert recipe.MIN_EPOCHS <= c.full_stage.epochs <= recipe.MAX_EPOCHS
@@ -94,12 +94,12 @@ def test_imbalance_turns_on_class_weights_on_evidence():
 
 
 def test_explicit_fields_win_and_are_marked():
-    spec = config(recipe="auto", input_size=32, batch_size=64,
+    spec = config(recipe="auto", input_size=32, batch_size=32,
                   augmentation=common_pb2.Augmentation(horizontal_flip=True),
                   full_stage=common_pb2.TrainingStage(epochs=3))
     plan = plan_training(spec, small_images(28), TWO_CORE_AVX2)
     c = plan.config
-    assert (c.input_size, c.batch_size, c.full_stage.epochs) == (32, 64, 3)
+    assert (c.input_size, c.batch_size, c.full_stage.epochs) == (32, 32, 3)
     assert c.full_stage.learning_rate == pytest.approx(0.025)  # follows the explicit batch
     assert c.augmentation.horizontal_flip and c.augmentation.box_jitter == pytest.approx(0.08)  # merged
     reasons = {choice.field: choice.reason for choice in plan.choices}
