@@ -48,7 +48,7 @@ log = logging.getLogger("classforge.trainer")
 
 KEEP_CHECKPOINTS = 2
 # Throughput probe of a time-budgeted run: untimed steps that trace the step, then timed steps.
-PROBE_WARMUP_STEPS = 3
+PROBE_WARMUP_STEPS = 10  # past tracing and the input pipeline filling up (the first steps run slower)
 PROBE_SECONDS = 8.0
 PROBE_MAX_STEPS = 200
 PROBE_EVAL_BATCHES = 4
