@@ -36,7 +36,7 @@ def cmd_train(args) -> int:
     from services.trainer.config import load_config, to_json, with_defaults
     from services.trainer.data import open_records_directory
     from services.trainer.loop import Hooks, Trainer
-    from services.trainer.recipe import detect_hardware, facts_of, plan_training
+    from services.trainer.recipe import chosen_fields, detect_hardware, facts_of, plan_training
 
     try:
         requested = load_config(args.config) if args.config else common_pb2.TrainingConfig()
@@ -66,7 +66,8 @@ def cmd_train(args) -> int:
         try:
             trainer = Trainer(config, data, store, "", out / ".work", hooks=Say(), stop_event=stop,
                               progress_seconds=30.0, log_fn=lambda text: print(text, flush=True),
-                              time_budget_seconds=parse_duration(config.time_budget))
+                              time_budget_seconds=parse_duration(config.time_budget),
+                              recipe_fields=chosen_fields(plan.choices))
             result = trainer.run()
             config = trainer.config  # sized by the time budget, if any
         finally:

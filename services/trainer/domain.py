@@ -40,7 +40,15 @@ from services.trainer import export, metrics
 from services.trainer.config import to_json, with_defaults
 from services.trainer.data import TrainingData, open_records
 from services.trainer.loop import Hooks, Trainer
-from services.trainer.recipe import BudgetPlan, Hardware, budget_text, detect_hardware, facts_of, plan_training
+from services.trainer.recipe import (
+    BudgetPlan,
+    Hardware,
+    budget_text,
+    chosen_fields,
+    detect_hardware,
+    facts_of,
+    plan_training,
+)
 
 log = logging.getLogger("classforge.trainer")
 
@@ -378,7 +386,7 @@ class TrainerDomain:
                 trainer = Trainer(training.config, data, self.store, prefix, workdir / "run",
                                   hooks=_Hooks(self, job_id), stop_event=self._stop,
                                   progress_seconds=self.progress_seconds, time_budget_seconds=budget,
-                                  budget_started=started)
+                                  budget_started=started, recipe_fields=chosen_fields(training.plan.choices))
                 result = trainer.run()
                 seconds = round(result.training_seconds, 1)
                 training = self._update(job_id, lambda t, s=seconds: setattr(t.plan, "actual_training_seconds", s),

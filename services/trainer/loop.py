@@ -41,7 +41,7 @@ from services.common.storage import ObjectNotFound, ObjectStore
 from services.trainer.backbones import Network, build_network, decay_variables
 from services.trainer.data import TrainingData
 from services.trainer.losses import LossComputer, class_weight_vector, l2_penalty
-from services.trainer.recipe import BudgetPlan, plan_budget
+from services.trainer.recipe import BudgetPlan, plan_budget, relax_for_short_run
 from services.trainer.schedules import decoupled_decay, make_optimizer
 
 log = logging.getLogger("classforge.trainer")
@@ -222,6 +222,8 @@ class Trainer:
     # (time.monotonic(); default: the start of run()). A resumed run keeps the epochs planned before.
     time_budget_seconds: float = 0.0
     budget_started: float | None = None
+    # The fields the automatic recipe chose (not the spec): a run the budget makes short relaxes them.
+    recipe_fields: frozenset[str] = frozenset()
 
     def __post_init__(self):
         self.workdir = Path(self.workdir)
@@ -510,12 +512,14 @@ class Trainer:
             sized.max_steps_per_epoch = budget.steps_per_epoch
         if budget.epochs <= 3:
             sized.warmup_epochs = 0  # a short run spends its few steps learning, not warming up
+        sized, relaxed = relax_for_short_run(sized, budget.epochs, self.recipe_fields)
         self.config = sized
         measured = self.budget_measured = {"images_per_second": train_ips, "eval_images_per_second": eval_ips,
-                                           "spent_seconds": time.monotonic() - clock}
+                                           "spent_seconds": time.monotonic() - clock, "relaxed": relaxed}
         self._say(f"time budget {format_duration(self.time_budget_seconds)}: {budget.reason}; planned training "
                   f"{format_duration(budget.planned_training_seconds)}, "
-                  f"{format_duration(budget.evaluation_margin_seconds)} kept for export and evaluation")
+                  f"{format_duration(budget.evaluation_margin_seconds)} kept for export and evaluation"
+                  + (f"; short run: {', '.join(relaxed)}" if relaxed else ""))
         self.hooks.planned(budget, sized, measured)
         return budget
 

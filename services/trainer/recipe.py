@@ -175,11 +175,54 @@ def facts_of(data) -> DataFacts:
 
 
 def budget_text(budget_seconds: float, budget: BudgetPlan, measured: dict) -> str:
-    """The time budget's line of the printed plan."""
-    return (f"  time budget {format_duration(budget_seconds)}: measured {measured['images_per_second']:.0f} images/s "
-            f"training, {measured['eval_images_per_second']:.0f} evaluating; {budget.reason}; training "
+    """The time budget's lines of the printed plan."""
+    text = (f"  time budget {format_duration(budget_seconds)}: measured {measured['images_per_second']:.0f} "
+            f"images/s training, {measured['eval_images_per_second']:.0f} evaluating; {budget.reason}; training "
             f"{format_duration(budget.planned_training_seconds)}, "
             f"{format_duration(budget.evaluation_margin_seconds)} kept for export and evaluation")
+    if measured.get("relaxed"):
+        text += (f"\n  short run ({budget.epochs} epochs): {', '.join(measured['relaxed'])}: a few passes "
+                 f"underfit, so these would only slow the learning")
+    return text
+
+
+SET_IN_SPEC = "set in the spec"
+SHORT_RUN_EPOCHS = 3
+SHORT_RUN_WEIGHT_DECAY = 1e-4
+
+
+def chosen_fields(choices) -> frozenset[str]:
+    """The fields a plan's recipe chose itself (not the spec); `choices` are Choice or PlanChoice."""
+    return frozenset(c.field for c in choices if c.reason != SET_IN_SPEC)
+
+
+def relax_for_short_run(config: TrainingConfig, epochs: int,
+                        chosen: frozenset[str]) -> tuple[TrainingConfig, list[str]]:
+    """A run of a few epochs sees each image a few times: it underfits, and augmentation and strong weight
+    decay only slow it (Fashion-MNIST, 2 AVX2 cores, one epoch: 0.899 test accuracy without the box
+    jitter and flip and with weight decay 1e-4, against 0.862 with them). Turns off the augmentation the
+    recipe chose and lowers its weight decay; whatever the spec set is kept. Returns what changed."""
+    if epochs > SHORT_RUN_EPOCHS or not chosen:
+        return config, []
+    relaxed = TrainingConfig()
+    relaxed.CopyFrom(config)
+    a, changed = relaxed.augmentation, []
+    if "augmentation.box_jitter" in chosen and a.box_jitter:
+        a.box_jitter = 0
+        changed.append("no box jitter")
+    if "augmentation.crop_scale_min" in chosen and a.crop_scale_min:
+        a.crop_scale_min = a.crop_scale_max = a.crop_aspect_min = a.crop_aspect_max = 0
+        changed.append("no random crop")
+    if "augmentation.horizontal_flip" in chosen and a.horizontal_flip:
+        a.horizontal_flip = False
+        changed.append("no flip")
+    if "augmentation.colour" in chosen and (a.brightness or a.contrast or a.saturation or a.hue):
+        a.brightness = a.contrast = a.saturation = a.hue = 0
+        changed.append("no colour jitter")
+    if "weight_decay" in chosen and relaxed.weight_decay > SHORT_RUN_WEIGHT_DECAY:
+        relaxed.weight_decay = SHORT_RUN_WEIGHT_DECAY
+        changed.append(f"weight decay {SHORT_RUN_WEIGHT_DECAY:g}")
+    return relaxed, changed
 
 
 def recipe_of(config: TrainingConfig) -> str:
@@ -214,10 +257,12 @@ def plan_training(config: TrainingConfig | None, facts: DataFacts, hardware: Har
     auto.MergeFrom(config)  # explicit fields win (zero/false means unset, as everywhere in TrainingConfig)
     effective = with_defaults(auto)
     explicit = _set_paths(config)
+    if explicit & {f"augmentation.{name}" for name in ("brightness", "contrast", "saturation", "hue")}:
+        explicit.add("augmentation.colour")  # the recipe's colour choice stands for these four fields
     shown_choices = []
     for choice in choices:
         if choice.field in explicit:
-            choice = Choice(choice.field, _value(effective, choice.field), "set in the spec")
+            choice = Choice(choice.field, _value(effective, choice.field), SET_IN_SPEC)
         shown_choices.append(choice)
     if min_kept_area(effective.augmentation) < MIN_KEPT_AREA_SMALL and facts.side and facts.side <= SMALL_IMAGE_SIDE:
         shown_choices.append(Choice("warning", "crop", f"the spec's crop/jitter may keep only "
@@ -288,7 +333,7 @@ def _auto(config: TrainingConfig, facts: DataFacts, hw: Hardware) -> tuple[Train
     choose("full_stage.epochs", epochs, f"about {TARGET_STEPS} steps at {steps} steps/epoch "
                                         f"(within {MIN_EPOCHS}..{MAX_EPOCHS}); a time budget can lower it")
     c.warmup_epochs = 1
-    c.weight_decay = 5e-4
+    choose("weight_decay", 5e-4, "L2 for a full schedule; lowered when a time budget makes the run short")
     c.label_smoothing = 0.1
     c.dropout = 0.1
 

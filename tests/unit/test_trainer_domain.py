@@ -253,6 +253,7 @@ def test_a_job_without_training_config_gets_the_auto_plan_saved_and_announced(tm
     assert plan.recipe == "auto" and plan.time_budget_seconds == 60 and plan.measured_images_per_second == 10
     assert (c.input_size, c.backbone, c.width_multiplier) == (28, common_pb2.BACKBONE_SMALL_CNN, 0.5)
     assert not c.augmentation.horizontal_flip and c.augmentation.crop_scale_min == 0
+    assert c.augmentation.box_jitter == 0 and "short run (1 epochs): no box jitter" in plan.text  # 1 epoch: relaxed
     assert plan.planned_epochs == c.full_stage.epochs == 1 and 0 < c.max_steps_per_epoch < 10  # 10 images/s
     assert plan.planned_training_seconds + plan.evaluation_margin_seconds <= 60
     assert plan.actual_training_seconds > 0

@@ -197,3 +197,19 @@ def test_durations():
         with pytest.raises(InvalidArgument, match="time_budget"):
             parse_duration(bad)
     assert format_duration(42.4) == "42s" and format_duration(600) == "10m 00s" and format_duration(5400) == "1h 30m"
+
+
+def test_a_short_budgeted_run_relaxes_only_what_the_recipe_chose():
+    spec = config(recipe="auto", mirror_invariant=True, augmentation=common_pb2.Augmentation(brightness=0.3))
+    plan = plan_training(spec, small_images(28), TWO_CORE_AVX2)
+    chosen = recipe.chosen_fields(plan.choices)
+    assert "augmentation.box_jitter" in chosen and "weight_decay" in chosen
+    relaxed, changed = recipe.relax_for_short_run(plan.config, 2, chosen)
+    a = relaxed.augmentation
+    assert (a.box_jitter, a.horizontal_flip, relaxed.weight_decay) == (0, False, pytest.approx(1e-4))
+    assert a.brightness == pytest.approx(0.3)  # the spec's own choice stays
+    assert changed == ["no box jitter", "no flip", "weight decay 0.0001"]
+    assert plan.config.augmentation.box_jitter > 0  # the plan itself is not changed
+    assert recipe.relax_for_short_run(plan.config, 4, chosen) == (plan.config, [])  # long enough to need them
+    named = plan_training(config(recipe="imagenet-gpu"), small_images(28), TWO_CORE_AVX2)
+    assert recipe.relax_for_short_run(named.config, 1, recipe.chosen_fields(named.choices)) == (named.config, [])
