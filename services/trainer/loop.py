@@ -41,7 +41,7 @@ from services.common.storage import ObjectNotFound, ObjectStore
 from services.trainer.backbones import Network, build_network, decay_variables
 from services.trainer.data import TrainingData
 from services.trainer.losses import LossComputer, class_weight_vector, l2_penalty
-from services.trainer.recipe import BudgetPlan, plan_budget, relax_for_short_run
+from services.trainer.recipe import BudgetPlan, plan_budget, relax_for_short_run, steps_within
 from services.trainer.schedules import decoupled_decay, make_optimizer
 
 log = logging.getLogger("classforge.trainer")
@@ -413,12 +413,20 @@ class Trainer:
             train_step = self._train_step(network, losses, optimizer, accum)
             self._say(f"stage {stage.index} ({stage.name}): {stage.epochs} epochs, lr {stage.learning_rate:g}, "
                       f"{len(network.model.trainable_variables)} trainable tensors, {steps_per_epoch} steps/epoch")
+            pace = None  # (seconds per step, seconds of validation and checkpoint) of the last epoch
             for epoch in range(start_epoch, stage.epochs):
-                if history and time.monotonic() + history[-1]["seconds"] > deadline:
-                    early_stopped = True
-                    self._say(f"time budget: ending stage {stage.index} after epoch {epoch} of {stage.epochs}; "
-                              f"another epoch ({history[-1]['seconds']:.0f}s) would end past the budget")
-                    break
+                epoch_steps = steps_per_epoch
+                if pace is not None and deadline < math.inf:  # slower than planned: shorten or end here
+                    epoch_steps = steps_within(deadline - time.monotonic(), *pace, steps_per_epoch)
+                    if not epoch_steps:
+                        early_stopped = True
+                        self._say(f"time budget: ending stage {stage.index} after epoch {epoch} of {stage.epochs}; "
+                                  f"too little time is left for another epoch")
+                        break
+                    if epoch_steps < steps_per_epoch:
+                        self._say(f"time budget: epoch {epoch + 1} shortened to {epoch_steps} of {steps_per_epoch} "
+                                  f"steps to end within the budget")
+                epoch_wall = time.monotonic()
                 sizes = list(c.augmentation.multi_scale_sizes) or [c.input_size]
                 size = sizes[global_epoch % len(sizes)]
                 for v in accum.values():
@@ -427,10 +435,11 @@ class Trainer:
                                                   c.batch_size, c.augmentation, skip_batches=skip_steps)
                 dataset = self.strategy.experimental_distribute_dataset(dataset)
                 step_in_epoch, started, last_report = skip_steps, time.perf_counter(), time.monotonic()
+                first_step = step_in_epoch
                 images_done = 0
                 stopped = False
                 for images, labels in dataset:
-                    if step_in_epoch >= steps_per_epoch:
+                    if step_in_epoch >= epoch_steps:
                         break
                     if self.stop_event.is_set():
                         stopped = True
@@ -443,7 +452,7 @@ class Trainer:
                         last_report = time.monotonic()
                         rate = images_done / (time.perf_counter() - started)
                         self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, {}), False)
-                if not stopped and self.stop_event.is_set() and step_in_epoch < steps_per_epoch:
+                if not stopped and self.stop_event.is_set() and step_in_epoch < epoch_steps:
                     stopped = True
                 elapsed = time.perf_counter() - started
                 if stopped:
@@ -469,6 +478,7 @@ class Trainer:
                 metrics = {k: v for k, v in record.items() if isinstance(v, float)}
                 self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, metrics), True)
                 self.hooks.checkpoint(checkpoint_uri, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0})
+                pace = (elapsed / max(step_in_epoch - first_step, 1), time.monotonic() - epoch_wall - elapsed)
                 if stop_early:
                     early_stopped = True
                     self._say(f"early stopping in stage {stage.index} after epoch {epoch + 1}; keeping the "

@@ -474,3 +474,14 @@ def plan_budget(*, budget_seconds: float, spent_seconds: float, train_images_per
            + ("" if fits else f"; the budget is too small by about "
                               f"{format_duration(spent_seconds + margin + planned - budget_seconds)}"))
     return BudgetPlan(epochs, steps, planned, margin, fits, why)
+
+
+def steps_within(seconds_left: float, step_seconds: float, overhead_seconds: float, steps_per_epoch: int,
+                 min_fraction: float = 0.1) -> int:
+    """The steps of the next epoch that end, with its validation and checkpoint, within `seconds_left`
+    (at the pace of the last epoch): all of them, fewer, or 0 when less than `min_fraction` of an epoch
+    would fit (not worth starting)."""
+    if seconds_left <= overhead_seconds:
+        return 0
+    steps = min(int((seconds_left - overhead_seconds) // max(step_seconds, 1e-9)), steps_per_epoch)
+    return steps if steps >= max(1.0, min_fraction * steps_per_epoch) else 0

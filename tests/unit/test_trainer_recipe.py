@@ -213,3 +213,12 @@ def test_a_short_budgeted_run_relaxes_only_what_the_recipe_chose():
     assert recipe.relax_for_short_run(plan.config, 4, chosen) == (plan.config, [])  # long enough to need them
     named = plan_training(config(recipe="imagenet-gpu"), small_images(28), TWO_CORE_AVX2)
     assert recipe.relax_for_short_run(named.config, 1, recipe.chosen_fields(named.choices)) == (named.config, [])
+
+
+def test_an_epoch_running_late_is_shortened_or_not_started():
+    # 100 steps of 1 s, 5 s of validation and checkpoint per epoch.
+    assert recipe.steps_within(200, 1.0, 5, 100) == 100
+    assert recipe.steps_within(60, 1.0, 5, 100) == 55
+    assert recipe.steps_within(14, 1.0, 5, 100) == 0  # 9 steps: under a tenth of an epoch, not worth it
+    assert recipe.steps_within(4, 1.0, 5, 100) == 0
+    assert recipe.steps_within(3, 1.0, 1, 5) == 2  # a short epoch: any whole step counts
