@@ -344,9 +344,8 @@ def _auto(config: TrainingConfig, facts: DataFacts, hw: Hardware) -> tuple[Train
         choose("augmentation.box_jitter", 0.08, f"{side:.0f} px images: a light jitter (keeps at least "
                                                 f"{(1 - 0.16) ** 2:.0%} of the image), no random crop")
     else:
-        low = 0.5 if side is None or side <= 128 else 0.35
-        choose("augmentation.crop_scale_min", low, f"random resized crop keeping at least {low:.0%} of the area"
-                                                   + (" (fine detail survives)" if low >= 0.5 else ""))
+        # Never below half the area: a crop that cuts away most of an image cuts away the object or defect too.
+        choose("augmentation.crop_scale_min", 0.5, "random resized crop keeping at least 50% of the area")
         aug.crop_scale_max, aug.crop_aspect_min, aug.crop_aspect_max = 1.0, 3 / 4, 4 / 3
     if config.mirror_invariant:
         choose("augmentation.horizontal_flip", True, "mirror_invariant: the labels survive a mirror image")

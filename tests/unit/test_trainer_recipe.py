@@ -78,8 +78,8 @@ def test_hardware_sets_width_backbone_and_resolution():
     assert on_gpu.backbone == common_pb2.BACKBONE_RESNET18 and on_gpu.input_size == 224
     assert on_gpu.batch_size == 2 * 64  # 64 per GPU at 224 px
     assert plan_training(None, small_images(28), GPU).config.batch_size == 2 * 256
-    # Larger images get a random resized crop, but never below a third of the area; colour jitter for colour.
-    assert on_gpu.augmentation.crop_scale_min == pytest.approx(0.35) and on_gpu.augmentation.saturation > 0
+    # Larger images get a random resized crop, but never below half of the area; colour jitter for colour.
+    assert on_gpu.augmentation.crop_scale_min == pytest.approx(0.5) and on_gpu.augmentation.saturation > 0
     tiny = plan_training(None, small_images(8, train=1617), TWO_CORE_AVX2).config
     assert tiny.input_size == 28 and tiny.batch_size <= 1617 // 8  # digits: upsampled, several steps per epoch
 
