@@ -8,7 +8,7 @@ Classify through the inference service. Clothes keep their label in a mirror, so
 `mirror_invariant` and the recipe may flip them.
 
 The budget covers training and evaluation; writing the PNGs, ingest and the records come before it
-(about 80 s on 2 cores), so the default of 3 minutes ends `make demo` within 5 minutes on a 2-core
+(1–1½ minutes on 2 cores), so the default of 3 minutes ends `make demo` within 5 minutes on a 2-core
 AVX2 machine.
 
     DEMO_OUT (default out/demo)   DEMO_TIME_BUDGET (default 3m; e.g. 90s, 10m)
