@@ -48,6 +48,22 @@ def load_spec(path: Path) -> common_pb2.JobSpec:
         raise SystemExit(f"classforge: {path}: {exc}") from None
 
 
+def apply_training_flags(spec: common_pb2.JobSpec, args) -> common_pb2.JobSpec:
+    """`--time-budget` and `--recipe` over the spec's training config (the flags win)."""
+    from services.common.durations import parse_duration
+    from services.common.errors import InvalidArgument
+
+    if args.time_budget:
+        try:
+            parse_duration(args.time_budget, "--time-budget")
+        except InvalidArgument as exc:
+            raise SystemExit(f"classforge: {exc.message}") from None
+        spec.training.time_budget = args.time_budget
+    if args.recipe:
+        spec.training.recipe = args.recipe
+    return spec
+
+
 def _jobs_stub(args) -> jobs_grpc.JobsServiceStub:
     return jobs_grpc.JobsServiceStub(grpc.insecure_channel(args.jobs))
 
@@ -66,7 +82,7 @@ def cmd_run(args) -> int:
     from services import embedded  # TensorFlow loads here, not when the parser is built
     from services.common.errors import ClassforgeError
 
-    spec = load_spec(Path(args.config)) if args.config else common_pb2.JobSpec()
+    spec = apply_training_flags(load_spec(Path(args.config)) if args.config else common_pb2.JobSpec(), args)
     spec = retrain_embedded(args, spec)
     try:
         return embedded.run(args.source, Path(args.out), spec, list_file=args.list_file,
@@ -81,7 +97,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    spec = retrain_submitted(args, load_spec(Path(args.spec)))
+    spec = retrain_submitted(args, apply_training_flags(load_spec(Path(args.spec)), args))
     reply = _jobs_stub(args).SubmitJob(jobs_pb.SubmitJobRequest(spec=spec, request_id=args.request_id),
                                        timeout=args.timeout)
     print(reply.job_id)
@@ -109,6 +125,8 @@ def cmd_watch(args) -> int:
     with progress.display(plain=args.no_progress) as shown:
         for reply in replies:
             shown.update(reply.event, reply.job)
+            if reply.event.WhichOneof("payload") == "training_progress" and reply.event.training_progress.plan:
+                shown.note(reply.event.training_progress.plan)  # the trainer's plan, once per run
     job = stub.GetJob(jobs_pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout).job
     print(f"job {job.job_id} {common_pb2.JobStatus.Name(job.status)[11:]}" + (f": {job.error}" if job.error else ""))
     return 0
@@ -244,6 +262,14 @@ def cmd_lineage(args) -> int:
     return 0 if any(link.ident for link in links) else 1
 
 
+def _training_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--time-budget", default="", metavar="DURATION",
+                        help="end training plus evaluation within this time, e.g. 10m, 1h30m or 600 (seconds)")
+    parser.add_argument("--recipe", choices=("auto", "imagenet-gpu"), default="",
+                        help="how unset training fields are chosen: auto (from the data and this hardware; the "
+                             "default without a training config) or imagenet-gpu (224 px ResNet18 defaults)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classforge", description="Image classifiers from folders of images.")
     parser.add_argument("--jobs", default=os.environ.get("CLASSFORGE_JOBS_ADDR", "127.0.0.1:50051"),
@@ -262,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="list file inside a folder or archive SOURCE (multi-task data)")
     run.add_argument("--no-progress", action="store_true",
                      help="plain progress lines (at most one per stage every 10 s) even on a terminal")
+    _training_flags(run)
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="run one service until SIGTERM")
     serve.add_argument("service", choices=sorted(SERVICES))
@@ -270,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("spec")
     submit.add_argument("--request-id", default="", help="makes a retried submit return the same job")
     add_from_flag(submit)
+    _training_flags(submit)
     submit.set_defaults(func=cmd_submit)
     status = sub.add_parser("status", help="show one job")
     status.add_argument("job_id")

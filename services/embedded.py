@@ -184,6 +184,8 @@ def run(source: str | Path, out: Path, spec: common_pb2.JobSpec, *, list_file: s
         with progress.display(plain=plain) as shown:
             for reply in stub.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id, include_heartbeats=True)):
                 shown.update(reply.event, reply.job)
+                if reply.event.WhichOneof("payload") == "training_progress" and reply.event.training_progress.plan:
+                    shown.note(reply.event.training_progress.plan)  # the trainer's plan, once per run
                 if reply.event.WhichOneof("payload") == "dataset_prepared":
                     dataset_id = reply.event.dataset_prepared.dataset.dataset_id
                     _show_dataset_report(platform.store, dataset_id, shown.note)

@@ -7,7 +7,7 @@ report.json:
   (lines in train.list), `val_count`, `test_count`, `bytes` (of the unique images), `rejected`
   (files of that label left out);
 - `balance`: first-task counts before/after, the oversampling target, ratios before/after, caps;
-- `images`: sizes (width/height min, max, mean), modes and formats of the unique images;
+- `images`: sizes (width/height min, max, mean, median), modes and formats of the unique images;
 - `rejected`: every file left out with its reason, and `rejected_by_reason` (counts by reason code);
 - `duplicates`: each group of identical files, the copy kept and the copies dropped;
   `duplicate_count` = dropped copies;

@@ -18,6 +18,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from classforge.v1 import common_pb2
+from services.common.durations import parse_duration
 from services.common.errors import InvalidArgument, shown
 from services.common.job_uri import job_from_uri
 from services.ingest.options import IngestOptions
@@ -35,6 +36,7 @@ MAX_EPOCHS = 10_000
 PROJECT_BACKBONES = frozenset({common_pb2.BACKBONE_RESNET18, common_pb2.BACKBONE_RESNET34,
                                common_pb2.BACKBONE_SMALL_CNN})
 DEFAULT_BACKBONE = common_pb2.BACKBONE_RESNET18
+RECIPES = ("auto", "imagenet-gpu")  # the trainer's config.RECIPES
 DEFAULT_CROP_ASPECT = (3 / 4, 4 / 3)
 MAX_LEARNING_RATE = 10.0
 
@@ -105,6 +107,11 @@ def validate_dataset_options(options: common_pb2.DatasetOptions, field: str = "s
 
 
 def validate_training(config: common_pb2.TrainingConfig, field: str = "spec.training") -> None:
+    if config.recipe.strip().lower() not in ("", *RECIPES):
+        raise InvalidArgument(f"{field}.recipe", f"unknown recipe {shown(config.recipe)}; use one of "
+                                                 f"{', '.join(RECIPES)} (or leave it empty: auto unless training "
+                                                 f"fields are set)")
+    parse_duration(config.time_budget, f"{field}.time_budget")
     if config.input_size and not 16 <= config.input_size <= 1024:
         raise InvalidArgument(f"{field}.input_size", f"must be between 16 and 1024 pixels, got {config.input_size}")
     _in_range(f"{field}.batch_size", config.batch_size, 0, 4096)

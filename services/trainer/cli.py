@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a classifier on a local records directory",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("records", help="records directory (records/<build_id>/ holding manifest.json)")
-    train.add_argument("--config", help="TrainingConfig as YAML or JSON (unset fields get the defaults)")
+    train.add_argument("--config", help="TrainingConfig as YAML or JSON (unset fields: the recipe's choices)")
     train.add_argument("--out", required=True, help="output directory (checkpoints, SavedModel, history)")
     train.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     train.set_defaults(func=cmd_train)
@@ -43,22 +43,28 @@ def register(subparsers) -> None:
 
 
 def cmd_train(args) -> int:
+    from services.common.durations import parse_duration
     from services.trainer import export
     from services.trainer.config import load_config, to_json, with_defaults
     from services.trainer.data import open_records_directory
     from services.trainer.loop import Hooks, Trainer
+    from services.trainer.recipe import chosen_fields, detect_hardware, facts_of, plan_training
 
     try:
-        config = with_defaults(load_config(args.config) if args.config else common_pb2.TrainingConfig())
+        requested = load_config(args.config) if args.config else common_pb2.TrainingConfig()
+        with_defaults(requested)  # the explicit fields are checked before any data is read
+        data = open_records_directory(args.records, requested)
+        plan = plan_training(requested, facts_of(data), detect_hardware())
+        config = plan.config
         if args.print_config:
             print(to_json(config))
             return 0
+        print(plan.text(), flush=True)
         out = Path(args.out).resolve()
         store = LocalObjectStore(out)
         if store.exists("manifest.json"):
             print(f"classforge: {out} already holds a finished run (manifest.json); nothing to do")
             return 0
-        data = open_records_directory(args.records, config)
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda *_: (stop.set(), print(
             "\nstopping at the next step (a checkpoint is written) …", file=sys.stderr)))
@@ -71,8 +77,11 @@ def cmd_train(args) -> int:
 
         try:
             trainer = Trainer(config, data, store, "", out / ".work", hooks=Say(), stop_event=stop,
-                              progress_seconds=30.0, log_fn=lambda text: print(text, flush=True))
+                              progress_seconds=30.0, log_fn=lambda text: print(text, flush=True),
+                              time_budget_seconds=parse_duration(config.time_budget),
+                              recipe_fields=chosen_fields(plan.choices))
             result = trainer.run()
+            config = trainer.config  # sized by the time budget, if any
         finally:
             signal.signal(signal.SIGINT, previous)
         if result.status == "stopped":

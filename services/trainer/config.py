@@ -39,6 +39,7 @@ import yaml
 from google.protobuf import json_format
 
 from classforge.v1 import common_pb2
+from services.common.durations import parse_duration
 from services.common.errors import InvalidArgument
 from services.common.job_uri import job_from_uri
 
@@ -47,6 +48,8 @@ Backbone = common_pb2.Backbone
 Optimizer = common_pb2.Optimizer
 LrSchedule = common_pb2.LrSchedule
 
+# The named recipes (services/trainer/recipe.py); "" picks one by the rule described there.
+RECIPES = ("auto", "imagenet-gpu")
 PROJECT_BACKBONES = {Backbone.BACKBONE_RESNET18, Backbone.BACKBONE_RESNET34, Backbone.BACKBONE_SMALL_CNN}
 SMALL_INPUT_MAX = 64
 
@@ -109,6 +112,9 @@ def validate(c: TrainingConfig, prefix: str = "config") -> None:
     def bad(field: str, problem: str) -> InvalidArgument:
         return InvalidArgument(f"{prefix}.{field}", problem)
 
+    if c.recipe.strip().lower() not in ("", *RECIPES):
+        raise bad("recipe", f"unknown recipe {c.recipe!r}; use one of {', '.join(RECIPES)}")
+    parse_duration(c.time_budget, f"{prefix}.time_budget")
     if not 16 <= c.input_size <= 1024:
         raise bad("input_size", f"{c.input_size} is outside 16..1024 pixels")
     if not 1 <= c.batch_size <= 4096:

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition
-from services.common.storage import ObjectStore
+from services.common.storage import ObjectNotFound, ObjectStore
 from services.tfrecords.reader import RecordsReader, decode_image, parse_examples, pipeline_options
 from services.trainer import augment
 from services.trainer.backbones import Task
@@ -98,6 +98,11 @@ class TrainingData:
     def has(self, split: str) -> bool:
         return self.counts.get(split, 0) > 0
 
+    def dataset_report(self) -> dict | None:
+        """What ingest measured about the images (its report.json: `images` sizes and modes, `balance`),
+        for the automatic recipe; None when nothing was measured."""
+        return None
+
     def label_map(self) -> dict:
         return {"tasks": [{"name": t.name, "classes": list(t.classes), "regression": t.regression}
                           for t in self.tasks]}
@@ -108,10 +113,12 @@ class ArrayData(TrainingData):
 
     def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], tasks: tuple[Task, ...]):
         self.arrays = {}
+        self.channels = 3
         for name, (images, labels) in splits.items():
             images = np.asarray(images, np.uint8)
             if images.ndim == 3:
                 images = images[..., None]
+            self.channels = images.shape[-1]
             if images.shape[-1] == 1:
                 images = np.repeat(images, 3, axis=-1)
             labels = np.asarray(labels, np.int64).reshape(len(images), -1)
@@ -125,6 +132,17 @@ class ArrayData(TrainingData):
                     valid = labels[:, i][labels[:, i] >= 0]
                     class_counts[task.name] = np.bincount(valid, minlength=len(task.classes)).tolist()
         super().__init__(tasks, counts, class_counts)
+
+    def dataset_report(self) -> dict | None:
+        """The arrays' own sizes, in the shape of ingest's report (every array image has one size)."""
+        if "train" not in self.arrays:
+            return None
+        images = self.arrays["train"][0]
+        height, width = int(images.shape[1]), int(images.shape[2])
+        return {"images": {"count": len(images),
+                           "width": dict.fromkeys(("min", "max", "mean", "median"), width),
+                           "height": dict.fromkeys(("min", "max", "mean", "median"), height),
+                           "modes": {"L" if self.channels == 1 else "RGB": len(images)}}}
 
     def source(self, split: str, seed: int | None = None) -> tf.data.Dataset:
         images, labels = self.arrays[split]
@@ -159,6 +177,17 @@ class RecordsData(TrainingData):
         cycle = min(self.parallel_reads, len(files))
         return paths.interleave(lambda p: tf.data.TFRecordDataset(p, buffer_size=8 << 20), cycle_length=cycle,
                                 block_length=1, num_parallel_calls=cycle, deterministic=True)
+
+    def dataset_report(self) -> dict | None:
+        dataset_id = self.reader.manifest.get("dataset_id")
+        if not dataset_id:
+            return None
+        try:
+            return json.loads(self.reader.store.get_bytes(f"datasets/{dataset_id}/report.json"))
+        except ObjectNotFound:
+            log.warning("no dataset report for the records; the recipe cannot see the image sizes",
+                        extra={"dataset_id": dataset_id})
+            return None
 
     def parse_batch(self, serialized):
         items = parse_examples(serialized, len(self.tasks))

@@ -28,8 +28,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from google.protobuf import json_format
+
 from classforge.v1 import common_pb2, events_pb2, trainer_service_pb2
 from services.common.artefacts import model_prefix
+from services.common.durations import parse_duration
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import Stage
@@ -38,6 +41,15 @@ from services.trainer import export, metrics
 from services.trainer.config import to_json, with_defaults
 from services.trainer.data import TrainingData, open_records
 from services.trainer.loop import Hooks, Trainer
+from services.trainer.recipe import (
+    BudgetPlan,
+    Hardware,
+    budget_text,
+    chosen_fields,
+    detect_hardware,
+    facts_of,
+    plan_training,
+)
 
 log = logging.getLogger("classforge.trainer")
 
@@ -54,7 +66,7 @@ DataOpener = Callable[[str, common_pb2.TrainingConfig, Path], TrainingData]
 class TrainerDomain:
     def __init__(self, bus: EventBus, store: ObjectStore, *, work_root: str | Path, progress_seconds: float = 10.0,
                  producer: str = "trainer", open_data: DataOpener | None = None, outage_window_s: float = 180.0,
-                 retry_seconds: float = 5.0, heartbeat_seconds: float = 30.0):
+                 retry_seconds: float = 5.0, heartbeat_seconds: float = 30.0, hardware: Hardware | None = None):
         self.bus = bus
         self.store = store
         self.producer = producer
@@ -64,6 +76,7 @@ class TrainerDomain:
         self.outage_window_s = outage_window_s
         self.retry_seconds = retry_seconds
         self.open_data = open_data or (lambda uri, config, cache: open_records(store, uri, config, cache))
+        self._hardware = hardware  # detected when the first plan needs it
         self._lock = threading.Condition()
         self._trainings: dict[str, Training] = {}
         self._queue: collections.deque[str] = collections.deque()
@@ -359,17 +372,27 @@ class TrainerDomain:
         metrics.RUNNING.labels(job_id).set(1)
         workdir = self.work_root / job_id
         outage_started, checkpoint_at_failure = None, None
+        started = time.monotonic()  # the time budget's clock
         while True:
             try:
                 data = self.open_data(training.records_uri, training.config, workdir / "cache")
+                if not training.plan.recipe:  # the first start: the data is known now, the plan is made once
+                    training = self._plan(job_id, data)
+                # A plan already sized by the budget (a resumed run) keeps its epochs.
+                budget = 0.0 if training.plan.planned_epochs else parse_duration(training.config.time_budget)
                 trainer = Trainer(training.config, data, self.store, prefix, workdir / "run",
                                   hooks=_Hooks(self, job_id), stop_event=self._stop,
-                                  progress_seconds=self.progress_seconds)
+                                  progress_seconds=self.progress_seconds, time_budget_seconds=budget,
+                                  budget_started=started, recipe_fields=chosen_fields(training.plan.choices))
                 result = trainer.run()
+                seconds = round(result.training_seconds, 1)
+                training = self._update(job_id, lambda t, s=seconds: setattr(t.plan, "actual_training_seconds", s),
+                                        persist=False)
                 if result.status == "succeeded" and self._stop_reason != "cancel":  # no export once cancelled
                     extra = {"job_id": job_id, "records_uri": training.records_uri,
                              "resumed_from": result.resumed_from, "early_stopped": result.early_stopped,
-                             "initial_weights": result.initial_weights}
+                             "initial_weights": result.initial_weights,
+                             "plan": json_format.MessageToDict(training.plan, preserving_proto_field_name=True)}
                     export.publish(result.network, data.label_map(), to_json(training.config), result.history,
                                    training.config.input_size, self.store, prefix, workdir / "run", extra)
                 break
@@ -395,6 +418,40 @@ class TrainerDomain:
             return self._stopped(job_id, result.checkpoint_uri)
         self._complete(job_id, self._load(job_id), prefix)
         shutil.rmtree(workdir, ignore_errors=True)
+
+    def _plan(self, job_id: str, data: TrainingData) -> Training:
+        """Chooses the effective config (services/trainer/recipe.py) from the spec's config, the data and
+        this machine, saves it with the job and announces it (unless a time budget will size it first)."""
+        if self._hardware is None:
+            self._hardware = detect_hardware()
+        plan = plan_training(self.stored_config(job_id), facts_of(data), self._hardware)
+        log.info("training plan\n%s", plan.text(), extra={"job_id": job_id})
+
+        def planned(t: Training) -> None:
+            t.config.CopyFrom(plan.config)
+            t.plan.CopyFrom(plan.to_proto())
+
+        training = self._update(job_id, planned)
+        if not plan.config.time_budget:
+            self._publish(job_id, training_progress=events_pb2.TrainingProgress(plan=training.plan.text))
+        return training
+
+    def _budget_planned(self, job_id: str, budget: BudgetPlan, config: common_pb2.TrainingConfig,
+                        measured: dict) -> None:
+        def sized(t: Training) -> None:
+            t.config.CopyFrom(config)
+            t.plan.time_budget_seconds = parse_duration(config.time_budget)
+            t.plan.measured_images_per_second = round(measured["images_per_second"], 1)
+            t.plan.measured_eval_images_per_second = round(measured["eval_images_per_second"], 1)
+            t.plan.planned_training_seconds = round(measured["spent_seconds"] + budget.planned_training_seconds, 1)
+            t.plan.evaluation_margin_seconds = round(budget.evaluation_margin_seconds, 1)
+            t.plan.planned_epochs = config.full_stage.epochs + (
+                0 if config.head_stage.skip else config.head_stage.epochs)
+            t.plan.text += "\n" + budget_text(t.plan.time_budget_seconds, budget, measured)
+
+        training = self._update(job_id, sized)
+        log.info("time budget planned\n%s", training.plan.text, extra={"job_id": job_id})
+        self._publish(job_id, training_progress=events_pb2.TrainingProgress(plan=training.plan.text))
 
     def _stopped(self, job_id: str, checkpoint_uri: str) -> None:
         if self._stop_reason == "cancel":
@@ -459,3 +516,6 @@ class _Hooks(Hooks):
 
     def checkpoint(self, uri: str, state: dict) -> None:
         self.domain._update(self.job_id, lambda t: setattr(t, "last_checkpoint_uri", uri))
+
+    def planned(self, budget: BudgetPlan, config: common_pb2.TrainingConfig, measured: dict) -> None:
+        self.domain._budget_planned(self.job_id, budget, config, measured)

@@ -36,17 +36,24 @@ import tensorflow as tf
 
 from classforge.v1 import common_pb2, events_pb2
 from services.common.artefacts import model_prefix
+from services.common.durations import format_duration
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.job_uri import job_from_uri
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.trainer.backbones import Network, build_network, decay_variables
 from services.trainer.data import TrainingData
 from services.trainer.losses import LossComputer, class_weight_vector, l2_penalty
+from services.trainer.recipe import BudgetPlan, plan_budget, relax_for_short_run, steps_within
 from services.trainer.schedules import decoupled_decay, make_optimizer
 
 log = logging.getLogger("classforge.trainer")
 
 KEEP_CHECKPOINTS = 2
+# Throughput probe of a time-budgeted run: untimed steps that trace the step, then timed steps.
+PROBE_WARMUP_STEPS = 10  # past tracing and the input pipeline filling up (the first steps run slower)
+PROBE_SECONDS = 8.0
+PROBE_MAX_STEPS = 200
+PROBE_EVAL_BATCHES = 4
 
 
 class StopRequested(Exception):
@@ -59,6 +66,9 @@ class Hooks:
     def progress(self, progress: events_pb2.TrainingProgress, epoch_end: bool) -> None: ...
 
     def checkpoint(self, uri: str, state: dict) -> None: ...
+
+    def planned(self, budget: BudgetPlan, config: common_pb2.TrainingConfig, measured: dict) -> None:
+        """A time budget sized the run: `config` is the effective config from now on (epochs, steps)."""
 
 
 @dataclass
@@ -79,6 +89,7 @@ class RunResult:
     resumed_from: dict | None = None
     early_stopped: bool = False
     initial_weights: dict | None = None  # where the weights came from (InitialWeights.as_dict), for the manifest
+    training_seconds: float = 0.0  # from the start of the budget clock (or of the run) to the last epoch
 
 
 def stages_of(config: common_pb2.TrainingConfig) -> list[Stage]:
@@ -268,12 +279,19 @@ class Trainer:
     log_fn: Callable[[str], None] | None = None
     # Steps of every stage as planned, sent with each progress event (progress bars and time estimates).
     planned_steps: int = field(default=0, init=False)
+    # Seconds for training plus export and evaluation (0: none); counted from `budget_started`
+    # (time.monotonic(); default: the start of run()). A resumed run keeps the epochs planned before.
+    time_budget_seconds: float = 0.0
+    budget_started: float | None = None
+    # The fields the automatic recipe chose (not the spec): a run the budget makes short relaxes them.
+    recipe_fields: frozenset[str] = frozenset()
 
     def __post_init__(self):
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = CheckpointStore(self.store, self.prefix, self.workdir)
         self.strategy = self.strategy or choose_strategy()
+        self.budget_measured: dict = {}  # the probe's throughputs, when a time budget sized the run
 
     def _say(self, text: str, warn: bool = False) -> None:
         (log.warning if warn else log.info)(text)
@@ -350,19 +368,20 @@ class Trainer:
     def evaluate(self, network: Network, losses: LossComputer, split: str = "val") -> dict[str, float]:
         """Loss and accuracy per task on a split, deterministic preprocessing, model in inference mode."""
         c = self.config
-        model = network.model
-        tasks = self.data.tasks
-        cached = getattr(self, "_eval_step", None)
-        if cached is not None and cached[0] is network:
-            step = cached[1]
-        else:
-            step = self._make_eval_step(model, losses, tasks)
-            self._eval_step = (network, step)
+        step = self._eval_step_for(network, losses)
         sums: dict[str, float] = {}
         for images, labels in self.data.eval_dataset(split, c.input_size, c.batch_size):
             for k, v in step(images, labels).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return self._eval_metrics(sums, split)
+
+    def _eval_step_for(self, network: Network, losses: LossComputer) -> Callable:
+        cached = getattr(self, "_eval_step", None)
+        if cached is not None and cached[0] is network:
+            return cached[1]
+        step = self._make_eval_step(network.model, losses, self.data.tasks)
+        self._eval_step = (network, step)
+        return step
 
     @staticmethod
     def _make_eval_step(model, losses: LossComputer, tasks) -> Callable:
@@ -402,12 +421,11 @@ class Trainer:
     # ---- running
 
     def run(self) -> RunResult:
+        clock = self.budget_started if self.budget_started is not None else time.monotonic()
         c = self.config
-        stages = stages_of(c)
         earlier_job = job_from_uri(c.initial_weights_uri)
         initial = plan_job_weights(self.store, earlier_job, self.data.label_map()) if earlier_job else None
-        if initial is not None and initial.whole_model and any(s.name == "full" for s in stages):
-            stages = [s for s in stages if s.name != "head"]  # the heads are trained already
+        stages = self._stages(c, initial)
         network, losses = self._build()
         state = self.checkpoints.latest()
         opt_arrays: dict = {}
@@ -424,6 +442,13 @@ class Trainer:
             loaded = load_initial_weights(self.store, c.initial_weights_uri, network, self.workdir)
             self._say(f"initial weights from {loaded}")
         resumed_from = None if state is None else {k: state[k] for k in ("stage", "epoch", "step_in_epoch")}
+        budget = None
+        if self.time_budget_seconds > 0 and state is None:
+            budget = self._fit_to_budget(network, losses, clock, stages)
+            c = self.config
+            stages = self._stages(c, initial)
+        # Epochs stop early if they run slower than planned: no epoch starts that would end past the deadline.
+        deadline = clock + self.time_budget_seconds - budget.evaluation_margin_seconds if budget else math.inf
         steps_per_epoch = self.data.steps_per_epoch(c.batch_size)
         if c.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, c.max_steps_per_epoch)
@@ -455,7 +480,20 @@ class Trainer:
             train_step = self._train_step(network, losses, optimizer, accum)
             self._say(f"stage {stage.index} ({stage.name}): {stage.epochs} epochs, lr {stage.learning_rate:g}, "
                       f"{len(network.model.trainable_variables)} trainable tensors, {steps_per_epoch} steps/epoch")
+            pace = None  # (seconds per step, seconds of validation and checkpoint) of the last epoch
             for epoch in range(start_epoch, stage.epochs):
+                epoch_steps = steps_per_epoch
+                if pace is not None and deadline < math.inf:  # slower than planned: shorten or end here
+                    epoch_steps = steps_within(deadline - time.monotonic(), *pace, steps_per_epoch)
+                    if not epoch_steps:
+                        early_stopped = True
+                        self._say(f"time budget: ending stage {stage.index} after epoch {epoch} of {stage.epochs}; "
+                                  f"too little time is left for another epoch")
+                        break
+                    if epoch_steps < steps_per_epoch:
+                        self._say(f"time budget: epoch {epoch + 1} shortened to {epoch_steps} of {steps_per_epoch} "
+                                  f"steps to end within the budget")
+                epoch_wall = time.monotonic()
                 sizes = list(c.augmentation.multi_scale_sizes) or [c.input_size]
                 size = sizes[global_epoch % len(sizes)]
                 for v in accum.values():
@@ -464,10 +502,11 @@ class Trainer:
                                                   c.batch_size, c.augmentation, skip_batches=skip_steps)
                 dataset = self.strategy.experimental_distribute_dataset(dataset)
                 step_in_epoch, started, last_report = skip_steps, time.perf_counter(), time.monotonic()
+                first_step = step_in_epoch
                 images_done = 0
                 stopped = False
                 for images, labels in dataset:
-                    if step_in_epoch >= steps_per_epoch:
+                    if step_in_epoch >= epoch_steps:
                         break
                     if self.stop_event.is_set():
                         stopped = True
@@ -480,7 +519,7 @@ class Trainer:
                         last_report = time.monotonic()
                         rate = images_done / (time.perf_counter() - started)
                         self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, {}), False)
-                if not stopped and self.stop_event.is_set() and step_in_epoch < steps_per_epoch:
+                if not stopped and self.stop_event.is_set() and step_in_epoch < epoch_steps:
                     stopped = True
                 elapsed = time.perf_counter() - started
                 if stopped:
@@ -507,6 +546,7 @@ class Trainer:
                 metrics = {k: v for k, v in record.items() if isinstance(v, float)}
                 self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, metrics), True)
                 self.hooks.checkpoint(checkpoint_uri, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0})
+                pace = (elapsed / max(step_in_epoch - first_step, 1), time.monotonic() - epoch_wall - elapsed)
                 if stop_early:
                     early_stopped = True
                     self._say(f"early stopping in stage {stage.index} after epoch {epoch + 1}; keeping the "
@@ -516,8 +556,102 @@ class Trainer:
                     break
             state = None
             best = {"metric": None, "weights": None, "bad": 0}
+        seconds = time.monotonic() - clock
+        if budget is not None:
+            planned_end = self.budget_measured["spent_seconds"] + budget.planned_training_seconds
+            self._say(f"time budget {format_duration(self.time_budget_seconds)}: training planned to end after "
+                      f"{format_duration(planned_end)}, ended after {format_duration(seconds)}; "
+                      f"{format_duration(budget.evaluation_margin_seconds)} kept for export and evaluation")
         return RunResult("succeeded", network, history, checkpoint_uri, resumed_from, early_stopped,
-                         initial.as_dict() if initial is not None else None)
+                         initial.as_dict() if initial is not None else None, seconds)
+
+    # ---- time budget
+
+    @staticmethod
+    def _stages(config: common_pb2.TrainingConfig, initial) -> list[Stage]:
+        stages = stages_of(config)
+        if initial is not None and initial.whole_model and any(s.name == "full" for s in stages):
+            stages = [s for s in stages if s.name != "head"]  # the heads are trained already (job://)
+        return stages
+
+    def _fit_to_budget(self, network: Network, losses: LossComputer, clock: float,
+                       stages: list[Stage]) -> BudgetPlan:
+        """Measures the throughput, then sizes the last stage's epochs (and, when not one epoch fits, the
+        steps of one epoch) so that training, export and evaluation end within the budget."""
+        c = self.config
+        train_ips, eval_ips = self._measure_throughput(network, losses)
+        earlier = sum(s.epochs for s in stages[:-1])
+        steps = self.data.steps_per_epoch(c.batch_size)
+        if c.max_steps_per_epoch:
+            steps = min(steps, c.max_steps_per_epoch)
+        budget = plan_budget(
+            budget_seconds=self.time_budget_seconds, spent_seconds=time.monotonic() - clock,
+            train_images_per_second=train_ips, eval_images_per_second=eval_ips, batch_size=c.batch_size,
+            steps_per_epoch=steps, val_examples=self.data.counts.get("val", 0),
+            test_examples=self.data.counts.get("test", 0), max_epochs=sum(s.epochs for s in stages),
+            validate_every_epochs=c.validate_every_epochs)
+        sized = common_pb2.TrainingConfig()
+        sized.CopyFrom(c)
+        last = sized.full_stage if stages[-1].index == 2 else sized.head_stage
+        last.epochs = max(budget.epochs - earlier, 1)
+        if budget.steps_per_epoch < steps:
+            sized.max_steps_per_epoch = budget.steps_per_epoch
+        if budget.epochs <= 3:
+            sized.warmup_epochs = 0  # a short run spends its few steps learning, not warming up
+        sized, relaxed = relax_for_short_run(sized, budget.epochs, self.recipe_fields)
+        self.config = sized
+        measured = self.budget_measured = {"images_per_second": train_ips, "eval_images_per_second": eval_ips,
+                                           "spent_seconds": time.monotonic() - clock, "relaxed": relaxed}
+        self._say(f"time budget {format_duration(self.time_budget_seconds)}: {budget.reason}; planned training "
+                  f"{format_duration(budget.planned_training_seconds)}, "
+                  f"{format_duration(budget.evaluation_margin_seconds)} kept for export and evaluation"
+                  + (f"; short run: {', '.join(relaxed)}" if relaxed else ""))
+        self.hooks.planned(budget, sized, measured)
+        return budget
+
+    def _measure_throughput(self, network: Network, losses: LossComputer) -> tuple[float, float]:
+        """Images per second of the real training step (learning rate 0, weights restored afterwards) on the
+        real input pipeline, and of the evaluation step."""
+        c = self.config
+        weights = network.model.get_weights()
+        with self.strategy.scope():
+            optimizer = make_optimizer(c, 0.0, 1, 1, 0)
+            optimizer.build(network.model.trainable_variables)
+        accum = self._accumulators()
+        step = self._train_step(network, losses, optimizer, accum)
+        size = (list(c.augmentation.multi_scale_sizes) or [c.input_size])[0]
+        dataset = self.data.train_dataset(0, c.seed, size, c.batch_size, c.augmentation).repeat()
+        limit = max(2.0, min(PROBE_SECONDS, 0.03 * self.time_budget_seconds))
+        timed, started = 0, None
+        for images, labels in self.strategy.experimental_distribute_dataset(dataset):
+            step(images, labels)
+            if started is None:
+                if accum["steps"].numpy() >= PROBE_WARMUP_STEPS:  # reading a value waits for the step
+                    started = time.perf_counter()
+                continue
+            timed += 1
+            if timed >= PROBE_MAX_STEPS or time.perf_counter() - started >= limit:
+                break
+        accum["steps"].numpy()
+        train_ips = timed * c.batch_size / max(time.perf_counter() - started, 1e-9)
+        network.model.set_weights(weights)
+
+        eval_step = self._eval_step_for(network, losses)
+        split = "val" if self.data.has("val") else "train"
+        timed_images, started = 0, None
+        for images, labels in self.data.eval_dataset(split, size, c.batch_size).take(PROBE_EVAL_BATCHES + 1):
+            result = eval_step(images, labels)
+            float(next(iter(result.values())))
+            if started is None:
+                started = time.perf_counter()
+                first = int(images.shape[0])
+                continue
+            timed_images += int(images.shape[0])
+        if timed_images:
+            eval_ips = timed_images / max(time.perf_counter() - started, 1e-9)
+        else:  # one batch only: its time includes tracing, an underestimate of the speed (a safe one)
+            eval_ips = first / max(time.perf_counter() - started, 1e-9) if started else train_ips * 3
+        return train_ips, max(eval_ips, train_ips)
 
     def _monitor(self, record: dict) -> float | None:
         if "val_accuracy" in record:

@@ -48,6 +48,21 @@ def test_submit_status_list_and_errors(jobs_address, tmp_path, capsys):
     assert "INVALID_ARGUMENT: spec.source.object_prefix" in capsys.readouterr().err
 
 
+def test_submit_takes_a_time_budget_and_a_recipe(jobs_address, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("source: {object_prefix: uploads/shirts/}\ntraining: {mirror_invariant: true, time_budget: 1h}\n")
+    assert main(["--jobs", jobs_address, "submit", str(spec), "--time-budget", "10m", "--recipe", "auto"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert main(["--jobs", jobs_address, "--json", "status", job_id]) == 0
+    training = json.loads(capsys.readouterr().out)["spec"]["training"]
+    assert training == {"mirror_invariant": True, "time_budget": "10m", "recipe": "auto"}  # the flags win
+    with pytest.raises(SystemExit, match="--time-budget.*'ten minutes' is not a duration"):
+        main(["--jobs", jobs_address, "submit", str(spec), "--time-budget", "ten minutes"])
+    with pytest.raises(SystemExit):
+        main(["--jobs", jobs_address, "submit", str(spec), "--recipe", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
+
+
 def test_a_spec_with_an_unknown_field_is_rejected_with_the_file_name(tmp_path):
     spec = tmp_path / "typo.yaml"
     spec.write_text("sorce: {object_prefix: x/}\n")

@@ -77,11 +77,8 @@ def digits_spec() -> common_pb2.JobSpec:
 
 
 def demo_spec() -> common_pb2.JobSpec:
-    # What services/demo.py submits: the CPU recipe (already through with_defaults), plus what embedded.run sets.
-    from services.trainer.config import cpu_recipe_small_images
-
-    training = cpu_recipe_small_images()
-    training.full_stage.epochs = 4
+    # What services/demo.py submits: the automatic recipe with a budget, plus what embedded.run sets.
+    training = common_pb2.TrainingConfig(recipe="auto", time_budget="3m", mirror_invariant=True)
     return common_pb2.JobSpec(
         display_name="fashion-mnist demo",
         source=common_pb2.DataSource(local_path="/tmp/fashion-mnist"),
@@ -117,6 +114,10 @@ def test_the_trainer_defaults_and_the_cpu_recipe_are_valid():
     common_pb2.TrainingConfig(backbone=common_pb2.BACKBONE_RESNET50, input_size=32, width_multiplier=4,
                               optimizer=common_pb2.OPTIMIZER_ADAMW, lr_schedule=common_pb2.LR_SCHEDULE_STEP,
                               seed=-(2**63), full_stage=common_pb2.TrainingStage(epochs=10_000, learning_rate=10)),
+    # Recipes by name, any case; budgets in seconds or as durations.
+    common_pb2.TrainingConfig(recipe="auto", time_budget="10m", mirror_invariant=True),
+    common_pb2.TrainingConfig(recipe="ImageNet-GPU", time_budget="600"),
+    common_pb2.TrainingConfig(time_budget="1h30m"),
 ])
 def test_what_the_trainer_accepts_is_accepted(training):
     from services.trainer.config import with_defaults
@@ -161,6 +162,9 @@ def test_what_the_trainer_accepts_is_accepted(training):
     (dict(task_losses=[common_pb2.TaskLoss(task="a", weight=-1)]), "task_losses[0].weight"),
     (dict(initial_weights_uri="job://../models"), "initial_weights_uri"),
     (dict(initial_weights_uri="job://"), "initial_weights_uri"),
+    (dict(recipe="fast"), "recipe"),
+    (dict(time_budget="soon"), "time_budget"),
+    (dict(time_budget="0s"), "time_budget"),
 ])
 def test_what_the_trainer_rejects_is_rejected_at_submit(fields, field):
     from services.trainer.config import with_defaults

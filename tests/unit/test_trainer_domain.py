@@ -233,3 +233,36 @@ def _raise_unavailable(*args, **kwargs):
     from services.common.errors import Unavailable
 
     raise Unavailable("object store at 127.0.0.1:1 cannot be reached")
+
+
+def test_a_job_without_training_config_gets_the_auto_plan_saved_and_announced(tmp_path, digits_data, monkeypatch):
+    """No training config: the recipe is chosen when training starts (from the data's 24 px images and the
+    injected 2-core AVX2 hardware), the budget sizes it, and the plan is saved with the job, on the first
+    progress event and in the model's manifest."""
+    from services.trainer.loop import Trainer
+    from services.trainer.recipe import Hardware
+
+    monkeypatch.setattr(Trainer, "_measure_throughput", lambda self, network, losses: (10.0, 500.0))
+    world = World(tmp_path, digits_data)
+    domain = world.domain(hardware=Hardware(cpu_cores=2, isa="avx2"))
+    world.bus.subscribe("trainer", domain.handle, kinds=KINDS)
+    submit(world.bus, "job-auto", common_pb2.TrainingConfig(time_budget="1m"))
+    done = domain.wait("job-auto", {Status.TRAINING_STATUS_SUCCEEDED, Status.TRAINING_STATUS_FAILED})
+    assert done.status == Status.TRAINING_STATUS_SUCCEEDED, done.error
+    plan, c = done.plan, done.config
+    assert plan.recipe == "auto" and plan.time_budget_seconds == 60 and plan.measured_images_per_second == 10
+    assert (c.input_size, c.backbone, c.width_multiplier) == (28, common_pb2.BACKBONE_SMALL_CNN, 0.5)
+    assert not c.augmentation.horizontal_flip and c.augmentation.crop_scale_min == 0
+    assert c.augmentation.box_jitter == 0 and "short run (1 epochs): no box jitter" in plan.text  # 1 epoch: relaxed
+    assert plan.planned_epochs == c.full_stage.epochs == 1 and 0 < c.max_steps_per_epoch < 10  # 10 images/s
+    assert plan.planned_training_seconds + plan.evaluation_margin_seconds <= 60
+    assert plan.actual_training_seconds > 0
+    assert "training plan (recipe auto):" in plan.text and "time budget 1m 00s" in plan.text
+    world.wait_for(lambda: "training_completed" in world.kinds("job-auto"))
+    announced = [e.training_progress.plan for e in world.out if payload_kind(e) == "training_progress"
+                 and e.training_progress.plan]
+    assert announced == [plan.text]
+    manifest = json.loads(world.store.get_bytes("models/job-auto/manifest.json"))
+    assert manifest["plan"]["recipe"] == "auto" and manifest["plan"]["planned_epochs"] == 1
+    domain.close()
+    world.bus.close()

@@ -174,3 +174,47 @@ def test_an_epoch_resumed_after_k_batches_sees_exactly_the_remaining_examples(di
     np.testing.assert_array_equal(np.concatenate(full[4:]), np.concatenate(resumed))
     other_epoch = [labels.numpy() for _, labels in data.train_dataset(4, 7, SIZE, 50, aug)]
     assert not np.array_equal(np.concatenate(full), np.concatenate(other_epoch))  # reshuffled per epoch
+
+
+class PlanRecorder(Hooks):
+    def __init__(self):
+        self.plans = []
+
+    def planned(self, budget, config, measured):
+        self.plans.append((budget, config, measured))
+
+
+@pytest.mark.parametrize("images_per_second, budget_seconds", [(1000.0, 600.0), (10.0, 120.0)],
+                         ids=["recipe-epochs-fit", "not-one-epoch-fits"])
+def test_time_budget_sizes_the_run_from_the_measured_throughput(digits, tmp_path, monkeypatch,
+                                                                images_per_second, budget_seconds):
+    """The plan, not the wall time: with a throughput fixed by the test, a generous budget keeps the
+    recipe's 4 epochs; a budget too small for one epoch trains one shorter epoch, without warm-up."""
+    data = digits[0]
+    monkeypatch.setattr(Trainer, "_measure_throughput", lambda self, network, losses: (images_per_second,
+                                                                                      images_per_second * 5))
+    hooks = PlanRecorder()
+    run = trainer(small_config(), data, tmp_path, hooks=hooks, time_budget_seconds=budget_seconds)
+    result = run.run()
+    [(budget, config, measured)] = hooks.plans
+    assert measured["images_per_second"] == images_per_second and budget.fits
+    assert run.config is config and config.full_stage.epochs == budget.epochs == len(result.history)
+    full_steps = data.steps_per_epoch(64)
+    if images_per_second == 1000.0:
+        assert budget.epochs == 4 and budget.steps_per_epoch == full_steps and not config.max_steps_per_epoch
+    else:
+        assert budget.epochs == 1 and 1 <= budget.steps_per_epoch < full_steps
+        assert config.max_steps_per_epoch == budget.steps_per_epoch == result.history[0]["step"]
+        assert config.warmup_epochs == 0
+    assert measured["spent_seconds"] + budget.planned_training_seconds + budget.evaluation_margin_seconds \
+        <= budget_seconds
+
+
+def test_throughput_probe_measures_and_leaves_the_weights_as_they_were(digits, tmp_path):
+    run = trainer(small_config(), digits[0], tmp_path, time_budget_seconds=60.0)
+    network, losses = run._build()
+    before = [w.copy() for w in network.model.get_weights()]  # BatchNorm statistics included
+    train_ips, eval_ips = run._measure_throughput(network, losses)
+    assert train_ips > 0 and eval_ips >= train_ips
+    for old, new in zip(before, network.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)

@@ -165,7 +165,7 @@ class TaskLoss(_message.Message):
     def __init__(self, task: _Optional[str] = ..., weight: _Optional[float] = ..., regression: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("input_size", "batch_size", "seed", "backbone", "squeeze_excitation", "group_norm", "small_input_stem", "initial_weights_uri", "augmentation", "label_smoothing", "class_weights", "center_loss_weight", "task_losses", "weight_decay", "optimizer", "momentum", "nesterov", "lr_schedule", "warmup_epochs", "head_stage", "full_stage", "validate_every_epochs", "early_stopping_patience", "mixed_precision", "xla", "max_steps_per_epoch", "width_multiplier", "dropout")
+    __slots__ = ("input_size", "batch_size", "seed", "backbone", "squeeze_excitation", "group_norm", "small_input_stem", "initial_weights_uri", "augmentation", "label_smoothing", "class_weights", "center_loss_weight", "task_losses", "weight_decay", "optimizer", "momentum", "nesterov", "lr_schedule", "warmup_epochs", "head_stage", "full_stage", "validate_every_epochs", "early_stopping_patience", "mixed_precision", "xla", "max_steps_per_epoch", "width_multiplier", "dropout", "recipe", "time_budget", "mirror_invariant")
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,9 @@ class TrainingConfig(_message.Message):
     MAX_STEPS_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     WIDTH_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_INVARIANT_FIELD_NUMBER: _ClassVar[int]
     input_size: int
     batch_size: int
     seed: int
@@ -222,7 +225,44 @@ class TrainingConfig(_message.Message):
     max_steps_per_epoch: int
     width_multiplier: float
     dropout: float
-    def __init__(self, input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., backbone: _Optional[_Union[Backbone, str]] = ..., squeeze_excitation: _Optional[bool] = ..., group_norm: _Optional[bool] = ..., small_input_stem: _Optional[bool] = ..., initial_weights_uri: _Optional[str] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., label_smoothing: _Optional[float] = ..., class_weights: _Optional[bool] = ..., center_loss_weight: _Optional[float] = ..., task_losses: _Optional[_Iterable[_Union[TaskLoss, _Mapping]]] = ..., weight_decay: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., warmup_epochs: _Optional[int] = ..., head_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., full_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., validate_every_epochs: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., mixed_precision: _Optional[bool] = ..., xla: _Optional[bool] = ..., max_steps_per_epoch: _Optional[int] = ..., width_multiplier: _Optional[float] = ..., dropout: _Optional[float] = ...) -> None: ...
+    recipe: str
+    time_budget: str
+    mirror_invariant: bool
+    def __init__(self, input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., backbone: _Optional[_Union[Backbone, str]] = ..., squeeze_excitation: _Optional[bool] = ..., group_norm: _Optional[bool] = ..., small_input_stem: _Optional[bool] = ..., initial_weights_uri: _Optional[str] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., label_smoothing: _Optional[float] = ..., class_weights: _Optional[bool] = ..., center_loss_weight: _Optional[float] = ..., task_losses: _Optional[_Iterable[_Union[TaskLoss, _Mapping]]] = ..., weight_decay: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., warmup_epochs: _Optional[int] = ..., head_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., full_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., validate_every_epochs: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., mixed_precision: _Optional[bool] = ..., xla: _Optional[bool] = ..., max_steps_per_epoch: _Optional[int] = ..., width_multiplier: _Optional[float] = ..., dropout: _Optional[float] = ..., recipe: _Optional[str] = ..., time_budget: _Optional[str] = ..., mirror_invariant: _Optional[bool] = ...) -> None: ...
+
+class PlanChoice(_message.Message):
+    __slots__ = ("field", "value", "reason")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    value: str
+    reason: str
+    def __init__(self, field: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class TrainingPlan(_message.Message):
+    __slots__ = ("recipe", "choices", "time_budget_seconds", "measured_images_per_second", "measured_eval_images_per_second", "planned_training_seconds", "evaluation_margin_seconds", "planned_epochs", "actual_training_seconds", "text")
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_IMAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_EVAL_IMAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_TRAINING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_MARGIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_TRAINING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    recipe: str
+    choices: _containers.RepeatedCompositeFieldContainer[PlanChoice]
+    time_budget_seconds: float
+    measured_images_per_second: float
+    measured_eval_images_per_second: float
+    planned_training_seconds: float
+    evaluation_margin_seconds: float
+    planned_epochs: int
+    actual_training_seconds: float
+    text: str
+    def __init__(self, recipe: _Optional[str] = ..., choices: _Optional[_Iterable[_Union[PlanChoice, _Mapping]]] = ..., time_budget_seconds: _Optional[float] = ..., measured_images_per_second: _Optional[float] = ..., measured_eval_images_per_second: _Optional[float] = ..., planned_training_seconds: _Optional[float] = ..., evaluation_margin_seconds: _Optional[float] = ..., planned_epochs: _Optional[int] = ..., actual_training_seconds: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ConfusionBound(_message.Message):
     __slots__ = ("true_label", "predicted_label", "max_rate")

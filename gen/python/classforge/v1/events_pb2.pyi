@@ -83,7 +83,7 @@ class RecordsBuilt(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., records_uri: _Optional[str] = ..., train_examples: _Optional[int] = ..., val_examples: _Optional[int] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
-    __slots__ = ("stage", "epoch", "step", "total_loss", "data_loss", "regularization_loss", "images_per_second", "metrics", "total_steps")
+    __slots__ = ("stage", "epoch", "step", "total_loss", "data_loss", "regularization_loss", "images_per_second", "metrics", "total_steps", "plan")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class TrainingProgress(_message.Message):
     IMAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     stage: int
     epoch: int
     step: int
@@ -109,7 +110,8 @@ class TrainingProgress(_message.Message):
     images_per_second: float
     metrics: _containers.ScalarMap[str, float]
     total_steps: int
-    def __init__(self, stage: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_loss: _Optional[float] = ..., data_loss: _Optional[float] = ..., regularization_loss: _Optional[float] = ..., images_per_second: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_steps: _Optional[int] = ...) -> None: ...
+    plan: str
+    def __init__(self, stage: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_loss: _Optional[float] = ..., data_loss: _Optional[float] = ..., regularization_loss: _Optional[float] = ..., images_per_second: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_steps: _Optional[int] = ..., plan: _Optional[str] = ...) -> None: ...
 
 class TrainingCompleted(_message.Message):
     __slots__ = ("model", "history_uri", "records_uri")

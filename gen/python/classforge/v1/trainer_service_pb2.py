@@ -26,29 +26,29 @@ from classforge.v1 import common_pb2 as classforge_dot_v1_dot_common__pb2
 from classforge.v1 import events_pb2 as classforge_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#classforge/v1/trainer_service.proto\x12\rclassforge.v1\x1a\x1a\x63lassforge/v1/common.proto\x1a\x1a\x63lassforge/v1/events.proto\"\xa9\x02\n\x08Training\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.classforge.v1.TrainingStatus\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1f.classforge.v1.TrainingProgress\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x1b\n\x13last_checkpoint_uri\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0brecords_uri\x18\x07 \x01(\t\x12-\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x1d.classforge.v1.TrainingConfig\x12\x13\n\x0bhistory_uri\x18\t \x01(\t\"j\n\x14StartTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0brecords_uri\x18\x02 \x01(\t\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.classforge.v1.TrainingConfig\"B\n\x15StartTrainingResponse\x12)\n\x08training\x18\x01 \x01(\x0b\x32\x17.classforge.v1.Training\"$\n\x12GetTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"@\n\x13GetTrainingResponse\x12)\n\x08training\x18\x01 \x01(\x0b\x32\x17.classforge.v1.Training\"%\n\x13StopTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"A\n\x14StopTrainingResponse\x12)\n\x08training\x18\x01 \x01(\x0b\x32\x17.classforge.v1.Training*\xc2\x01\n\x0eTrainingStatus\x12\x1f\n\x1bTRAINING_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRAINING_STATUS_RUNNING\x10\x01\x12\x1d\n\x19TRAINING_STATUS_SUCCEEDED\x10\x02\x12\x1a\n\x16TRAINING_STATUS_FAILED\x10\x03\x12\x1b\n\x17TRAINING_STATUS_STOPPED\x10\x04\x12\x1a\n\x16TRAINING_STATUS_QUEUED\x10\x05\x32\x9b\x02\n\x0eTrainerService\x12Z\n\rStartTraining\x12#.classforge.v1.StartTrainingRequest\x1a$.classforge.v1.StartTrainingResponse\x12T\n\x0bGetTraining\x12!.classforge.v1.GetTrainingRequest\x1a\".classforge.v1.GetTrainingResponse\x12W\n\x0cStopTraining\x12\".classforge.v1.StopTrainingRequest\x1a#.classforge.v1.StopTrainingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#classforge/v1/trainer_service.proto\x12\rclassforge.v1\x1a\x1a\x63lassforge/v1/common.proto\x1a\x1a\x63lassforge/v1/events.proto\"\xd4\x02\n\x08Training\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.classforge.v1.TrainingStatus\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1f.classforge.v1.TrainingProgress\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x1b\n\x13last_checkpoint_uri\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0brecords_uri\x18\x07 \x01(\t\x12-\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x1d.classforge.v1.TrainingConfig\x12\x13\n\x0bhistory_uri\x18\t \x01(\t\x12)\n\x04plan\x18\n \x01(\x0b\x32\x1b.classforge.v1.TrainingPlan\"j\n\x14StartTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0brecords_uri\x18\x02 \x01(\t\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.classforge.v1.TrainingConfig\"B\n\x15StartTrainingResponse\x12)\n\x08training\x18\x01 \x01(\x0b\x32\x17.classforge.v1.Training\"$\n\x12GetTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"@\n\x13GetTrainingResponse\x12)\n\x08training\x18\x01 \x01(\x0b\x32\x17.classforge.v1.Training\"%\n\x13StopTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"A\n\x14StopTrainingResponse\x12)\n\x08training\x18\x01 \x01(\x0b\x32\x17.classforge.v1.Training*\xc2\x01\n\x0eTrainingStatus\x12\x1f\n\x1bTRAINING_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRAINING_STATUS_RUNNING\x10\x01\x12\x1d\n\x19TRAINING_STATUS_SUCCEEDED\x10\x02\x12\x1a\n\x16TRAINING_STATUS_FAILED\x10\x03\x12\x1b\n\x17TRAINING_STATUS_STOPPED\x10\x04\x12\x1a\n\x16TRAINING_STATUS_QUEUED\x10\x05\x32\x9b\x02\n\x0eTrainerService\x12Z\n\rStartTraining\x12#.classforge.v1.StartTrainingRequest\x1a$.classforge.v1.StartTrainingResponse\x12T\n\x0bGetTraining\x12!.classforge.v1.GetTrainingRequest\x1a\".classforge.v1.GetTrainingResponse\x12W\n\x0cStopTraining\x12\".classforge.v1.StopTrainingRequest\x1a#.classforge.v1.StopTrainingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'classforge.v1.trainer_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRAININGSTATUS']._serialized_start=797
-  _globals['_TRAININGSTATUS']._serialized_end=991
+  _globals['_TRAININGSTATUS']._serialized_start=840
+  _globals['_TRAININGSTATUS']._serialized_end=1034
   _globals['_TRAINING']._serialized_start=111
-  _globals['_TRAINING']._serialized_end=408
-  _globals['_STARTTRAININGREQUEST']._serialized_start=410
-  _globals['_STARTTRAININGREQUEST']._serialized_end=516
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=518
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=584
-  _globals['_GETTRAININGREQUEST']._serialized_start=586
-  _globals['_GETTRAININGREQUEST']._serialized_end=622
-  _globals['_GETTRAININGRESPONSE']._serialized_start=624
-  _globals['_GETTRAININGRESPONSE']._serialized_end=688
-  _globals['_STOPTRAININGREQUEST']._serialized_start=690
-  _globals['_STOPTRAININGREQUEST']._serialized_end=727
-  _globals['_STOPTRAININGRESPONSE']._serialized_start=729
-  _globals['_STOPTRAININGRESPONSE']._serialized_end=794
-  _globals['_TRAINERSERVICE']._serialized_start=994
-  _globals['_TRAINERSERVICE']._serialized_end=1277
+  _globals['_TRAINING']._serialized_end=451
+  _globals['_STARTTRAININGREQUEST']._serialized_start=453
+  _globals['_STARTTRAININGREQUEST']._serialized_end=559
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=561
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=627
+  _globals['_GETTRAININGREQUEST']._serialized_start=629
+  _globals['_GETTRAININGREQUEST']._serialized_end=665
+  _globals['_GETTRAININGRESPONSE']._serialized_start=667
+  _globals['_GETTRAININGRESPONSE']._serialized_end=731
+  _globals['_STOPTRAININGREQUEST']._serialized_start=733
+  _globals['_STOPTRAININGREQUEST']._serialized_end=770
+  _globals['_STOPTRAININGRESPONSE']._serialized_start=772
+  _globals['_STOPTRAININGRESPONSE']._serialized_end=837
+  _globals['_TRAINERSERVICE']._serialized_start=1037
+  _globals['_TRAINERSERVICE']._serialized_end=1320
 # @@protoc_insertion_point(module_scope)

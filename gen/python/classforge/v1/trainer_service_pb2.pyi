@@ -24,7 +24,7 @@ TRAINING_STATUS_STOPPED: TrainingStatus
 TRAINING_STATUS_QUEUED: TrainingStatus
 
 class Training(_message.Message):
-    __slots__ = ("job_id", "status", "progress", "model", "last_checkpoint_uri", "error", "records_uri", "config", "history_uri")
+    __slots__ = ("job_id", "status", "progress", "model", "last_checkpoint_uri", "error", "records_uri", "config", "history_uri", "plan")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class Training(_message.Message):
     RECORDS_URI_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     HISTORY_URI_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: TrainingStatus
     progress: _events_pb2.TrainingProgress
@@ -43,7 +44,8 @@ class Training(_message.Message):
     records_uri: str
     config: _common_pb2.TrainingConfig
     history_uri: str
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[TrainingStatus, str]] = ..., progress: _Optional[_Union[_events_pb2.TrainingProgress, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., last_checkpoint_uri: _Optional[str] = ..., error: _Optional[str] = ..., records_uri: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.TrainingConfig, _Mapping]] = ..., history_uri: _Optional[str] = ...) -> None: ...
+    plan: _common_pb2.TrainingPlan
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[TrainingStatus, str]] = ..., progress: _Optional[_Union[_events_pb2.TrainingProgress, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., last_checkpoint_uri: _Optional[str] = ..., error: _Optional[str] = ..., records_uri: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.TrainingConfig, _Mapping]] = ..., history_uri: _Optional[str] = ..., plan: _Optional[_Union[_common_pb2.TrainingPlan, _Mapping]] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ("job_id", "records_uri", "config")
