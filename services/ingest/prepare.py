@@ -37,7 +37,7 @@ from services.ingest import metrics
 from services.ingest.balance import Example, balance, class_counts, stratified_split
 from services.ingest.names import printable
 from services.ingest.options import DEFAULT_LIMITS, IngestOptions
-from services.ingest.report import render_markdown
+from services.ingest.report import balance_section, render_markdown
 from services.ingest.sources import Candidate, collect
 from services.ingest.validation import CONTENT_TYPES, ImageCheck, Reject, ValidationPool, reason_code
 
@@ -313,15 +313,7 @@ def _report(dataset_id, source, options, tasks, classes, declared, uniques, exam
         "tasks": [{"name": task, "classes": classes[t]} for t, task in enumerate(tasks)],
         "counts": counts,
         "labels": rows,
-        "balance": {
-            "task": tasks[0],
-            "before": {names[k]: v for k, v in balanced.before.items()},
-            "after": {names[k]: v for k, v in balanced.after.items()},
-            "target": balanced.target,
-            "capped": {names[k]: v for k, v in balanced.capped.items()},
-            "ratio_before": round(balanced.ratio_before, 4),
-            "ratio_after": round(balanced.ratio_after, 4),
-        },
+        "balance": balance_section(tasks[0], names, balanced),
         "images": {
             "count": len(checks),
             "bytes": sum(c.size for c in checks),

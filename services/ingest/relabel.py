@@ -37,7 +37,7 @@ from services.common.storage import LocalObjectStore, ObjectStore
 from services.ingest.balance import Balance, Example, balance
 from services.ingest.options import IngestOptions
 from services.ingest.prepare import LIST_FILES, MANIFEST_FORMAT, Prepared, read_json
-from services.ingest.report import render_markdown
+from services.ingest.report import balance_section, render_markdown
 from services.ingest.validation import CONTENT_TYPES, reason_code
 
 SPLITS = ("train", "val", "test")
@@ -365,15 +365,7 @@ def _report(source, source_prefix, new_id, source_doc, options, tasks, splits, t
         "options": options.as_dict(),
         "counts": counts,
         "labels": rows,
-        "balance": {
-            "task": tasks[0]["name"],
-            "before": {names[k]: v for k, v in balanced.before.items()},
-            "after": {names[k]: v for k, v in balanced.after.items()},
-            "target": balanced.target,
-            "capped": {names[k]: v for k, v in balanced.capped.items()},
-            "ratio_before": round(balanced.ratio_before, 4),
-            "ratio_after": round(balanced.ratio_after, 4),
-        },
+        "balance": balance_section(tasks[0]["name"], names, balanced),
         "images": {
             "count": len(values),
             "bytes": sum(v["bytes"] for v in values),

@@ -21,6 +21,20 @@ from classforge.v1 import ingest_service_pb2 as pb
 from services.ingest.names import printable
 
 
+def balance_section(task: str, names: list[str], balanced) -> dict:
+    """The report's "balance" entry: the first task's class counts before and after oversampling the
+    training split (`balanced`: balance.Balanced), by class name."""
+    return {
+        "task": task,
+        "before": {names[k]: v for k, v in balanced.before.items()},
+        "after": {names[k]: v for k, v in balanced.after.items()},
+        "target": balanced.target,
+        "capped": {names[k]: v for k, v in balanced.capped.items()},
+        "ratio_before": round(balanced.ratio_before, 4),
+        "ratio_after": round(balanced.ratio_after, 4),
+    }
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# Dataset `{report['dataset_id']}`", ""]
     counts = report["counts"]
