@@ -1,5 +1,5 @@
 """The inference service in one process, for its gRPC, REST and Open Inference Protocol v2 tests: toy
-SavedModels exported from services/model_server/toy_model.py, the model-server stand-in (ModelServerCore +
+SavedModels exported from tests/support/toy_model.py, the model-server stand-in (ModelServerCore +
 TF Serving's PredictionService/ModelService servicers) over real gRPC, a Publisher that publishes versions,
 the Classifier, and the inference service's gRPC server with both classforge.v1.InferenceService and
 inference.GRPCInferenceService, plus its HTTP server (uvicorn) on a free port."""
@@ -31,10 +31,10 @@ from services.inference.model_server_client import ModelServerClient
 from services.inference.publisher import Publisher
 from services.inference.repository import ModelRepository
 from services.inference.servicer import InferenceServicer
-from services.model_server import toy_model
 from services.model_server.core import ModelServerCore
 from services.model_server.main import MODEL_SERVICE, PREDICTION_SERVICE
 from services.model_server.servicer import ModelServicer, PredictionServicer
+from tests.support import toy_model
 
 IMAGES = [toy_model.png(12, 9, seed=s) for s in range(4)] + [toy_model.jpeg(20, 16, seed=9)]
 

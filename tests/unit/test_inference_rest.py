@@ -30,9 +30,9 @@ from services.inference.classifier import Classifier
 from services.inference.http_api import build_app
 from services.inference.model_server_client import ModelServerClient
 from services.inference.settings import InferenceSettings
-from services.model_server import toy_model
 from services.model_server.core import LoadedVersion
 from tests.inference_stack import BOMB, IMAGES, NOT_AN_IMAGE, TRUNCATED, UNDECODABLE, Stack, build_exports
+from tests.support import toy_model
 
 MAX_BODY = 300_000
 MAX_IMAGE = 100_000
