@@ -126,14 +126,14 @@ def _serve_inference(args) -> int:
     settings = InferenceSettings.load(environ=tuning, kafka_bootstrap="-", s3_endpoint="-", s3_access_key="-",
                                       s3_secret_key="-", model_base_path=args.base, model_server=args.model_server)
     with tempfile.TemporaryDirectory() as state:
-        classifier, publisher, client, _ = build_domain(settings, LocalObjectStore(state), InProcessEventBus())
+        domain = build_domain(settings, LocalObjectStore(state), InProcessEventBus())
         server = GrpcServer("inference", port=args.port, host="127.0.0.1", grace_seconds=1,
                             worker_threads=settings.worker_threads, recheck_seconds=1,
-                            readiness_checks={"model_server": client.ping})
-        server.on_ready(publisher.reconcile)
+                            readiness_checks={"model_server": domain.check_model_server})
+        server.on_ready(domain.start)  # no periodic reconcile: the bench's model server never restarts
         server.add_service(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
-                           InferenceServicer(classifier, publisher), SERVICE_NAME)
-        server.on_stop(client.close)
+                           InferenceServicer(domain), SERVICE_NAME)
+        server.on_stop(domain.close)
         server.start()
         server.serve_until_signalled()
     return 0
