@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 
@@ -15,8 +14,6 @@ from services.jobs.settings import JobsSettings
 SERVICE_NAME = jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
 GROUP, DEAD_LETTER_GROUP = "jobs", "jobs-dead-letters"
 
-log = logging.getLogger("classforge.jobs")
-
 
 def build(context: ServiceContext) -> None:
     settings: JobsSettings = context.settings  # type: ignore[assignment]
@@ -28,17 +25,7 @@ def build(context: ServiceContext) -> None:
 
     def watchdog() -> None:
         while not stopping.wait(settings.watchdog_seconds):
-            try:
-                context.bus.ping()
-                context.store.ping()
-            except Exception:  # noqa: BLE001 - blind to events: no deadline may run out meanwhile
-                domain.lost_sight()
-                continue
-            domain.regained_sight()
-            try:
-                domain.check_deadlines()
-            except Exception:  # noqa: BLE001 - retried on the next round
-                log.warning("checking stage deadlines failed; retrying", exc_info=True)
+            domain.watchdog_round()
 
     def restore_then_follow() -> None:
         # Restoring needs the object store, which may still be coming up; readiness covers it.
