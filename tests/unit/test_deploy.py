@@ -47,19 +47,13 @@ SERVICES = ["jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference"]
 # --------------------------------------------------------------------------- settings classes
 
 def _settings_class(service: str) -> type[ServiceSettings]:
-    """The most derived ServiceSettings subclass a service defines (services/<s>/settings.py or main.py)."""
-    found: list[type] = []
-    for module_name in (f"services.{service}.settings", f"services.{service}.main"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        found += [v for v in vars(module).values()
-                  if isinstance(v, type) and issubclass(v, ServiceSettings) and v.__module__ == module_name]
-    if not found:
-        return ServiceSettings
+    """The most derived ServiceSettings subclass a service defines (every service keeps it in
+    services/<s>/settings.py)."""
+    module_name = f"services.{service}.settings"
+    module = importlib.import_module(module_name)
+    found = [v for v in vars(module).values()
+             if isinstance(v, type) and issubclass(v, ServiceSettings) and v.__module__ == module_name]
+    assert found, f"{module_name} defines no ServiceSettings subclass"
     found.sort(key=lambda cls: len(cls.__mro__), reverse=True)
     return found[0]
 
