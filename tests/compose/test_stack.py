@@ -21,7 +21,7 @@ import pytest
 from classforge.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
-from services.common.sample_data import load_digits, write_image_folders
+from services.demo_data import load_digits, write_image_folders
 
 pytestmark = [pytest.mark.integration, pytest.mark.compose]
 
