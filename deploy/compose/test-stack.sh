@@ -15,6 +15,7 @@ export CLASSFORGE_COMPOSE_DATA="$REPO_ROOT/.build/compose-data"
 COMPOSE=(docker-compose -f "$REPO_ROOT/docker-compose.yml" -f "$REPO_ROOT/deploy/compose/local-images.yml"
          -f "$REPO_ROOT/deploy/compose/test.yml")
 PY="$REPO_ROOT/.venv/bin/python"
+SERVICES=(jobs ingest tfrecords trainer evaluator inference tf-serving)
 
 "$REPO_ROOT/deploy/docker/engine.sh" ensure || die "no Docker engine (see above)"
 t0=$SECONDS
@@ -40,14 +41,14 @@ t1=$SECONDS
   die "docker-compose up failed"
 }
 
-# Every long-running container healthy (one-shot init containers exit 0).
+# Every long-running container healthy; the one-shot *-init containers exit 0.
 deadline=$((SECONDS + HEALTHY_TIMEOUT))
 while :; do
   waiting=()
   for c in $("${COMPOSE[@]}" ps -q); do
-    read -r name state health exit_code < <(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' "$c")
+    read -r name service state health exit_code < <(docker inspect -f '{{.Name}} {{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' "$c")
     name=${name#/}
-    if [[ $state == exited && $health == none && $exit_code == 0 ]]; then continue; fi
+    if [[ $service == *-init && $state == exited && $exit_code == 0 ]]; then continue; fi
     if [[ $state == exited || $state == dead ]]; then
       log "$name exited ($exit_code); its last log lines:"; docker logs --tail 30 "$c" 2>&1 | sed 's/^/    /' >&2
       die "$name exited during start-up"
@@ -71,8 +72,20 @@ rc=0
 (cd "$REPO_ROOT" && "$PY" -m pytest -p no:cacheprovider tests/compose -m compose "$@") || rc=$?
 log "tests/compose finished in $((SECONDS - t2)) s (exit $rc)"
 if ((rc)); then
-  for service in jobs ingest tfrecords trainer evaluator inference; do
+  for service in "${SERVICES[@]}"; do
     log "last log lines of $service:"; "${COMPOSE[@]}" logs --tail 15 "$service" 2>&1 | sed 's/^/    /' >&2
   done
+  exit $rc
 fi
-exit $rc
+
+# `docker stop` (SIGTERM, then KILL after the grace period) must end every service cleanly: exit 0
+# within its stop_grace_period (a KILL would show as 137).
+t3=$SECONDS
+"${COMPOSE[@]}" stop "${SERVICES[@]}" >/dev/null 2>&1
+bad=()
+for service in "${SERVICES[@]}"; do
+  code=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -q "$service")")
+  [[ $code == 0 ]] || bad+=("$service=$code")
+done
+((${#bad[@]} == 0)) || die "docker stop did not end these with exit 0: ${bad[*]}"
+log "docker stop ended every service with exit 0 in $((SECONDS - t3)) s"
