@@ -20,7 +20,8 @@ from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.settings import ServiceSettings, SettingsError
 from services.common.stage_work import Stage
-from services.common.storage import MinioObjectStore, ObjectStore
+from services.common.storage import ObjectStore
+from services.common.storage.minio import MinioObjectStore
 
 log = logging.getLogger("classforge.runtime")
 

@@ -14,7 +14,7 @@ from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
 from services.common.grpc_server import wait_until_serving
 from services.common.sample_data import load_digits, write_image_folders
 from services.common.settings import DEFAULT_PORTS
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 
 pytestmark = pytest.mark.integration
 

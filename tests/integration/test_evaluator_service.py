@@ -16,7 +16,7 @@ from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
 from services.common.events import ObjectStoreProcessedEvents, new_event
 from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from services.evaluator.fixtures import write_colour_model
 from services.evaluator.main import GROUP
 from services.tfrecords.builder import BuildOptions, RecordsBuilder

@@ -19,7 +19,7 @@ from classforge.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.events import ObjectStoreProcessedEvents, new_event
 from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from services.model_server import toy_model
 from tests.integration.kafka_topic import positioned_consumer, topics
 

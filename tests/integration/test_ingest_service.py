@@ -24,7 +24,7 @@ from services.common.events import new_event
 from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
 from services.common.sample_data import load_digits
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from tests.archives import tar_gz
 from tests.integration.kafka_topic import positioned_consumer, topics
 

@@ -14,7 +14,7 @@ from classforge.v1 import trainer_service_pb2_grpc as pb_grpc
 from services.common.events import new_event
 from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from tests.integration.kafka_topic import positioned_consumer, topics
 
 pytestmark = pytest.mark.integration
