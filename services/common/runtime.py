@@ -14,14 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.events import EventBus, ObjectStoreProcessedEvents
-from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import GrpcServer
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.settings import ServiceSettings, SettingsError
 from services.common.stage_work import Stage
 from services.common.storage import ObjectStore
-from services.common.storage.minio import MinioObjectStore
 
 log = logging.getLogger("classforge.runtime")
 
@@ -44,6 +42,11 @@ class ServiceContext:
 def connect(name: str, settings: ServiceSettings) -> tuple[Callable[[], ObjectStore], ObjectStore, EventBus]:
     """Opens the object store and the Kafka bus. Neither call blocks on the network: an
     unreachable dependency shows up in readiness, not as a crash at start-up."""
+    # Imported here: embedded mode uses ServiceContext and the services' build() without ever loading
+    # the Kafka and MinIO clients.
+    from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
+    from services.common.storage.minio import MinioObjectStore
+
     store_factory = functools.partial(MinioObjectStore, settings.s3_endpoint, settings.s3_access_key,
                                       settings.s3_secret_key, settings.s3_bucket, secure=settings.s3_secure)
     store = store_factory()

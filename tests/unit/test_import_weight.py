@@ -22,7 +22,8 @@ HEAVY = ("kafka", "minio", "tensorflow")
 NEEDS_TENSORFLOW = {"services.trainer.domain", "services.evaluator.domain"}
 
 DOMAINS = sorted(f"services.{path.parent.name}.domain" for path in (ROOT / "services").glob("*/domain.py"))
-LIGHT_COMMON = ["services.common.events", "services.common.storage"]
+# Embedded mode runs every service on the in-process bus and a local store: no clients either.
+LIGHT_COMMON = ["services.common.events", "services.common.storage", "services.common.runtime", "services.embedded"]
 ADAPTERS = ["services.common.events.kafka", "services.common.storage.minio"]
 
 
