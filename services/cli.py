@@ -236,7 +236,7 @@ def register_lineage(sub) -> None:
 def _services_store(bucket: str = ""):
     """The deployment's object store, from CLASSFORGE_S3_* (the bucket named, or CLASSFORGE_S3_BUCKET)."""
     from services.common.settings import ServiceSettings
-    from services.common.storage import MinioObjectStore
+    from services.common.storage.minio import MinioObjectStore
 
     settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
     return MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,

@@ -13,13 +13,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common.events import EventBus, KafkaEventBus, ObjectStoreProcessedEvents
+from services.common.events import EventBus, ObjectStoreProcessedEvents
 from services.common.grpc_server import GrpcServer
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
 from services.common.settings import ServiceSettings, SettingsError
 from services.common.stage_work import Stage
-from services.common.storage import MinioObjectStore, ObjectStore
+from services.common.storage import ObjectStore
 
 log = logging.getLogger("classforge.runtime")
 
@@ -42,13 +42,15 @@ class ServiceContext:
 def connect(name: str, settings: ServiceSettings) -> tuple[Callable[[], ObjectStore], ObjectStore, EventBus]:
     """Opens the object store and the Kafka bus. Neither call blocks on the network: an
     unreachable dependency shows up in readiness, not as a crash at start-up."""
+    # Imported here: embedded mode uses ServiceContext and the services' build() without ever loading
+    # the Kafka and MinIO clients.
+    from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
+    from services.common.storage.minio import MinioObjectStore
+
     store_factory = functools.partial(MinioObjectStore, settings.s3_endpoint, settings.s3_access_key,
                                       settings.s3_secret_key, settings.s3_bucket, secure=settings.s3_secure)
     store = store_factory()
-    bus = KafkaEventBus(settings.kafka_bootstrap, client_id=name, processed=ObjectStoreProcessedEvents(store),
-                        topic=settings.kafka_topic, dead_letter_topic=f"{settings.kafka_topic}.dlq",
-                        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-                        outage_window_s=settings.outage_window_seconds)
+    bus = KafkaEventBus(KafkaBusConfig.from_settings(settings, client_id=name), ObjectStoreProcessedEvents(store))
     return store_factory, store, bus
 
 

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.common.errors import ClassforgeError, FailedPrecondition
-from services.common.storage import LocalObjectStore, ObjectStore
+from services.common.storage import ObjectStore
 from services.ingest import metrics
 from services.ingest.balance import Example, balance, class_counts, stratified_split
 from services.ingest.names import printable
@@ -233,7 +233,7 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
 
     # Remote stores answer each upload after a round trip, so several go at once; a local directory is
     # bound by the kernel's own work per file, where more threads than cores only add contention.
-    threads = write_threads or (2 if isinstance(store, LocalObjectStore) else 8)
+    threads = write_threads or store.useful_write_threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-write") as pool:
         list(pool.map(put_image, uniques))
     labels_doc = {"tasks": [{"name": task, "classes": classes[t]} for t, task in enumerate(tasks)]}

@@ -33,7 +33,7 @@ from PIL import Image
 
 from services.common import mislabel_review as review
 from services.common.errors import FailedPrecondition, InvalidArgument, shown
-from services.common.storage import LocalObjectStore, ObjectStore
+from services.common.storage import ObjectStore
 from services.ingest.balance import Balance, Example, balance
 from services.ingest.options import IngestOptions
 from services.ingest.prepare import LIST_FILES, MANIFEST_FORMAT, Prepared, read_json
@@ -268,7 +268,7 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
                                   "format": image.format or ext, "mode": image.mode}
 
     # As in prepare: a remote store answers each call after a round trip, so several go at once.
-    threads = 2 if isinstance(target, LocalObjectStore) else 8
+    threads = target.useful_write_threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-relabel") as pool:
         sizes = dict(pool.map(copy, [e for split in SPLITS for e in splits[split]]))
     files: dict[str, dict] = {}

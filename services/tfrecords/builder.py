@@ -48,7 +48,7 @@ from pathlib import Path
 
 from services.common import artefacts
 from services.common.errors import DataLoss, InvalidArgument
-from services.common.storage import LocalObjectStore, ObjectNotFound, ObjectStore
+from services.common.storage import ObjectNotFound, ObjectStore
 from services.tfrecords import example, metrics
 from services.tfrecords.dataset import SPLITS, Dataset, DatasetError, Entry, load_dataset
 from services.tfrecords.workers import ChunkEncoder, EncodeJob, WorkerPool
@@ -216,7 +216,7 @@ class RecordsBuilder:
             out.delete(f"{prefix}/{MANIFEST}")
         started = time.monotonic()
         dataset = load_dataset(store, dataset_id, dataset_prefix)
-        local_root = str(store.root) if isinstance(store, LocalObjectStore) else None
+        local_root = str(root) if (root := store.local_path()) is not None else None
         job = EncodeJob(dataset.prefix, dataset.class_names, options.max_side, options.jpeg_quality, local_root,
                         self.store_factory)
         examples = sum(len(entries) for entries in dataset.splits.values())
@@ -402,9 +402,10 @@ def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
     is missing (before anything is written)."""
     keys = {e.key for entries in dataset.splits.values() for e in entries}
     sizes: dict[str, int] = {}
-    if isinstance(store, LocalObjectStore):  # one stat per file (keys are checked: no '..', no absolute path)
+    # Files in place: one stat per file (keys are checked: no '..', no absolute path).
+    if (directory := store.local_path(dataset.prefix)) is not None:
         try:
-            base = os.open(store.root / dataset.prefix, os.O_RDONLY | os.O_DIRECTORY)
+            base = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             base = None
         try:

@@ -75,7 +75,7 @@ def cmd_build(args) -> int:
         print(f"classforge: {type(exc).__name__}: {exc.message}", file=sys.stderr)
         return 1
     splits = result.manifest["splits"]
-    location = (str(out.root / result.prefix) if isinstance(out, LocalObjectStore) else out.uri(result.prefix))
+    location = str(out.local_path(result.prefix) or out.uri(result.prefix))
     summary = {"build_id": result.build_id, "records": location, "built": result.built,
                "seconds": round(time.monotonic() - started, 3),
                "splits": {name: {"examples": s["examples"], "shards": len(s["shards"]), "bytes": s["bytes"]}

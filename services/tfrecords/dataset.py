@@ -14,16 +14,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from services.common import artefacts
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-
-if TYPE_CHECKING:
-    from services.common.storage import ObjectStore
-
-# services.common.storage (MinIO client and all) is imported inside the functions that read a store: the
-# builder's worker processes import this module for CONTENT_KEY and DatasetError and must start fast.
+from services.common.storage import ObjectNotFound, ObjectStore, check_key
 
 SPLITS = ("train", "val", "test")
 DATASETS_PREFIX = artefacts.DATASETS_PREFIX
@@ -97,8 +92,6 @@ def load_dataset(store: ObjectStore, dataset_id: str, prefix: str | None = None)
 
     NotFound when nothing is stored under the dataset's prefix; FailedPrecondition when it has no
     manifest.json (ingest has not finished, or crashed); DatasetError for bad content."""
-    from services.common.storage import ObjectNotFound
-
     prefix = (prefix if prefix is not None else dataset_prefix(dataset_id)).rstrip("/")
     try:
         raw_manifest = store.get_bytes(f"{prefix}/manifest.json")
@@ -123,8 +116,6 @@ def load_dataset(store: ObjectStore, dataset_id: str, prefix: str | None = None)
 
 
 def _get(store: ObjectStore, key: str, dataset_id: str) -> bytes:
-    from services.common.storage import ObjectNotFound
-
     try:
         return store.get_bytes(key)
     except ObjectNotFound:
@@ -157,8 +148,6 @@ def _check_labels(labels: dict, where: str) -> list[list[str]]:
 
 def parse_list(text: bytes, where: str, class_names: list[list[str]]) -> list[Entry]:
     """The entries of one list file, in file order (oversampled lines stay where they are)."""
-    from services.common.storage import check_key
-
     try:
         lines = text.decode("utf-8").splitlines()
     except UnicodeDecodeError:

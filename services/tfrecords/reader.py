@@ -156,7 +156,7 @@ class RecordsReader:
         the cache (downloaded on first use, each verified against the manifest's sha256)."""
         if split not in self._local:
             shards = self._split(split)["shards"]
-            if isinstance(self.store, LocalObjectStore):
+            if self.store.local_path() is not None:
                 paths = [self._in_place(shard) for shard in shards]
             else:
                 with ThreadPoolExecutor(max(1, self.download_threads)) as pool:
@@ -170,7 +170,7 @@ class RecordsReader:
             recorded = self.store.stat(key).sha256
         except ObjectNotFound:
             raise DataLoss(f"shard {key} listed in the manifest is missing; build the records again") from None
-        path = self.store.root / key
+        path = self.store.local_path(key)
         if recorded is None:  # no sidecar (copied by hand): hash it once
             recorded = _sha256_file(path)
         if recorded != shard["sha256"]:

@@ -23,13 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
+from services.common.storage import LocalObjectStore, ObjectCorrupted, ObjectNotFound, ObjectStore
 from services.tfrecords import example
 from services.tfrecords.dataset import CONTENT_KEY, DatasetError
-
-if TYPE_CHECKING:
-    from services.common.storage import ObjectStore
 
 FETCH_THREADS = 8  # concurrent GETs per worker against a remote store
 _READ_SIZE = 1024 * 1024
@@ -65,8 +63,6 @@ class ChunkEncoder:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            from services.common.storage import LocalObjectStore  # here: workers of a local store never need it
-
             self._store = LocalObjectStore(self.root) if self.root else self.job.store_factory()
         return self._store
 
@@ -121,8 +117,6 @@ class ChunkEncoder:
             os.close(fd)
 
     def _get(self, key: str) -> bytes:
-        from services.common.storage import ObjectCorrupted, ObjectNotFound
-
         try:
             return self.store.get_bytes(f"{self.job.dataset_prefix}/{key}")
         except ObjectNotFound:

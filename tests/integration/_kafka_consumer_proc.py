@@ -18,7 +18,8 @@ import threading
 
 from kafka import KafkaConsumer
 
-from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, ProcessedEvents
+from services.common.events import ObjectStoreProcessedEvents, ProcessedEvents
+from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.storage import LocalObjectStore
 
 CRASH_EXIT_CODE = 17
@@ -64,9 +65,10 @@ def main() -> int:
         KafkaConsumer.commit = crash
 
     processed = RecordingProcessed(ObjectStoreProcessedEvents(LocalObjectStore(args.store)), args.skipped)
-    bus = KafkaEventBus(args.bootstrap, client_id="crash-test", processed=processed, topic=args.topic,
-                        dead_letter_topic=args.dead_letter_topic, backoff_s=0.05, session_timeout_ms=6000,
-                        heartbeat_interval_ms=1000, poll_timeout_ms=100)
+    config = KafkaBusConfig(args.bootstrap, client_id="crash-test", topic=args.topic,
+                            dead_letter_topic=args.dead_letter_topic, backoff_s=0.05, session_timeout_ms=6000,
+                            heartbeat_interval_ms=1000, poll_timeout_ms=100)
+    bus = KafkaEventBus(config, processed)
     bus.subscribe(args.group, lambda event: _append(args.out, event.event_id))
 
     stop = threading.Event()

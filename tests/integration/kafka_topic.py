@@ -8,7 +8,7 @@ from kafka.errors import TopicAlreadyExistsError
 
 
 def topics(infra: dict[str, str]) -> dict[str, str]:
-    """KafkaEventBus arguments for the test's topic and its dead-letter topic, as the services name them."""
+    """KafkaBusConfig arguments for the test's topic and its dead-letter topic, as the services name them."""
     topic = infra["CLASSFORGE_KAFKA_TOPIC"]
     return {"topic": topic, "dead_letter_topic": f"{topic}.dlq"}
 

@@ -13,9 +13,10 @@ import pytest
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import evaluator_service_pb2 as pb
 from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
-from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
+from services.common.events import ObjectStoreProcessedEvents, new_event
+from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from services.evaluator.main import GROUP
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
 from tests.integration.kafka_topic import positioned_consumer, topics
@@ -67,8 +68,8 @@ def test_evaluator_service_over_kafka_and_minio(infra, prometheus, start_service
     except TimeoutError:
         pytest.fail(f"evaluator never became SERVING:\n{service.log()}")
     consumer = positioned_consumer(infra)
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id=f"it-evaluator-{uuid.uuid4().hex[:6]}",
-                        **topics(infra))
+    bus = KafkaEventBus(KafkaBusConfig(infra["CLASSFORGE_KAFKA_BOOTSTRAP"],
+                                       client_id=f"it-evaluator-{uuid.uuid4().hex[:6]}", **topics(infra)))
     try:
         spec = common_pb2.JobSpec(gates=common_pb2.EvaluationGates(min_accuracy=0.99))
         bus.publish(new_event(job_id, "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))

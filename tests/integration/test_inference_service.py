@@ -16,9 +16,10 @@ from kafka import KafkaConsumer
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
+from services.common.events import ObjectStoreProcessedEvents, new_event
+from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from tests.integration.kafka_topic import positioned_consumer, topics
 from tests.support import toy_model
 
@@ -80,7 +81,8 @@ def test_blessed_model_published_from_kafka_and_minio_then_classified(infra, sta
             pytest.fail(f"{name} never became SERVING:\n{service.log()}")
     stub = pb_grpc.InferenceServiceStub(channel)
     consumer = positioned_consumer(infra)
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-inference", **topics(infra))
+    bus = KafkaEventBus(KafkaBusConfig(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-inference",
+                                       **topics(infra)))
 
     blessed_job, unblessed_job = f"it-{uuid.uuid4()}", f"it-{uuid.uuid4()}"
     spec = common_pb2.JobSpec(deploy=common_pb2.DeployOptions(deploy=True, model_name="it-model"))

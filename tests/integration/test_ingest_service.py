@@ -20,9 +20,10 @@ from PIL import Image
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from classforge.v1 import ingest_service_pb2_grpc as pb_grpc
-from services.common.events import KafkaEventBus, new_event
+from services.common.events import new_event
+from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from services.demo_data import load_digits
 from tests.archives import tar_gz
 from tests.integration.kafka_topic import positioned_consumer, topics
@@ -139,7 +140,8 @@ def test_a_job_event_makes_one_dataset_and_one_dataset_prepared_event(service, i
     for name, data in digit_pngs(per_class=30).items():
         store.put_bytes(f"uploads/it-job/{name[len('digits/'):]}", data)
     consumer = positioned_consumer(infra)
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-ingest-test", **topics(infra))
+    bus = KafkaEventBus(KafkaBusConfig(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-ingest-test",
+                                       **topics(infra)))
     job_id = f"it-{uuid.uuid4()}"
     spec = common_pb2.JobSpec(source=common_pb2.DataSource(object_prefix="uploads/it-job/"),
                               dataset=common_pb2.DatasetOptions(seed=2, val_fraction=0.2))

@@ -25,7 +25,8 @@ from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient
 
 from services.common.errors import Unavailable
-from services.common.events import THREAD_PREFIX, InMemoryProcessedEvents, KafkaEventBus
+from services.common.events import THREAD_PREFIX, InMemoryProcessedEvents
+from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from tests.contracts.event_bus_contract import EventBusContract, Recorder, progress, wait_until
 from tests.integration._kafka_consumer_proc import CRASH_EXIT_CODE
 
@@ -68,10 +69,9 @@ def make_bus(kafka: str, created_topics: list[str], **overrides) -> KafkaEventBu
     run = uuid.uuid4().hex[:12]
     topic, dead_letter_topic = f"test.{run}.events", f"test.{run}.events.dlq"
     created_topics += [topic, dead_letter_topic]
-    options = dict(client_id="contract-test", processed=InMemoryProcessedEvents(), topic=topic,
-                   dead_letter_topic=dead_letter_topic, **FAST)
+    options = dict(client_id="contract-test", topic=topic, dead_letter_topic=dead_letter_topic, **FAST)
     options.update(overrides)
-    return KafkaEventBus(kafka, **options)
+    return KafkaEventBus(KafkaBusConfig(kafka, **options), InMemoryProcessedEvents())
 
 
 _groups = itertools.count()
@@ -162,8 +162,8 @@ def test_the_dead_letter_record_carries_the_original_and_the_reason(kafka, creat
 
 def test_an_unreachable_broker_is_unavailable_and_consumers_keep_trying():
     threads_before = threading.active_count()
-    bus = KafkaEventBus("127.0.0.1:9", client_id="nowhere", publish_timeout_s=1.0, backoff_s=0.05,
-                        topic=f"test.{uuid.uuid4().hex}.events")
+    bus = KafkaEventBus(KafkaBusConfig("127.0.0.1:9", client_id="nowhere", publish_timeout_s=1.0, backoff_s=0.05,
+                                       topic=f"test.{uuid.uuid4().hex}.events"))
     try:
         started = time.monotonic()
         with pytest.raises(Unavailable, match="127.0.0.1:9"):

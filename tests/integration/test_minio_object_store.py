@@ -16,7 +16,8 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 
 from services.common.errors import Unavailable
-from services.common.storage import PART_SIZE, MinioObjectStore, ObjectCorrupted, ObjectInfo
+from services.common.storage import PART_SIZE, ObjectCorrupted, ObjectInfo
+from services.common.storage.minio import MinioObjectStore
 from tests.contracts.object_store_contract import ObjectStoreContract, TrickleStream, sha256
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,10 @@ from kafka import KafkaConsumer
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import tfrecords_service_pb2 as pb
 from classforge.v1 import tfrecords_service_pb2_grpc as pb_grpc
-from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
+from services.common.events import ObjectStoreProcessedEvents, new_event
+from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from services.tfrecords.main import CONSUMER_GROUP
 from services.tfrecords.reader import RecordsReader
 from tests.integration.kafka_topic import positioned_consumer, topics
@@ -100,8 +101,8 @@ def test_tfrecords_service_builds_from_minio_over_grpc_and_kafka(infra, promethe
 
     # Kafka: dataset_prepared -> records_built, once per job even when redelivered with a new event id.
     consumer = positioned_consumer(infra)
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id=f"it-tfrecords-{uuid.uuid4().hex[:6]}",
-                        **topics(infra))
+    bus = KafkaEventBus(KafkaBusConfig(infra["CLASSFORGE_KAFKA_BOOTSTRAP"],
+                                       client_id=f"it-tfrecords-{uuid.uuid4().hex[:6]}", **topics(infra)))
     try:
         job_id, failing_job = f"it-{uuid.uuid4()}", f"it-{uuid.uuid4()}"
         bus.publish(prepared(job_id, "small"))

@@ -11,9 +11,10 @@ import pytest
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import trainer_service_pb2 as pb
 from classforge.v1 import trainer_service_pb2_grpc as pb_grpc
-from services.common.events import KafkaEventBus, new_event
+from services.common.events import new_event
+from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
-from services.common.storage import MinioObjectStore
+from services.common.storage.minio import MinioObjectStore
 from tests.integration.kafka_topic import positioned_consumer, topics
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,8 @@ def test_records_built_on_kafka_becomes_a_model_in_minio(infra, prometheus, star
         input_size=16, batch_size=32, backbone=common_pb2.BACKBONE_SMALL_CNN, width_multiplier=0.25,
         full_stage=common_pb2.TrainingStage(epochs=2, learning_rate=0.05),
         augmentation=common_pb2.Augmentation(brightness=0.1))
-    bus = KafkaEventBus(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-trainer", **topics(infra))
+    bus = KafkaEventBus(KafkaBusConfig(infra["CLASSFORGE_KAFKA_BOOTSTRAP"], client_id="it-trainer",
+                                       **topics(infra)))
     spec = common_pb2.JobSpec(source=common_pb2.DataSource(dataset_id="digits"), training=training)
     bus.publish(new_event(job_id, "jobs", job_submitted=events_pb2.JobSubmitted(spec=spec)))
     bus.publish(new_event(job_id, "tfrecords", records_built=events_pb2.RecordsBuilt(

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.storage import (
-    LocalObjectStore,
-    MinioObjectStore,
-    ObjectCorrupted,
-    ObjectInfo,
-    open_object_store,
-)
+from services.common.storage import LocalObjectStore, ObjectCorrupted, ObjectInfo, open_object_store
+from services.common.storage.minio import MinioObjectStore
 from tests.contracts.object_store_contract import ObjectStoreContract, sha256
 
 
@@ -222,3 +217,18 @@ def test_open_object_store_rejects_other_urls(url):
     with pytest.raises(InvalidArgument) as caught:
         open_object_store(url)
     assert caught.value.field in ("url", "bucket")
+
+
+def test_a_local_store_offers_its_files_for_reading_in_place(store, root):
+    store.put_bytes("records/b1/train-0.tfrecord", b"x")
+    assert store.local_path() == root.resolve()
+    assert store.local_path("records/b1") == store.local_path("records/b1/") == root.resolve() / "records/b1"
+    assert store.local_path("records/b1/train-0.tfrecord").read_bytes() == b"x"
+    with pytest.raises(InvalidArgument):
+        store.local_path("records/../../outside")
+
+
+def test_a_network_store_has_no_local_path_and_writes_with_more_threads():
+    minio = MinioObjectStore("minio.internal:9000", "ak", "sk", "artefacts")  # no network until used
+    assert minio.local_path("records/b1") is None
+    assert minio.useful_write_threads > LocalObjectStore.useful_write_threads >= 1
