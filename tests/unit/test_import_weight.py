@@ -27,9 +27,15 @@ LIGHT_COMMON = ["services.common.events", "services.common.storage", "services.c
 ADAPTERS = ["services.common.events.kafka", "services.common.storage.minio"]
 
 
+# What counts as "loaded": the package, except for TensorFlow, where the runtime (tensorflow.python) is
+# what costs seconds and memory. The inference client imports only TensorFlow's protobuf modules
+# (tensorflow.core.*_pb2, services/inference/tfs_api.py), which its image carries without the runtime.
+LOADED = {"kafka": "kafka", "minio": "minio", "tensorflow": "tensorflow.python"}
+
+
 def _probe(module: str) -> subprocess.Popen:
     code = (f"import json, sys, {module}; "
-            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))")
+            f"print(json.dumps(sorted(name for name, mod in {LOADED!r}.items() if mod in sys.modules)))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
