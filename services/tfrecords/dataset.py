@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from services.common import artefacts
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.records import SPLITS
 
 if TYPE_CHECKING:
     from services.common.storage import ObjectStore
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 # services.common.storage (MinIO client and all) is imported inside the functions that read a store: the
 # builder's worker processes import this module for CONTENT_KEY and DatasetError and must start fast.
 
-SPLITS = ("train", "val", "test")
 DATASETS_PREFIX = artefacts.DATASETS_PREFIX
 _DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Images are stored once, named by content: images/<sha256[:2]>/<sha256>.<ext>

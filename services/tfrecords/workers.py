@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from services.tfrecords import example
+from services.common.records import example
 from services.tfrecords.dataset import CONTENT_KEY, DatasetError
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ Per-element tf.data maps cost more than the work itself on small images: batchin
 Fashion-MNIST pipeline 1.4x faster (`python -m bench.trainer`: 17.9k -> 25.0k images/s on 2 cores).
 
 Sources: `ArrayData` (in-memory arrays: tests, benchmarks) and `RecordsData` (the TFRecords the
-tfrecords service builds, read through services.tfrecords.reader, shards cached on local disk).
+tfrecords service builds, read through services.common.records.reader, shards cached on local disk).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import tensorflow as tf
 
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition
+from services.common.records.reader import RecordsReader, decode_image, parse_examples, pipeline_options
 from services.common.storage import ObjectNotFound, ObjectStore
-from services.tfrecords.reader import RecordsReader, decode_image, parse_examples, pipeline_options
 from services.trainer import augment
 from services.trainer.backbones import Task
 

@@ -15,9 +15,9 @@ from classforge.v1 import tfrecords_service_pb2 as pb
 from classforge.v1 import tfrecords_service_pb2_grpc as pb_grpc
 from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
 from services.common.grpc_server import wait_until_serving
+from services.common.records.reader import RecordsReader
 from services.common.storage import MinioObjectStore
 from services.tfrecords.main import CONSUMER_GROUP
-from services.tfrecords.reader import RecordsReader
 from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
 from tests.integration.kafka_topic import positioned_consumer, topics
 
