@@ -49,7 +49,7 @@ def make_dataset(store: LocalObjectStore, count: int, scratch: Path) -> tuple[li
     images, labels = load_fashion_mnist("train")
     count = min(count, len(images))
     try:
-        from services.ingest.options import IngestOptions
+        from services.common.dataset_options import IngestOptions
         from services.ingest.prepare import local_source, prepare_dataset
     except ImportError:  # ingest not there: the layout written directly
         items = [(sample_dataset.encode_image(images[i]), (int(labels[i]),)) for i in range(count)]

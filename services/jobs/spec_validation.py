@@ -18,10 +18,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from classforge.v1 import common_pb2
+from services.common.dataset_options import IngestOptions
 from services.common.durations import parse_duration
 from services.common.errors import InvalidArgument, shown
 from services.common.job_uri import job_from_uri
-from services.ingest.options import IngestOptions
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: '$' would let a trailing newline in
 
