@@ -211,7 +211,7 @@ def _compare_remote(args) -> tuple[dict, Path]:
 
     from classforge.v1 import evaluator_service_pb2 as pb
     from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
-    from services.cli import fetch_report
+    from services.common.report_fetch import fetch_report
     from services.evaluator import compare as compare_mod
 
     stub = pb_grpc.EvaluatorServiceStub(grpc.insecure_channel(args.evaluator))
