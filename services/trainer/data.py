@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition
+from services.common.preprocessing import preprocess_eval
 from services.common.records.reader import RecordsReader, decode_image, parse_examples, pipeline_options
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.trainer import augment
@@ -87,7 +88,7 @@ class TrainingData:
         @tf.autograph.experimental.do_not_convert
         def prepare(*raw):
             items, labels = self.parse_batch(*raw)
-            return self._images(items, lambda image: augment.preprocess_eval(image, size), size), labels
+            return self._images(items, lambda image: preprocess_eval(image, size), size), labels
 
         ds = self.source(split).batch(batch_size).map(prepare, num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE).with_options(pipeline_options())
