@@ -32,7 +32,7 @@ from services.common.preprocessing import decode_for_serving
 from services.common.storage import ObjectStore
 from services.trainer.backbones import Network, Task
 
-SERVING_INPUT = "image_bytes"
+SERVING_INPUT = contract.INPUT_KEY
 
 
 def serving_fn(network: Network, input_size: int):
@@ -64,19 +64,19 @@ def export_saved_model(network: Network, input_size: int, label_map: dict, direc
     if directory.exists():
         shutil.rmtree(directory)
     with tempfile.TemporaryDirectory() as scratch:
-        labels_file = Path(scratch) / "labels.json"
+        labels_file = Path(scratch) / contract.LABELS_ASSET
         labels_file.write_text(json.dumps(label_map, indent=2))
         archive = keras.export.ExportArchive()
         archive.track(network.model)
-        archive.add_endpoint(name="serving_default", fn=serving_fn(network, input_size),
+        archive.add_endpoint(name=contract.SIGNATURE_NAME, fn=serving_fn(network, input_size),
                              input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
         # The label map travels as a SavedModel asset, copied into assets/ by the writer. ExportArchive.track()
         # keeps assets out of the saved object graph, so it hangs off the archive's root trackable instead.
         archive._tf_trackable.label_map = tf.saved_model.Asset(str(labels_file))
         archive.write_out(str(directory), verbose=False)
-        if not (directory / "assets" / "labels.json").exists():  # a future Keras that drops _tf_trackable
+        if not (directory / "assets" / contract.LABELS_ASSET).exists():  # a future Keras that drops _tf_trackable
             (directory / "assets").mkdir(exist_ok=True)
-            shutil.copy(labels_file, directory / "assets" / "labels.json")
+            shutil.copy(labels_file, directory / "assets" / contract.LABELS_ASSET)
     return directory
 
 
