@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN_DIR := gen/python
 
-.PHONY: help demo venv protos lint test test-unit test-faults test-integration infra-up infra-down infra-status bench lock clean
+.PHONY: help demo venv protos lint test test-unit test-faults test-integration test-compose images infra-up infra-down infra-status bench lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,10 +49,18 @@ test-faults: protos ## the fault suite alone (tests/faults) against real Kafka, 
 	rc=0; $(PY) -m pytest tests/faults || rc=$$?; deploy/local/infra.sh down || true; exit $$rc
 
 # Starts the real infrastructure, runs every test (the fault suite included), and stops it again even
-# when tests fail.
-test: protos ## unit and integration tests against real Kafka, MinIO and Prometheus
+# when tests fail; then the containerized stack in a real Docker engine (test-compose).
+test: protos ## unit, integration and fault tests against real Kafka, MinIO and Prometheus, then test-compose
 	deploy/local/infra.sh up
-	rc=0; $(PY) -m pytest tests || rc=$$?; deploy/local/infra.sh down || true; exit $$rc
+	rc=0; $(PY) -m pytest tests --ignore=tests/compose || rc=$$?; deploy/local/infra.sh down || true; exit $$rc
+	$(MAKE) test-compose
+
+images: $(STAMP) ## one image per service + the local infrastructure images, with no registry (deploy/docker)
+	deploy/docker/images.sh
+	deploy/docker/infra.sh
+
+test-compose: protos ## the whole stack in Docker (engine installed/started if missing): a job, a Classify, Prometheus up
+	deploy/compose/test-stack.sh
 
 demo: protos ## the whole pipeline, embedded, on Fashion-MNIST (installs the Debian dataset if missing)
 	@test -d /usr/share/datasets/fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }

@@ -15,8 +15,8 @@ import tensorflow as tf
 from bench.table import Row
 from services.common import serving_signature as contract
 from services.evaluator.engine import Options, evaluate
-from services.evaluator.fixtures import ColourRecords, write_colour_model
 from services.evaluator.model import ServingModel
+from tests.support.colour_model import ColourRecords, write_colour_model
 
 IMAGES, IMAGE_SIDE, MODEL_SIDE, BATCH, ROUNDS = 2048, 64, 64, 64, 5
 

@@ -7,7 +7,7 @@ which Classify does not touch) each run as their own process on 127.0.0.1 and se
 This process is the client: at concurrency C, C threads share one channel and send a fixed number of
 requests (a bounded run, after a warm-up); latency is measured per call, throughput is calls / wall time.
 Direct and through-the-service runs alternate per concurrency level, so machine noise falls on both.
-Models: two toy SavedModels of the contract (services.model_server.toy_model), and the network
+Models: two toy SavedModels of the contract (tests.support.toy_model), and the network
 `make demo` trains (its serving graph, untrained weights) on 28x28 images like Fashion-MNIST's.
 
     .venv/bin/python -m bench.inference           # prints the table of this benchmark only
@@ -36,7 +36,7 @@ from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.grpc_server import wait_until_serving
 from services.inference import tfs_api as tfs
-from services.model_server import toy_model
+from tests.support import toy_model
 
 LEVELS = {1: 300, 8: 800, 32: 960}  # concurrency -> requests per measured run
 WARMUP = 50
@@ -49,7 +49,7 @@ def _export_demo_model(directory: Path) -> Path:
     """The network `make demo` trains and serves (the trainer's CPU recipe for small images, the 10 Fashion-MNIST
     classes), exported by the trainer's own export: the same serving graph, untrained weights (the time of a
     Predict does not depend on them)."""
-    from services.common.sample_data import FASHION_MNIST_CLASSES
+    from services.demo_data import FASHION_MNIST_CLASSES
     from services.trainer.backbones import build_network
     from services.trainer.config import cpu_recipe_small_images
     from services.trainer.data import tasks_from_labels
@@ -126,14 +126,14 @@ def _serve_inference(args) -> int:
     settings = InferenceSettings.load(environ=tuning, kafka_bootstrap="-", s3_endpoint="-", s3_access_key="-",
                                       s3_secret_key="-", model_base_path=args.base, model_server=args.model_server)
     with tempfile.TemporaryDirectory() as state:
-        classifier, publisher, client, _ = build_domain(settings, LocalObjectStore(state), InProcessEventBus())
+        domain = build_domain(settings, LocalObjectStore(state), InProcessEventBus())
         server = GrpcServer("inference", port=args.port, host="127.0.0.1", grace_seconds=1,
                             worker_threads=settings.worker_threads, recheck_seconds=1,
-                            readiness_checks={"model_server": client.ping})
-        server.on_ready(publisher.reconcile)
+                            readiness_checks={"model_server": domain.check_model_server})
+        server.on_ready(domain.start)  # no periodic reconcile: the bench's model server never restarts
         server.add_service(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
-                           InferenceServicer(classifier, publisher), SERVICE_NAME)
-        server.on_stop(client.close)
+                           InferenceServicer(domain), SERVICE_NAME)
+        server.on_stop(domain.close)
         server.start()
         server.serve_until_signalled()
     return 0

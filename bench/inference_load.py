@@ -30,7 +30,7 @@ from google.protobuf import json_format
 
 from classforge.third_party.kserve import grpc_predict_v2_pb2 as v2pb
 from classforge.v1 import inference_service_pb2 as pb
-from services.model_server import toy_model
+from tests.support import toy_model
 
 PROTOCOLS = ("grpc classify", "rest classify", "v2 rest infer", "v2 grpc infer")
 MODEL = "toy"

@@ -88,7 +88,7 @@ def run(folds: int = 5, epochs: int = 15, seed: int = 0) -> dict:
     from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
     from services.cli import main as cli
     from services.cli import retrain_embedded
-    from services.common.sample_data import load_digits, write_image_folders
+    from services.demo_data import load_digits, write_image_folders
     from services.embedded import EmbeddedPlatform
     from services.trainer import kfold
 

@@ -36,7 +36,7 @@ DEFAULT_CASES = ("digits", "fashion", "imbalanced")  # fashion-full takes 10-20 
 def _write_case(name: str, folder: Path):
     """Writes the case's images as one folder per label; returns (dataset options, training config)."""
     from classforge.v1 import common_pb2
-    from services.common.sample_data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folders
+    from services.demo_data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folders
 
     if name == "digits":
         from sklearn.datasets import load_digits

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from bench.table import Row
-from services.common.sample_data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folders
 from services.common.storage import LocalObjectStore
-from services.tfrecords import sample_dataset
+from services.demo_data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folders
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
+from tests.support import sample_dataset
 
 WORKERS = 2
 ROUNDS = 3
@@ -54,7 +54,7 @@ def make_dataset(store: LocalObjectStore, count: int, scratch: Path) -> tuple[li
     except ImportError:  # ingest not there: the layout written directly
         items = [(sample_dataset.encode_image(images[i]), (int(labels[i]),)) for i in range(count)]
         lines = sample_dataset.write_dataset(store, DATASET_ID, {"train": items}, [("label", FASHION_MNIST_CLASSES)])
-        return lines["train"], "services.tfrecords.sample_dataset (services.ingest not importable)"
+        return lines["train"], "tests.support.sample_dataset (services.ingest not importable)"
     folders = scratch / "folders"
     write_image_folders(images[:count], labels[:count], FASHION_MNIST_CLASSES, folders)
     prepare_dataset(folders, store, f"datasets/{DATASET_ID}/", IngestOptions(val_fraction=0.0), dataset_id=DATASET_ID,

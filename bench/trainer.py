@@ -37,8 +37,9 @@ ROUNDS = int(os.environ.get("CLASSFORGE_BENCH_TRAINER_ROUNDS", "2"))
 
 def _records(store, images: np.ndarray, labels: np.ndarray, val_images=None, val_labels=None,
              dataset_id: str = "fmnist") -> str:
-    from services.common.sample_data import FASHION_MNIST_CLASSES
-    from services.tfrecords import builder, sample_dataset
+    from services.demo_data import FASHION_MNIST_CLASSES
+    from services.tfrecords import builder
+    from tests.support import sample_dataset
 
     def items(xs, ys):
         return [(sample_dataset.encode_image(x), (int(y),)) for x, y in zip(xs, ys, strict=True)]
@@ -94,8 +95,8 @@ def _pipeline_rate(config, data) -> float:
 
 def run() -> list[Row]:
     from classforge.v1 import common_pb2
-    from services.common.sample_data import load_fashion_mnist
     from services.common.storage import LocalObjectStore
+    from services.demo_data import load_fashion_mnist
     from services.trainer.config import cpu_recipe_small_images
     from services.trainer.data import open_records
     from services.trainer.loop import Trainer
@@ -126,8 +127,8 @@ def run() -> list[Row]:
 
 
 def quality() -> dict:
-    from services.common.sample_data import load_fashion_mnist
     from services.common.storage import LocalObjectStore
+    from services.demo_data import load_fashion_mnist
     from services.trainer import export
     from services.trainer.config import cpu_recipe_small_images, to_json
     from services.trainer.data import open_records

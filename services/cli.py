@@ -299,7 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve_only_parser() -> argparse.ArgumentParser:
+    """`classforge serve NAME` alone: what a container runs. The full parser imports every service's
+    command module, and a service image carries only its own dependencies (no TensorFlow in jobs)."""
+    parser = argparse.ArgumentParser(prog="classforge serve")
+    parser.add_argument("service", choices=sorted(SERVICES))
+    parser.set_defaults(func=cmd_serve)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return cmd_serve(serve_only_parser().parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from classforge.v1 import common_pb2
-from services.common.sample_data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folders
+from services.demo_data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folders
 
 
 def write_fashion_mnist(folder: Path) -> None:

@@ -38,10 +38,10 @@ log = logging.getLogger("classforge.embedded")
 
 # service name -> (module with build(), settings class "module:Class")
 SERVICES = {
-    "jobs": ("services.jobs.main", "services.jobs.main:JobsSettings"),
-    "ingest": ("services.ingest.main", "services.ingest.main:IngestSettings"),
+    "jobs": ("services.jobs.main", "services.jobs.settings:JobsSettings"),
+    "ingest": ("services.ingest.main", "services.ingest.settings:IngestSettings"),
     "tfrecords": ("services.tfrecords.main", "services.tfrecords.settings:TFRecordsSettings"),
-    "trainer": ("services.trainer.main", "services.trainer.main:TrainerSettings"),
+    "trainer": ("services.trainer.main", "services.trainer.settings:TrainerSettings"),
     "evaluator": ("services.evaluator.main", "services.evaluator.settings:EvaluatorSettings"),
     "inference": ("services.inference.main", "services.inference.settings:InferenceSettings"),
 }

@@ -1,8 +1,9 @@
 """The inference service in one process, for its gRPC, REST and Open Inference Protocol v2 tests: toy
-SavedModels exported from services/model_server/toy_model.py, the model-server stand-in (ModelServerCore +
+SavedModels exported from tests/support/toy_model.py, the model-server stand-in (ModelServerCore +
 TF Serving's PredictionService/ModelService servicers) over real gRPC, a Publisher that publishes versions,
-the Classifier, and the inference service's gRPC server with both classforge.v1.InferenceService and
-inference.GRPCInferenceService, plus its HTTP server (uvicorn) on a free port."""
+the Classifier, the InferenceDomain over both, and the inference service's gRPC server with both
+classforge.v1.InferenceService and inference.GRPCInferenceService, plus its HTTP server (uvicorn) on a free
+port."""
 
 from __future__ import annotations
 
@@ -25,16 +26,17 @@ from services.common.http_server import HttpServer
 from services.common.storage import LocalObjectStore
 from services.inference import v2_servicer
 from services.inference.classifier import Classifier
+from services.inference.domain import InferenceDomain
 from services.inference.http_api import build_app
 from services.inference.main import GROUP, KINDS, SERVICE_NAME
 from services.inference.model_server_client import ModelServerClient
 from services.inference.publisher import Publisher
 from services.inference.repository import ModelRepository
 from services.inference.servicer import InferenceServicer
-from services.model_server import toy_model
 from services.model_server.core import ModelServerCore
 from services.model_server.main import MODEL_SERVICE, PREDICTION_SERVICE
 from services.model_server.servicer import ModelServicer, PredictionServicer
+from tests.support import toy_model
 
 IMAGES = [toy_model.png(12, 9, seed=s) for s in range(4)] + [toy_model.jpeg(20, 16, seed=9)]
 
@@ -87,14 +89,15 @@ class Stack:
                                    poll_interval=0.02)
         self.classifier = Classifier(self.client, self.repo, on_label_missing=self.publisher.request_reconcile,
                                      **classifier_options)
+        self.domain = InferenceDomain(self.classifier, self.publisher)
         self.server = GrpcServer("inference-test", port=0, host="127.0.0.1", grace_seconds=1)
         self.server.add_service(pb_grpc.add_InferenceServiceServicer_to_server,
-                                InferenceServicer(self.classifier, self.publisher), SERVICE_NAME)
+                                InferenceServicer(self.domain), SERVICE_NAME)
         self.server.add_service(v2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                                v2_servicer.OpenInferenceServicer(self.classifier, lambda: self.server.serving),
+                                v2_servicer.OpenInferenceServicer(self.domain, lambda: self.server.serving),
                                 v2_servicer.SERVICE_NAME)
         self.server.start()
-        self.http = HttpServer("inference-test", build_app(self.classifier, ready=lambda: self.server.serving,
+        self.http = HttpServer("inference-test", build_app(self.domain, ready=lambda: self.server.serving,
                                                            max_body_bytes=max_body_bytes),
                                port=0, host="127.0.0.1", grace_seconds=1)
         self.http.start()
@@ -149,9 +152,7 @@ class Stack:
         self.channel.close()
         self.http.stop()
         self.server.stop()
-        self.classifier.close()
-        self.publisher.stop()
-        self.client.close()
+        self.domain.close()
         self.model_server.stop()
         self.core.stop()
         self.bus.close()

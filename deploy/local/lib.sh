@@ -19,12 +19,24 @@ pid_alive() {
   local pidfile=$1 pid
   [[ -s $pidfile ]] || return 1
   pid=$(<"$pidfile")
-  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-     && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$REPO_ROOT"; then
+  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && [[ $(cmdline_of "$pid") == *"$REPO_ROOT"* ]]; then
     return 0
   fi
   rm -f "$pidfile"
   return 1
+}
+
+# cmdline_of PID: the process's command line, NULs as spaces. While a process is inside
+# execve (nohup -> setsid -> java, just after start_bg) /proc/PID/cmdline reads empty for a
+# moment; a read then must not count as "not ours", so an empty read is retried for up to 2 s.
+cmdline_of() {
+  local pid=$1 cmd="" i
+  for ((i = 0; i < 20; i++)); do
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0   # gone
+    [[ -n $cmd ]] && break
+    sleep 0.1
+  done
+  printf '%s' "$cmd"
 }
 
 # port_open PORT: a TCP connect to 127.0.0.1:PORT succeeds.

@@ -19,6 +19,15 @@ class ClassforgeError(Exception):
         self.message = message
 
 
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC status code numbered `number` (UNKNOWN when none is): code-agnostic layers carry that number,
+    e.g. the model server's core, whose errors are TensorFlow's, numbered like gRPC's (error_codes.proto)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
 class InvalidArgument(ClassforgeError):
     """The request itself is wrong; `field` names the offending field (dotted path)."""
 

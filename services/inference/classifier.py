@@ -22,7 +22,6 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 
 from classforge.v1 import inference_service_pb2 as pb
@@ -41,7 +40,13 @@ from services.common.errors import (
 from services.common.image_headers import declared_size, sniff_format
 from services.inference import metrics
 from services.inference import tfs_api as tfs
-from services.inference.model_server_client import ModelServerClient, SignatureInfo, TensorInfo, VersionStatus
+from services.inference.model_server_client import (
+    ModelServerClient,
+    ModelServerError,
+    SignatureInfo,
+    TensorInfo,
+    VersionStatus,
+)
 from services.inference.repository import ModelRepository, check_model_name
 
 log = logging.getLogger("classforge.inference")
@@ -293,7 +298,7 @@ class Classifier:
         """Runs a model server call for `target`, mapping its errors to domain errors."""
         try:
             return call(target)
-        except grpc.RpcError as exc:
+        except ModelServerError as exc:
             if target.label and target.label == self.serving_label and _label_missing(exc):
                 # The model server has no serving label for this model (restarted, or a model copied in by
                 # hand): ask for the config to be re-sent, and answer with its latest version meanwhile.
@@ -301,24 +306,24 @@ class Classifier:
                 return self._call(Target(target.model), field, call)
             raise self._map(exc, target, field) from None
 
-    def _map(self, exc: grpc.RpcError, target: Target, field: str = "image") -> ClassforgeError:
-        code, details = exc.code(), exc.details() or ""
-        if code == grpc.StatusCode.INVALID_ARGUMENT and target.label and _label_missing(exc):
+    def _map(self, exc: ModelServerError, target: Target, field: str = "image") -> ClassforgeError:
+        status, details = exc.status, exc.details
+        if status == "INVALID_ARGUMENT" and target.label and _label_missing(exc):
             return NotFound("version label", f"{target.model}/{target.label}")
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if status == "INVALID_ARGUMENT":
             return InvalidArgument(field, f"model {target.model!r} cannot use it: {details}")
-        if code == grpc.StatusCode.NOT_FOUND:
+        if status == "NOT_FOUND":
             return self._not_found(target)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if status == "DEADLINE_EXCEEDED":
             return DeadlineExceeded(f"the model server did not answer within the deadline: {details}")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        if status in ("UNAVAILABLE", "CANCELLED"):
             return Unavailable(f"model server {self.client.target} is unavailable: {details}")
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if status == "RESOURCE_EXHAUSTED":
             return ResourceExhausted(f"model server: {details}")
-        if code == grpc.StatusCode.FAILED_PRECONDITION:
+        if status == "FAILED_PRECONDITION":
             return FailedPrecondition(f"model server: {details}")
-        log.error("unexpected model server error", extra={"code": code.name, "details": details})
-        return ClassforgeError(f"model server answered {code.name}: {details}")
+        log.error("unexpected model server error", extra={"code": status, "details": details})
+        return ClassforgeError(f"model server answered {status}: {details}")
 
     def _not_found(self, target: Target) -> ClassforgeError:
         """The model server has no loaded version for the request. A version published in the model base path
@@ -341,7 +346,7 @@ class Classifier:
     def _states(self, model: str) -> str:
         try:
             known = self.client.status(model, timeout=2.0)
-        except grpc.RpcError:
+        except ModelServerError:
             return ""
         if not known:
             return " (it does not know the model)"
@@ -449,5 +454,5 @@ def _select(outputs: dict[str, np.ndarray], names: list[str], model: str) -> dic
     return chosen
 
 
-def _label_missing(exc: grpc.RpcError) -> bool:
-    return exc.code() == grpc.StatusCode.INVALID_ARGUMENT and _LABEL_MISSING in (exc.details() or "")
+def _label_missing(exc: ModelServerError) -> bool:
+    return exc.status == "INVALID_ARGUMENT" and _LABEL_MISSING in exc.details

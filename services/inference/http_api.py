@@ -1,6 +1,6 @@
 """REST on the inference service: TF Serving-style /v1 and the Open Inference Protocol v2 /v2, an ASGI app
-(starlette) over the same Classifier as gRPC. Nothing here decides anything about models or images: requests
-are decoded, the Classifier answers, errors become `{"error": <the gRPC message>, "code": <gRPC code>}` with
+(starlette) over the same InferenceDomain as gRPC. Nothing here decides anything about models or images:
+requests are decoded, the domain answers, errors become `{"error": <the gRPC message>, "code": <gRPC code>}` with
 the status of services.common.http_server.HTTP_STATUS (400 bad request, 404 unknown model or version, 413
 too large, 503 not ready / not loaded / model server down, 504 deadline).
 
@@ -55,7 +55,8 @@ from services.common import serving_signature as contract
 from services.common.errors import ClassforgeError, InvalidArgument, ResourceExhausted, RetryLater, shown
 from services.common.http_server import error_body, error_response
 from services.inference import metrics, tfs_api, v2
-from services.inference.classifier import REST, V2_REST, Classifier
+from services.inference.classifier import REST, V2_REST
+from services.inference.domain import InferenceDomain
 
 _STATE_NAMES = {value: name for name, value in tfs_api.State.items()}
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -65,9 +66,9 @@ _V2_ACCEPTED = {"id", "parameters", "inputs", "outputs"}
 _HEADER_LENGTH = "inference-header-content-length"
 
 
-def build_app(classifier: Classifier, *, ready: Callable[[], bool], max_body_bytes: int) -> Starlette:
+def build_app(domain: InferenceDomain, *, ready: Callable[[], bool], max_body_bytes: int) -> Starlette:
     """`ready`: whether the service is ready (what its gRPC health says); `max_body_bytes`: larger bodies are 413."""
-    api = _Api(classifier, ready, max_body_bytes)
+    api = _Api(domain, ready, max_body_bytes)
     routes = [
         # TF Serving-style
         Route("/v1/models/{name}:classify", api.v1_classify, methods=["POST"]),
@@ -114,8 +115,8 @@ def _endpoint(method: str):
 
 
 class _Api:
-    def __init__(self, classifier: Classifier, ready: Callable[[], bool], max_body_bytes: int):
-        self.classifier, self.ready, self.max_body_bytes = classifier, ready, max_body_bytes
+    def __init__(self, domain: InferenceDomain, ready: Callable[[], bool], max_body_bytes: int):
+        self.domain, self.ready, self.max_body_bytes = domain, ready, max_body_bytes
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length", "")
@@ -140,7 +141,7 @@ class _Api:
         except ClassforgeError as exc:
             metrics.count_rejected(name, exc.code.name, REST)
             raise
-        responses = await run_in_threadpool(self.classifier.classify_batch, name, images, version=version,
+        responses = await run_in_threadpool(self.domain.classify_batch, name, images, version=version,
                                             label=request.path_params.get("label", ""), top_k=top_k, protocol=REST)
         return JSONResponse({"results": [json_format.MessageToDict(
             r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True) for r in responses]})
@@ -148,7 +149,7 @@ class _Api:
     @_endpoint("ModelStatus")
     async def v1_status(self, request: Request) -> Response:
         version = v2.parse_version(request.path_params.get("version", ""), "version")
-        statuses = await run_in_threadpool(self.classifier.model_status, request.path_params["name"], version,
+        statuses = await run_in_threadpool(self.domain.model_status, request.path_params["name"], version,
                                            request.path_params.get("label", ""))
         return JSONResponse({"model_version_status": [
             {"version": str(s.version), "state": _STATE_NAMES.get(s.state, "UNKNOWN"),
@@ -176,7 +177,7 @@ class _Api:
     async def v2_model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
         version = v2.parse_version(request.path_params.get("version", ""), "version")
-        if not await run_in_threadpool(self.classifier.model_ready, name, version):
+        if not await run_in_threadpool(self.domain.model_ready, name, version):
             what = f"model version '{name}/{version}'" if version else f"model {name!r}"
             raise RetryLater(f"{what} is published but not loaded by the model server (yet)")
         return JSONResponse({"name": name, "ready": True})
@@ -184,7 +185,7 @@ class _Api:
     @_endpoint("ModelMetadata")
     async def v2_metadata(self, request: Request) -> Response:
         version = v2.parse_version(request.path_params.get("version", ""), "version")
-        meta = await run_in_threadpool(self.classifier.model_metadata, request.path_params["name"], version)
+        meta = await run_in_threadpool(self.domain.model_metadata, request.path_params["name"], version)
         return JSONResponse(v2.metadata(meta))
 
     @_endpoint("ModelInfer")
@@ -197,7 +198,7 @@ class _Api:
             metrics.count_rejected(name, exc.code.name, V2_REST)
             raise
         prediction = await run_in_threadpool(
-            lambda: self.classifier.infer(name, infer.images, version=version, outputs=infer.outputs or None,
+            lambda: self.domain.infer(name, infer.images, version=version, outputs=infer.outputs or None,
                                           time_remaining=infer.timeout, protocol=V2_REST))
         document: dict[str, Any] = {"model_name": prediction.model, "model_version": str(prediction.version)}
         if infer.id:

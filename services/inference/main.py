@@ -10,6 +10,7 @@ from services.common.http_server import HttpServer
 from services.common.runtime import ServiceContext, run_service
 from services.inference import v2_servicer
 from services.inference.classifier import Classifier
+from services.inference.domain import InferenceDomain
 from services.inference.http_api import build_app
 from services.inference.model_server_client import ModelServerClient
 from services.inference.publisher import Publisher
@@ -22,8 +23,7 @@ GROUP = "inference"
 KINDS = ["job_submitted", "evaluation_completed"]
 
 
-def build_domain(settings: InferenceSettings, store, bus) -> tuple[Classifier, Publisher, ModelServerClient,
-                                                                  ModelRepository]:
+def build_domain(settings: InferenceSettings, store, bus) -> InferenceDomain:
     client = ModelServerClient(settings.model_server, settings.max_message_bytes)
     repo = ModelRepository(settings.model_base_path)
     publisher = Publisher(store, bus, repo, client, server_base_path=settings.server_base_path,
@@ -36,37 +36,34 @@ def build_domain(settings: InferenceSettings, store, bus) -> tuple[Classifier, P
                             predict_timeout=settings.predict_timeout, stream_window=settings.stream_window,
                             batch_max_size=settings.batch_max_size, batch_wait_ms=settings.batch_wait_ms,
                             on_label_missing=publisher.request_reconcile)
-    return classifier, publisher, client, repo
+    return InferenceDomain(classifier, publisher)
 
 
 def build(context: ServiceContext) -> None:
     settings: InferenceSettings = context.settings  # type: ignore[assignment]
-    classifier, publisher, client, repo = build_domain(settings, context.store, context.bus)
-    context.server.readiness_checks["model_server"] = client.ping
-    context.server.readiness_checks["model_base_path"] = repo.check
+    domain = build_domain(settings, context.store, context.bus)
+    context.server.readiness_checks["model_server"] = domain.check_model_server
+    context.server.readiness_checks["model_base_path"] = domain.check_model_base_path
     context.server.add_service(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
-                               InferenceServicer(classifier, publisher), SERVICE_NAME)
+                               InferenceServicer(domain), SERVICE_NAME)
 
     def ready() -> bool:
         return context.server.serving
 
     context.server.add_service(grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                               v2_servicer.OpenInferenceServicer(classifier, ready), v2_servicer.SERVICE_NAME)
+                               v2_servicer.OpenInferenceServicer(domain, ready), v2_servicer.SERVICE_NAME)
 
     def start() -> None:
-        publisher.reconcile()  # the model server serves the chosen versions before we say SERVING
-        publisher.start_reconciler(settings.reconcile_seconds)
-        context.bus.subscribe(GROUP, publisher.handle, kinds=KINDS)
+        domain.start(settings.reconcile_seconds)  # the model server serves the chosen versions before SERVING
+        context.bus.subscribe(GROUP, domain.handle, kinds=KINDS)
 
     context.server.on_ready(start)
-    context.server.on_stop(client.close)
-    context.server.on_stop(classifier.close)
-    context.server.on_stop(publisher.stop)
+    context.server.on_stop(domain.close)
     if settings.rest_port >= 0:
-        http = HttpServer(context.name, build_app(classifier, ready=ready, max_body_bytes=settings.max_message_bytes),
+        http = HttpServer(context.name, build_app(domain, ready=ready, max_body_bytes=settings.max_message_bytes),
                           port=settings.rest_port, host=settings.listen_host, grace_seconds=settings.grace_seconds)
         # Its own start-up step, so that a port in use is retried alone. Stop hooks run last-registered first:
-        # REST drains before the classifier and the model server channel close.
+        # REST drains before the domain closes the classifier and the model server channel.
         context.server.on_ready(http.start)
         context.server.on_stop(http.stop)
 

@@ -1,16 +1,33 @@
 """The inference service's only way to the model server: TF Serving's PredictionService and
-ModelService stubs (tensorflow-serving-api). The model is never loaded in this process."""
+ModelService stubs (tensorflow-serving-api). The model is never loaded in this process.
+
+gRPC stays in here: an error status of the model server comes out as ModelServerError, a domain error,
+which the domain turns into what its caller should see (it knows the request, the client does not)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
 from services.common import serving_signature as contract
-from services.common.errors import FailedPrecondition, Unavailable
+from services.common.errors import ClassforgeError, FailedPrecondition, Unavailable
 from services.inference import tfs_api as tfs
+
+T = TypeVar("T")
+
+
+class ModelServerError(ClassforgeError):
+    """The model server answered a call with an error status, or could not be reached. `status` names
+    its code (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE …), `details` is its message; `code` is that
+    status, for the interceptor should one go unmapped."""
+
+    def __init__(self, target: str, code: grpc.StatusCode, details: str):
+        super().__init__(f"model server {target}: {code.name}: {details}")
+        self.code, self.status, self.details = code, code.name, details
 
 
 @dataclass(frozen=True)
@@ -49,11 +66,17 @@ class ModelServerClient:
     def close(self) -> None:
         self.channel.close()
 
+    def _call(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            raise ModelServerError(self.target, exc.code(), exc.details() or "") from None
+
     def predict(self, name: str, images: list[bytes], *, version: int | None = None, label: str = "",
                 timeout: float | None = None, input_key: str = "image_bytes"
                 ) -> tuple[int, dict[str, np.ndarray]]:
         """Runs serving_default on a batch; returns the version that answered and the outputs.
-        Raises grpc.RpcError as the model server answered (the caller maps it)."""
+        Raises ModelServerError as the model server answered (the caller maps it)."""
         request = tfs.predict_pb2.PredictRequest()
         request.model_spec.name = name
         request.model_spec.signature_name = "serving_default"
@@ -62,7 +85,7 @@ class ModelServerClient:
         elif label:
             request.model_spec.version_label = label
         request.inputs[input_key].CopyFrom(tfs.string_tensor(images))
-        response = self._predict.Predict(request, timeout=timeout)
+        response = self._call(lambda: self._predict.Predict(request, timeout=timeout))
         # Only the contract's outputs: a model may add others (the trainer adds labels_<task> strings).
         outputs = {key: tfs.to_numpy(tensor) for key, tensor in response.outputs.items()
                    if key.startswith((contract.PROBABILITIES_PREFIX, contract.CLASS_IDS_PREFIX))}
@@ -79,9 +102,9 @@ class ModelServerClient:
         elif label:
             request.model_spec.version_label = label
         try:
-            response = self._models.GetModelStatus(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            response = self._call(lambda: self._models.GetModelStatus(request, timeout=timeout))
+        except ModelServerError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
                 return []
             raise
         return [VersionStatus(s.version, s.state, s.status.error_message if s.status.error_code else "",
@@ -89,15 +112,15 @@ class ModelServerClient:
 
     def metadata(self, name: str, *, version: int | None = None, label: str = "", timeout: float | None = None,
                  signature: str = contract.SIGNATURE_NAME) -> SignatureInfo:
-        """The serving signature of a loaded version (PredictionService.GetModelMetadata). Raises grpc.RpcError
-        as the model server answered (the caller maps it)."""
+        """The serving signature of a loaded version (PredictionService.GetModelMetadata). Raises
+        ModelServerError as the model server answered (the caller maps it)."""
         request = tfs.get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = name
         if version:
             request.model_spec.version.value = version
         elif label:
             request.model_spec.version_label = label
-        response = self._predict.GetModelMetadata(request, timeout=timeout)
+        response = self._call(lambda: self._predict.GetModelMetadata(request, timeout=timeout))
         signatures = tfs.get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         found = signatures.signature_def.get(signature)
@@ -113,7 +136,7 @@ class ModelServerClient:
 
     def reload_config(self, config, timeout: float = 60.0) -> None:
         request = tfs.model_management_pb2.ReloadConfigRequest(config=config)
-        response = self._models.HandleReloadConfigRequest(request, timeout=timeout)
+        response = self._call(lambda: self._models.HandleReloadConfigRequest(request, timeout=timeout))
         if response.status.error_code:
             raise FailedPrecondition(f"model server {self.target} refused the model config: "
                                      f"{response.status.error_message}")
@@ -122,5 +145,5 @@ class ModelServerClient:
         """Readiness: the model server answers ModelService (NOT_FOUND for a made-up model is an answer)."""
         try:
             self.status("classforge-readiness-probe", timeout=2.0)
-        except grpc.RpcError as exc:
-            raise Unavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+        except ModelServerError as exc:
+            raise Unavailable(exc.message) from None

@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import grpc
-
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import inference_service_pb2 as pb
 from services.common.errors import ClassforgeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -36,7 +34,7 @@ from services.common.stage_work import JobCancelled, Stage
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.inference import metrics
 from services.inference import tfs_api as tfs
-from services.inference.model_server_client import ModelServerClient
+from services.inference.model_server_client import ModelServerClient, ModelServerError
 from services.inference.repository import ModelRepository, check_model_name
 
 log = logging.getLogger("classforge.inference")
@@ -53,17 +51,14 @@ _STATES = {
 }
 
 
-class LoadFailed(ClassforgeError):
+class LoadFailed(FailedPrecondition):
     """The model server could not load a published version (a broken SavedModel)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
-
-def _model_server_error(target: str, exc: grpc.RpcError) -> ClassforgeError:
-    message = f"model server {target}: {exc.code().name}: {exc.details()}"
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-        return Unavailable(message)  # retried: the event is redelivered, the caller may retry
-    return FailedPrecondition(message)
+def _model_server_error(exc: ModelServerError) -> ClassforgeError:
+    if exc.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"):
+        return Unavailable(exc.message)  # retried: the event is redelivered, the caller may retry
+    return FailedPrecondition(exc.message)
 
 
 def job_state_key(job_id: str, leaf: str) -> str:
@@ -204,8 +199,8 @@ class Publisher:
         while True:
             try:
                 statuses = self.client.status(name, version)
-            except grpc.RpcError as exc:
-                statuses, last = [], f"model server: {exc.code().name}"
+            except ModelServerError as exc:
+                statuses, last = [], f"model server: {exc.status}"
             for status in statuses:
                 if status.version != version:
                     continue
@@ -254,8 +249,8 @@ class Publisher:
                         model.version_labels[self.serving_label] = target
                         labels[name] = target
                 self.client.reload_config(config, timeout=max(60.0, self.publish_timeout))
-            except grpc.RpcError as exc:
-                raise _model_server_error(self.client.target, exc) from None
+            except ModelServerError as exc:
+                raise _model_server_error(exc) from None
             self._labelled = labels
             return config
 
@@ -288,8 +283,8 @@ class Publisher:
             versions = self.repo.versions(model)
             try:
                 states = {s.version: s.state for s in self.client.status(model)}
-            except grpc.RpcError as exc:
-                raise _model_server_error(self.client.target, exc) from None
+            except ModelServerError as exc:
+                raise _model_server_error(exc) from None
             serving = self._labelled.get(model, self.serving_version(model, versions))
             served.append(pb.ServedModel(model_name=model, versions=[
                 pb.ModelVersion(version=v, state=_STATES.get(states.get(v), pb.MODEL_VERSION_STATE_UNSPECIFIED),

@@ -1,6 +1,6 @@
 """gRPC plumbing of the Open Inference Protocol v2 (inference.GRPCInferenceService, KServe's
 grpc_predict_v2.proto) on the inference service's gRPC server, beside classforge.v1.InferenceService.
-It translates requests to the same Classifier calls as Classify; errors raised by the domain (and by the
+It translates requests to the same InferenceDomain calls as Classify; errors raised by the domain (and by the
 translation) are mapped by the shared interceptor.
 
 BYTES input: `raw_input_contents` (Triton's form, what tritonclient sends: each element a 4-byte
@@ -18,7 +18,8 @@ from classforge.third_party.kserve import grpc_predict_v2_pb2 as pb
 from classforge.third_party.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.errors import ClassforgeError, InvalidArgument, shown
 from services.inference import metrics, v2
-from services.inference.classifier import V2_GRPC, Classifier
+from services.inference.classifier import V2_GRPC
+from services.inference.domain import InferenceDomain
 from services.inference.repository import check_model_name
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -26,8 +27,8 @@ _OUTPUT_PARAMETERS = {"binary_data"}  # a REST notion tritonclient may send; eve
 
 
 class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, classifier: Classifier, ready: Callable[[], bool]):
-        self.classifier = classifier
+    def __init__(self, domain: InferenceDomain, ready: Callable[[], bool]):
+        self.domain = domain
         self.ready = ready
 
     def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
@@ -41,12 +42,12 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
         check_model_name(request.name, "name")
-        return pb.ModelReadyResponse(ready=self.classifier.model_ready(
+        return pb.ModelReadyResponse(ready=self.domain.model_ready(
             request.name, v2.parse_version(request.version, "version")))
 
     def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         check_model_name(request.name, "name")
-        meta = self.classifier.model_metadata(request.name, v2.parse_version(request.version, "version"))
+        meta = self.domain.model_metadata(request.name, v2.parse_version(request.version, "version"))
         return json_format.ParseDict(v2.metadata(meta), pb.ModelMetadataResponse())
 
     def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
@@ -58,7 +59,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except ClassforgeError as exc:
             metrics.count_rejected(request.model_name, exc.code.name, V2_GRPC)
             raise
-        prediction = self.classifier.infer(request.model_name, images, version=version, outputs=outputs,
+        prediction = self.domain.infer(request.model_name, images, version=version, outputs=outputs,
                                            time_remaining=context.time_remaining(), protocol=V2_GRPC)
         response = pb.ModelInferResponse(model_name=prediction.model, model_version=str(prediction.version),
                                          id=request.id)

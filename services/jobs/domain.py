@@ -281,6 +281,21 @@ class JobsDomain:
             self._blind = False
             self._watching_since = self.clock()
 
+    def watchdog_round(self) -> None:
+        """One round of the watchdog: deadlines run only while Kafka and the object store answer (blind to
+        events, no deadline may run out meanwhile); a round that fails is retried on the next one."""
+        try:
+            self.bus.ping()
+            self.store.ping()
+        except Exception:  # noqa: BLE001 - whatever the client raises, we cannot see events
+            self.lost_sight()
+            return
+        self.regained_sight()
+        try:
+            self.check_deadlines()
+        except Exception:  # noqa: BLE001 - retried on the next round
+            log.warning("checking stage deadlines failed; retrying", exc_info=True)
+
     def check_deadlines(self) -> list[str]:
         """Ends the jobs whose stage went silent past its deadline, or whose cancel was not confirmed
         in time; returns their ids. Runs periodically; safe on several replicas at once."""

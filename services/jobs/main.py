@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
-from dataclasses import dataclass
 
 from classforge.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from services.common.runtime import ServiceContext, run_service
-from services.common.settings import ServiceSettings, env
 from services.jobs.domain import JobsDomain
 from services.jobs.servicer import JobsServicer
+from services.jobs.settings import JobsSettings
 
 SERVICE_NAME = jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
 GROUP, DEAD_LETTER_GROUP = "jobs", "jobs-dead-letters"
-
-log = logging.getLogger("classforge.jobs")
-
-
-@dataclass(frozen=True)
-class JobsSettings(ServiceSettings):
-    stage_deadline_seconds: float = env(
-        "CLASSFORGE_JOBS_STAGE_DEADLINE_SECONDS", 600.0,
-        "a job fails when its active stage sends no event or heartbeat for this long")
-    cancel_grace_seconds: float = env(
-        "CLASSFORGE_JOBS_CANCEL_GRACE_SECONDS", 120.0,
-        "a cancelled job ends CANCELLED after this long even when its stage never confirms")
-    watchdog_seconds: float = env("CLASSFORGE_JOBS_WATCHDOG_SECONDS", 5.0, "how often deadlines are checked")
 
 
 def build(context: ServiceContext) -> None:
@@ -40,17 +25,7 @@ def build(context: ServiceContext) -> None:
 
     def watchdog() -> None:
         while not stopping.wait(settings.watchdog_seconds):
-            try:
-                context.bus.ping()
-                context.store.ping()
-            except Exception:  # noqa: BLE001 - blind to events: no deadline may run out meanwhile
-                domain.lost_sight()
-                continue
-            domain.regained_sight()
-            try:
-                domain.check_deadlines()
-            except Exception:  # noqa: BLE001 - retried on the next round
-                log.warning("checking stage deadlines failed; retrying", exc_info=True)
+            domain.watchdog_round()
 
     def restore_then_follow() -> None:
         # Restoring needs the object store, which may still be coming up; readiness covers it.

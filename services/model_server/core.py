@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
@@ -25,7 +24,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 from tensorflow_serving.config import model_server_config_pb2
 
-from services.common.errors import ClassforgeError, Unavailable
+from services.common.errors import ClassforgeError, Unavailable, status_code
 from services.model_server import metrics
 
 log = logging.getLogger("classforge.model_server")
@@ -37,11 +36,12 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ServingError(ClassforgeError):
-    """An error with TF Serving's status code and message, so clients treat both servers alike."""
+    """An error with TF Serving's status code and message, so clients treat both servers alike. `error_code`
+    is TensorFlow's (tf.errors.NOT_FOUND …), the same number as gRPC's code, which the interceptor sends."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, error_code: int, message: str):
         super().__init__(message)
-        self.code = code
+        self.code = status_code(error_code)
 
 
 def tf_error_message(exc: tf.errors.OpError) -> str:
@@ -51,14 +51,6 @@ def tf_error_message(exc: tf.errors.OpError) -> str:
         if text and not text.startswith(("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")):
             return text.split(" [[")[0][:500]
     return type(exc).__name__
-
-
-def _code_of(tf_error: tf.errors.OpError) -> grpc.StatusCode:
-    # TensorFlow's error codes are gRPC's codes (tensorflow/core/protobuf/error_codes.proto).
-    for code in grpc.StatusCode:
-        if code.value[0] == tf_error.error_code:
-            return code
-    return grpc.StatusCode.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class VersionPolicy:
             return cls("all")
         if which == "specific":
             if not policy.specific.versions:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                raise ServingError(tf.errors.INVALID_ARGUMENT,
                                    f"model {config.name}: the specific version policy lists no versions")
             return cls("specific", versions=frozenset(policy.specific.versions))
         if which == "latest":
@@ -107,24 +99,24 @@ class LoadedVersion:
         name = signature_name or DEFAULT_SIGNATURE
         function = self.signatures.get(name)
         if function is None:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+            raise ServingError(tf.errors.FAILED_PRECONDITION,
                                f'Serving signature key "{name}" not found.')
         expected = set(self.signature_defs[name].inputs) if name in self.signature_defs else set(inputs)
         missing, extra = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
         if missing or extra:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+            raise ServingError(tf.errors.INVALID_ARGUMENT,
                                f"input tensor alias not found in signature: {', '.join(extra or missing)}. "
                                f"Inputs expected to be in the set {{{', '.join(sorted(expected))}}}.")
         try:
             outputs = function(**{key: tf.constant(value) for key, value in inputs.items()})
         except tf.errors.OpError as exc:
             # A decode op failing on a bad image is INVALID_ARGUMENT in TF Serving too.
-            raise ServingError(_code_of(exc), tf_error_message(exc)) from None
+            raise ServingError(exc.error_code, tf_error_message(exc)) from None
         except (TypeError, ValueError) as exc:  # dtype or shape does not fit the signature
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc).splitlines()[0]) from None
+            raise ServingError(tf.errors.INVALID_ARGUMENT, str(exc).splitlines()[0]) from None
         for key in output_filter:
             if key not in outputs:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                raise ServingError(tf.errors.INVALID_ARGUMENT,
                                    f"output tensor alias not found in signature: {key}")
         chosen = output_filter or list(outputs)
         return {key: outputs[key].numpy() for key in chosen}
@@ -317,7 +309,7 @@ class ModelServerCore:
         longer lists are unloaded; labels must point at AVAILABLE versions (unless allowed)."""
         which = config.WhichOneof("config")
         if which != "model_config_list":
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+            raise ServingError(tf.errors.INVALID_ARGUMENT,
                                "ModelServerConfig must contain a model_config_list (custom configs are not supported)")
         with self._lock:
             self._apply_config(config)
@@ -328,13 +320,13 @@ class ModelServerCore:
         for model_config in config.model_config_list.config:
             name = model_config.name
             if not name or not _MODEL_NAME.match(name):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid model name {name!r}")
+                raise ServingError(tf.errors.INVALID_ARGUMENT, f"invalid model name {name!r}")
             if name in new:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Illegal to list model {name} multiple times")
+                raise ServingError(tf.errors.INVALID_ARGUMENT, f"Illegal to list model {name} multiple times")
             if not model_config.base_path:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"model {name}: base_path is required")
+                raise ServingError(tf.errors.INVALID_ARGUMENT, f"model {name}: base_path is required")
             if model_config.model_platform not in ("", "tensorflow"):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                raise ServingError(tf.errors.INVALID_ARGUMENT,
                                    f"model {name}: platform {model_config.model_platform!r} is not supported")
             policy = VersionPolicy.from_proto(model_config, self.num_versions)
             old = self._models.get(name)
@@ -345,7 +337,7 @@ class ModelServerCore:
                     entry = versions.get(version)
                     if entry is None or entry.state != State.AVAILABLE:
                         raise ServingError(
-                            grpc.StatusCode.FAILED_PRECONDITION,
+                            tf.errors.FAILED_PRECONDITION,
                             f"Request to assign label to version {version} of model {name}, which is not "
                             f"currently available for inference")
             new[name] = ModelEntry(name, Path(model_config.base_path), policy, labels, versions)
@@ -368,7 +360,7 @@ class ModelServerCore:
             model = self._model(name)
             if label:
                 if model is None or label not in model.labels:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                    raise ServingError(tf.errors.INVALID_ARGUMENT,
                                        f"Unrecognized servable version label: {label}")
                 version = model.labels[label]
             if model is not None:
@@ -382,16 +374,16 @@ class ModelServerCore:
                     if entry is not None and entry.state == State.AVAILABLE and entry.loaded is not None:
                         return version, entry.loaded
         wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
+        raise ServingError(tf.errors.NOT_FOUND, f"Servable not found for request: {wanted}")
 
     def status(self, name: str, version: int | None = None) -> list[VersionEntry]:
         with self._lock:
             model = self._model(name)
             if model is None or not model.versions:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+                raise ServingError(tf.errors.NOT_FOUND, f"Could not find any versions of model {name}")
             if version is not None:
                 if version not in model.versions:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+                    raise ServingError(tf.errors.NOT_FOUND, f"Could not find version {version} of model {name}")
                 entries = [model.versions[version]]
             else:
                 entries = [model.versions[v] for v in sorted(model.versions, reverse=True)]

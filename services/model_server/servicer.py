@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -39,7 +38,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             inputs = {key: tf.make_ndarray(tensor) for key, tensor in request.inputs.items()}
         except (TypeError, ValueError) as exc:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"bad input tensor: {exc}") from None
+            raise ServingError(tf.errors.INVALID_ARGUMENT, f"bad input tensor: {exc}") from None
         outputs = loaded.predict(spec.signature_name, inputs, list(request.output_filter))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
@@ -52,11 +51,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                          context) -> get_model_metadata_pb2.GetModelMetadataResponse:
         if not request.metadata_field:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+            raise ServingError(tf.errors.INVALID_ARGUMENT,
                                "GetModelMetadataRequest must specify at least one metadata_field")
         unsupported = [f for f in request.metadata_field if f != "signature_def"]
         if unsupported:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {unsupported[0]} is not supported")
+            raise ServingError(tf.errors.INVALID_ARGUMENT, f"Metadata field {unsupported[0]} is not supported")
         version, label = _spec_choice(request.model_spec)
         number, loaded = self.core.resolve(request.model_spec.name, version, label)
         response = get_model_metadata_pb2.GetModelMetadataResponse()

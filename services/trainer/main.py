@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 from classforge.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from services.common.runtime import ServiceContext, run_service
-from services.common.settings import ServiceSettings, env
 from services.trainer.domain import KINDS, TrainerDomain
 from services.trainer.servicer import TrainerServicer
+from services.trainer.settings import TrainerSettings
 
 SERVICE_NAME = trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
-
-
-@dataclass(frozen=True)
-class TrainerSettings(ServiceSettings):
-    work_dir: str = env("CLASSFORGE_TRAINER_WORK_DIR", "/tmp/classforge-trainer",
-                        "local scratch: shard cache, checkpoints and exports before upload")
-    progress_seconds: float = env("CLASSFORGE_TRAINER_PROGRESS_SECONDS", 10.0,
-                                  "at most one training_progress event this often within an epoch "
-                                  "(plus one per epoch)")
-    stop_timeout: float = env("CLASSFORGE_TRAINER_STOP_TIMEOUT", 120.0,
-                              "on SIGTERM, how long the running job may take to reach a step and checkpoint")
 
 
 def build(context: ServiceContext) -> None:

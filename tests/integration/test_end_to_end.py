@@ -12,9 +12,9 @@ from classforge.v1 import common_pb2, inference_service_pb2, inference_service_p
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
 from services.common.grpc_server import wait_until_serving
-from services.common.sample_data import load_digits, write_image_folders
 from services.common.settings import DEFAULT_PORTS
 from services.common.storage import MinioObjectStore
+from services.demo_data import load_digits, write_image_folders
 
 pytestmark = pytest.mark.integration
 

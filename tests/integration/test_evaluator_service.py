@@ -16,11 +16,11 @@ from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
 from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
 from services.common.grpc_server import wait_until_serving
 from services.common.storage import MinioObjectStore
-from services.evaluator.fixtures import write_colour_model
 from services.evaluator.main import GROUP
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
-from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
 from tests.integration.kafka_topic import positioned_consumer, topics
+from tests.support.colour_model import write_colour_model
+from tests.support.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
 
 pytestmark = pytest.mark.integration
 

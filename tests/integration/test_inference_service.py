@@ -19,8 +19,8 @@ from classforge.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.events import KafkaEventBus, ObjectStoreProcessedEvents, new_event
 from services.common.grpc_server import wait_until_serving
 from services.common.storage import MinioObjectStore
-from services.model_server import toy_model
 from tests.integration.kafka_topic import positioned_consumer, topics
+from tests.support import toy_model
 
 pytestmark = pytest.mark.integration
 

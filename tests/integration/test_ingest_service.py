@@ -22,8 +22,8 @@ from classforge.v1 import ingest_service_pb2 as pb
 from classforge.v1 import ingest_service_pb2_grpc as pb_grpc
 from services.common.events import KafkaEventBus, new_event
 from services.common.grpc_server import wait_until_serving
-from services.common.sample_data import load_digits
 from services.common.storage import MinioObjectStore
+from services.demo_data import load_digits
 from tests.archives import tar_gz
 from tests.integration.kafka_topic import positioned_consumer, topics
 

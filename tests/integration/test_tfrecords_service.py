@@ -18,8 +18,8 @@ from services.common.grpc_server import wait_until_serving
 from services.common.records.reader import RecordsReader
 from services.common.storage import MinioObjectStore
 from services.tfrecords.main import CONSUMER_GROUP
-from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
 from tests.integration.kafka_topic import positioned_consumer, topics
+from tests.support.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
 
 pytestmark = pytest.mark.integration
 

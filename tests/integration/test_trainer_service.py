@@ -22,7 +22,8 @@ TRAINER_GRPC, TRAINER_METRICS = 50054, 9104
 
 
 def test_records_built_on_kafka_becomes_a_model_in_minio(infra, prometheus, start_service, tmp_path):
-    from services.tfrecords import builder, sample_dataset
+    from services.tfrecords import builder
+    from tests.support import sample_dataset
 
     bucket = f"it-trainer-{uuid.uuid4().hex[:8]}"
     store = MinioObjectStore(infra["CLASSFORGE_S3_ENDPOINT"], infra["CLASSFORGE_S3_ACCESS_KEY"],

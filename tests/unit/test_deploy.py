@@ -47,19 +47,13 @@ SERVICES = ["jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference"]
 # --------------------------------------------------------------------------- settings classes
 
 def _settings_class(service: str) -> type[ServiceSettings]:
-    """The most derived ServiceSettings subclass a service defines (services/<s>/settings.py or main.py)."""
-    found: list[type] = []
-    for module_name in (f"services.{service}.settings", f"services.{service}.main"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        found += [v for v in vars(module).values()
-                  if isinstance(v, type) and issubclass(v, ServiceSettings) and v.__module__ == module_name]
-    if not found:
-        return ServiceSettings
+    """The most derived ServiceSettings subclass a service defines (every service keeps it in
+    services/<s>/settings.py)."""
+    module_name = f"services.{service}.settings"
+    module = importlib.import_module(module_name)
+    found = [v for v in vars(module).values()
+             if isinstance(v, type) and issubclass(v, ServiceSettings) and v.__module__ == module_name]
+    assert found, f"{module_name} defines no ServiceSettings subclass"
     found.sort(key=lambda cls: len(cls.__mro__), reverse=True)
     return found[0]
 
@@ -436,9 +430,8 @@ def test_grafana_dashboard_queries_use_known_series():
 
 # --------------------------------------------------------------------------- Dockerfiles
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
-def test_dockerfiles_install_from_the_lock_pinned_and_non_root(dockerfile):
-    text = (DEPLOY / "docker" / dockerfile).read_text()
+def test_gpu_dockerfile_installs_from_the_lock_pinned_and_non_root():
+    text = (DEPLOY / "docker" / "Dockerfile.gpu").read_text()
     assert "COPY requirements.lock" in text and re.search(r"pip install -r requirements\.lock\b", text)
     assert "-r requirements.lock" in (ROOT / "Makefile").read_text(), "the Makefile installs from the same lock"
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
@@ -449,6 +442,50 @@ def test_dockerfiles_install_from_the_lock_pinned_and_non_root(dockerfile):
     assert "PYTHONUNBUFFERED=1" in text
     assert 'ENTRYPOINT ["classforge", "serve"]' in text
     assert "COPY --from=builder /opt/venv /opt/venv" in text
+
+
+def _dockerfile_stages(text: str) -> dict[str, str]:
+    """{stage name: its lines}, for a multi-stage Dockerfile."""
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_service_images_install_only_from_the_wheelhouse_and_each_only_what_it_needs():
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    stages = _dockerfile_stages(text)
+    installs = re.findall(r"pip install ([^\n]*)", text.replace("\\\n", " "))  # continuation lines joined
+    assert installs and all("--no-index" in i and "--find-links /wheels" in i for i in installs), installs
+    assert all("-c /requirements.lock" in i for i in installs)
+    assert "tensorflow" not in stages["light-deps"], "the light services must not install TensorFlow"
+    assert "tensorflow-serving-api" in stages["inference-deps"] and "raise ImportError" in stages["inference-deps"]
+    assert re.search(r"pip install [^\n]* tensorflow ", stages["tf-deps"].replace("\\\n", " "))
+    uses = {"jobs": "light-runtime", "ingest": "light-runtime", "tfrecords": "light-runtime",
+            "trainer": "tf-runtime", "evaluator": "tf-runtime", "model-server": "tf-runtime"}
+    base_of = {stage: base for base, stage in re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)", text, re.M)}
+    for service in [*SERVICES, "model-server"]:
+        stage = stages[service]
+        assert f'CMD ["{service}"]' in stage, service
+        assert re.search(rf'HEALTHCHECK .*"services\.common\.healthcheck", "--of", "{service}"', stage), service
+        if service in uses:
+            assert base_of[service] == uses[service], service
+    assert "COPY --from=inference-deps /opt/venv /opt/venv" in stages["inference"]
+    for runtime in ("light-runtime", "tf-runtime", "inference"):
+        assert re.search(r"^USER 10001:10001", stages[runtime], re.M), runtime
+    assert 'ENTRYPOINT ["python", "-m", "services.cli", "serve"]' in stages["runtime"]
+    assert "PYTHONUNBUFFERED=1" in stages["runtime"]
+    base = (DEPLOY / "docker" / "base.sh").read_text()
+    assert re.search(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base), "the pulled base is pinned by digest"
+    assert "debootstrap" in base
+
+
+def test_serve_alone_loads_no_other_service_command():
+    """A light image has no TensorFlow or matplotlib: `classforge serve NAME` must not import every
+    service's command module."""
+    code = ("import sys; from services import cli; parser = cli.serve_only_parser(); "
+            "parser.parse_args(['jobs']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'matplotlib', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_gpu_lock_only_adds_cuda_wheels():

@@ -10,8 +10,8 @@ import pytest
 from classforge.v1 import common_pb2
 from services import embedded
 from services.common.errors import InvalidArgument
-from services.common.sample_data import load_digits, write_image_folders
 from services.common.storage import LocalObjectStore
+from services.demo_data import load_digits, write_image_folders
 
 
 @pytest.fixture(scope="module")

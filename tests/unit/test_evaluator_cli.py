@@ -4,7 +4,7 @@ import argparse
 import json
 
 from services.evaluator import cli
-from services.evaluator.fixtures import COLOURS, ColourRecords, write_colour_model
+from tests.support.colour_model import COLOURS, ColourRecords, write_colour_model
 
 CLASSES = list(COLOURS)
 
@@ -51,7 +51,7 @@ def test_a_folder_without_a_saved_model_is_refused(tmp_path):
 
 
 def test_evaluate_on_real_records_read_through_the_tfrecords_reader(tmp_path, capsys):
-    sample = __import__("pytest").importorskip("services.tfrecords.sample_dataset")
+    sample = __import__("pytest").importorskip("tests.support.sample_dataset")
     from services.common.storage import LocalObjectStore
     from services.tfrecords.builder import BuildOptions, RecordsBuilder
 

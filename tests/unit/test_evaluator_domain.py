@@ -16,9 +16,9 @@ from services.common.grpc_server import GrpcServer
 from services.common.storage import LocalObjectStore
 from services.evaluator.domain import EvaluatorDomain
 from services.evaluator.engine import Options
-from services.evaluator.fixtures import COLOURS, ColourRecords, write_colour_model
 from services.evaluator.main import GROUP, KINDS, SERVICE_NAME
 from services.evaluator.servicer import EvaluatorServicer
+from tests.support.colour_model import COLOURS, ColourRecords, write_colour_model
 
 CLASSES = list(COLOURS)
 

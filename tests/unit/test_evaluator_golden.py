@@ -19,8 +19,8 @@ from PIL import Image
 
 from services.evaluator import blessing, report
 from services.evaluator.engine import Example, Options, evaluate
-from services.evaluator.fixtures import colour_image, write_colour_model
 from services.evaluator.model import ServingModel
+from tests.support.colour_model import colour_image, write_colour_model
 
 GOLDEN = Path(__file__).parent / "golden" / "evaluator_report.json"
 CLASSES = ["red", "green", "blue"]

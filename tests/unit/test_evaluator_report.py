@@ -14,8 +14,8 @@ from PIL import Image
 
 from services.evaluator import blessing, mislabels, report
 from services.evaluator.engine import Example, Options, evaluate
-from services.evaluator.fixtures import colour_image, write_colour_model
 from services.evaluator.model import ServingModel
+from tests.support.colour_model import colour_image, write_colour_model
 
 CLASSES = ["red", "green", "blue"]
 TASKS = [{"name": "label", "classes": CLASSES}]

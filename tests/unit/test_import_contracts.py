@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "tfrecords", "trainer", "evaluator", "inference", "jobs", "model_server")
 # Composition roots and client tools: they may import services, no service may import them.
-ROOTS = ("cli", "embedded", "demo", "lineage", "progress")
+ROOTS = ("cli", "embedded", "demo", "demo_data", "lineage", "progress")
 
 
 def imported_modules(tree: ast.AST) -> list[tuple[str, int]]:

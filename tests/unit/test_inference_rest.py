@@ -27,12 +27,13 @@ from services.common.http_server import HttpServer
 from services.common.runtime import ServiceContext
 from services.inference import main
 from services.inference.classifier import Classifier
+from services.inference.domain import InferenceDomain
 from services.inference.http_api import build_app
 from services.inference.model_server_client import ModelServerClient
 from services.inference.settings import InferenceSettings
-from services.model_server import toy_model
 from services.model_server.core import LoadedVersion
 from tests.inference_stack import BOMB, IMAGES, NOT_AN_IMAGE, TRUNCATED, UNDECODABLE, Stack, build_exports
+from tests.support import toy_model
 
 MAX_BODY = 300_000
 MAX_IMAGE = 100_000
@@ -316,8 +317,8 @@ def test_a_version_published_but_not_loaded_is_503_until_the_model_server_loads_
 
 def test_the_model_server_unavailable_or_the_service_not_ready_is_503(stack):
     client = ModelServerClient("127.0.0.1:1")
-    classifier = Classifier(client, stack.repo)
-    http = HttpServer("down", build_app(classifier, ready=lambda: False, max_body_bytes=MAX_BODY), port=0,
+    domain = InferenceDomain(Classifier(client, stack.repo), stack.publisher)
+    http = HttpServer("down", build_app(domain, ready=lambda: False, max_body_bytes=MAX_BODY), port=0,
                       host="127.0.0.1", grace_seconds=1)
     port = http.start()
     try:
@@ -339,7 +340,7 @@ def test_the_model_server_unavailable_or_the_service_not_ready_is_503(stack):
             assert reply.status == 200 and json.loads(reply.read()) == {"live": True}
     finally:
         http.stop()
-        classifier.close()
+        domain.classifier.close()
         client.close()
 
 
@@ -393,7 +394,7 @@ def free_port() -> int:
 def test_http_server_start_failures_can_be_retried(stack, monkeypatch):
     import uvicorn
 
-    app = build_app(stack.classifier, ready=lambda: True, max_body_bytes=MAX_BODY)
+    app = build_app(stack.domain, ready=lambda: True, max_body_bytes=MAX_BODY)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -16,9 +16,9 @@ from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import inference_service_pb2 as pb
 from services.common.events import new_event
 from services.inference.classifier import DeadlineExceeded, MicroBatcher, Target
-from services.model_server import toy_model
 from services.model_server.core import LoadedVersion
 from tests import inference_stack
+from tests.support import toy_model
 
 tf = pytest.importorskip("tensorflow")
 

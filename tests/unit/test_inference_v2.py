@@ -24,9 +24,9 @@ from tritonclient.utils import InferenceServerException
 
 from classforge.third_party.kserve import grpc_predict_v2_pb2 as v2pb
 from services.inference import v2
-from services.model_server import toy_model
 from tests.conftest import REPO_ROOT
 from tests.inference_stack import BOMB, IMAGES, NOT_AN_IMAGE, TRUNCATED, UNDECODABLE, Stack, build_exports
+from tests.support import toy_model
 
 OUTPUTS = ["probabilities_label", "class_ids_label", "probabilities_color", "class_ids_color"]
 METADATA = {

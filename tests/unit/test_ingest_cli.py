@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common.sample_data import load_digits, write_image_folders
+from services.demo_data import load_digits, write_image_folders
 from services.ingest import cli
 
 

@@ -17,9 +17,9 @@ from classforge.v1 import ingest_service_pb2 as pb
 from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.events import InProcessEventBus, new_event
-from services.common.sample_data import load_digits
 from services.common.stage_work import Cancellations
 from services.common.storage import LocalObjectStore
+from services.demo_data import load_digits
 from services.ingest.domain import IngestDomain
 from services.ingest.options import SourceLimits
 from tests.archives import tar_gz

@@ -16,7 +16,7 @@ from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
 from services import lineage
 from services.cli import main, retrain_embedded
 from services.common import mislabel_review
-from services.common.sample_data import load_digits, write_image_folders
+from services.demo_data import load_digits, write_image_folders
 
 
 def run_job(stub, spec: common_pb2.JobSpec):

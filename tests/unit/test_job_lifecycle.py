@@ -185,6 +185,27 @@ def test_deadlines_restart_when_the_service_could_not_see_events(bus, domain, cl
     assert domain.check_deadlines() == [job_id]
 
 
+def test_a_watchdog_round_runs_deadlines_only_while_the_bus_and_store_answer(bus, store, domain, clock,
+                                                                              monkeypatch):
+    job_id = domain.submit(spec()).job_id
+    bus.drain(5)
+
+    def store_down():
+        raise Unavailable("object store down")
+
+    monkeypatch.setattr(store, "ping", store_down)
+    clock.now += 3600
+    domain.watchdog_round()  # blind: the silence may be ours
+    bus.drain(5)
+    assert domain.get(job_id).status != Status.JOB_STATUS_FAILED
+    monkeypatch.undo()
+    domain.watchdog_round()  # sees again: the deadline restarts from now
+    clock.now += 61
+    domain.watchdog_round()
+    bus.drain(5)
+    assert domain.get(job_id).status == Status.JOB_STATUS_FAILED
+
+
 def test_a_fold_that_cannot_record_pauses_deadlines_until_it_can(bus, store, domain, clock, monkeypatch):
     job_id = domain.submit(spec()).job_id
     bus.drain(5)

@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.model_server import toy_model
 from services.model_server.core import ModelServerCore, ServingError
+from tests.support import toy_model
 
 tf = pytest.importorskip("tensorflow")
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2  # noqa: E402

@@ -15,7 +15,7 @@ from services.common.records.reader import RecordsReader
 from services.common.storage import LocalObjectStore
 from services.tfrecords.builder import MANIFEST, BuildOptions, RecordsBuilder, shard_name
 from services.tfrecords.dataset import DatasetError
-from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
+from tests.support.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
 
 
 class FlakyStore(LocalObjectStore):

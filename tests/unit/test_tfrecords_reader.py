@@ -10,7 +10,7 @@ from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument
 from services.common.records.reader import RecordsReader
 from services.common.storage import LocalObjectStore, ObjectStore
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
-from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
+from tests.support.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
 
 
 class RemoteStore(ObjectStore):

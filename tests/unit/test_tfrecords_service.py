@@ -16,8 +16,8 @@ from services.common.storage import LocalObjectStore
 from services.tfrecords.builder import RecordsBuilder
 from services.tfrecords.domain import RecordsDomain
 from services.tfrecords.main import SERVICE_NAME
-from services.tfrecords.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
 from services.tfrecords.servicer import TFRecordsServicer
+from tests.support.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
 
 Status = pb.BuildStatus
 

@@ -9,7 +9,7 @@ from services.common.storage import LocalObjectStore
 from services.trainer.cli import register
 
 builder = pytest.importorskip("services.tfrecords.builder")
-sample = pytest.importorskip("services.tfrecords.sample_dataset")
+sample = pytest.importorskip("tests.support.sample_dataset")
 
 
 def run_cli(argv: list[str]) -> int:

@@ -9,8 +9,8 @@ import pytest
 from classforge.v1 import common_pb2, events_pb2, trainer_service_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import InProcessEventBus, new_event, payload_kind
-from services.common.sample_data import load_digits
 from services.common.storage import LocalObjectStore
+from services.demo_data import load_digits
 from services.trainer.backbones import Task
 from services.trainer.data import ArrayData
 from services.trainer.domain import KINDS, TrainerDomain

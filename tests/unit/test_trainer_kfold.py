@@ -72,7 +72,7 @@ def test_k_fold_scores_every_image_out_of_sample_and_flags_flipped_labels(tmp_pa
 
 def test_find_mislabels_command_on_records_scores_each_distinct_image_once(tmp_path, capsys):
     builder = pytest.importorskip("services.tfrecords.builder")
-    sample = pytest.importorskip("services.tfrecords.sample_dataset")
+    sample = pytest.importorskip("tests.support.sample_dataset")
     store = LocalObjectStore(tmp_path / "data")
     items = sample.digits_items(90, size=16)
     # the training split as ingest writes it when balancing: some images oversampled (listed twice)

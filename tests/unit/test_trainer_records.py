@@ -9,7 +9,7 @@ from services.trainer.config import with_defaults
 from services.trainer.data import open_records
 from services.trainer.loop import Trainer
 
-sample = pytest.importorskip("services.tfrecords.sample_dataset")
+sample = pytest.importorskip("tests.support.sample_dataset")
 builder = pytest.importorskip("services.tfrecords.builder")
 
 

@@ -56,7 +56,7 @@ def write_dataset(store: ObjectStore, dataset_id: str, splits: dict[str, Sequenc
         list_sha[f"{split}.list"] = store.put_bytes(f"{prefix}/{split}.list", body).sha256
     if complete:
         store.put_bytes(f"{prefix}/manifest.json", json.dumps({
-            "id": dataset_id, "source": "services.tfrecords.sample_dataset",
+            "id": dataset_id, "source": "tests.support.sample_dataset",
             "tasks": [name for name, _ in tasks], "counts": {s: len(v) for s, v in lines.items()},
             "lists": list_sha}).encode())
     return lines
@@ -83,7 +83,7 @@ _DIGITS_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 def _digits(size: int) -> tuple[np.ndarray, np.ndarray]:
     if size not in _DIGITS_CACHE:
-        from services.common.sample_data import load_digits
+        from services.demo_data import load_digits
 
         images, labels, _ = load_digits(size)
         _DIGITS_CACHE[size] = (images, labels)

@@ -1,4 +1,4 @@
-"""Tiny models and images for the evaluator's tests, benchmark and demos (no training, no download).
+"""Tiny models and images for the evaluator's tests and benchmark (no training, no download).
 
 `write_colour_model` writes a SavedModel that follows services/common/serving_signature.py exactly: a
 tf.Module whose `serving_default(image_bytes)` decodes (tf.io.decode_image, expand_animations=False),
