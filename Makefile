@@ -27,9 +27,10 @@ venv: $(STAMP) ## create .venv and install the locked dependencies
 protos: $(STAMP) ## generate Python code from protos/ into gen/python (never edit it by hand)
 	$(PY) -m services.common.protogen --out $(GEN_DIR)
 
-lint: $(STAMP) ## buf lint the protos and ruff the Python
+lint: $(STAMP) ## buf lint the protos, ruff the Python and check the import contracts (pyproject.toml)
 	deploy/local/buf.sh lint protos
 	$(VENV)/bin/ruff check services tests bench
+	PYTHONPATH=. $(VENV)/bin/lint-imports --no-cache  # PYTHONPATH: this tree, not where an editable install points
 
 infra-up: ## install (once, cached) and start Kafka, MinIO and Prometheus on 127.0.0.1
 	deploy/local/infra.sh up

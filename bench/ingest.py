@@ -27,9 +27,9 @@ from pathlib import Path
 from PIL import Image
 
 from bench.table import Row, render
+from services.common.dataset_options import IngestOptions
 from services.common.storage import LocalObjectStore
 from services.demo_data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folders
-from services.ingest.options import IngestOptions
 from services.ingest.prepare import prepare_dataset
 from services.ingest.sources import collect_folders
 from services.ingest.validation import ValidationPool

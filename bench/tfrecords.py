@@ -49,7 +49,7 @@ def make_dataset(store: LocalObjectStore, count: int, scratch: Path) -> tuple[li
     images, labels = load_fashion_mnist("train")
     count = min(count, len(images))
     try:
-        from services.ingest.options import IngestOptions
+        from services.common.dataset_options import IngestOptions
         from services.ingest.prepare import local_source, prepare_dataset
     except ImportError:  # ingest not there: the layout written directly
         items = [(sample_dataset.encode_image(images[i]), (int(labels[i]),)) for i in range(count)]
@@ -96,7 +96,7 @@ def baseline_build(root: Path, lines: list[str], out: Path) -> None:
 def baseline_read(files: list[str]) -> int:
     import tensorflow as tf
 
-    from services.tfrecords.reader import decode_image, parse_example
+    from services.common.records.reader import decode_image, parse_example
 
     def parse(serialized):
         item = parse_example(serialized, 1)
@@ -110,7 +110,7 @@ def baseline_read(files: list[str]) -> int:
 def run() -> list[Row]:
     import tensorflow as tf  # imported before any timing: both sides pay it once, outside the clock
 
-    from services.tfrecords.reader import RecordsReader
+    from services.common.records.reader import RecordsReader
 
     count = _images()
     scratch = Path(tempfile.mkdtemp(prefix="classforge-bench-tfrecords-"))

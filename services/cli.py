@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import grpc
 import yaml
@@ -26,6 +25,7 @@ from google.protobuf import json_format
 from classforge.v1 import common_pb2
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
+from services.common.report_fetch import deployment_store, fetch_report
 
 # `classforge serve NAME` runs services/<module>/main.py.
 SERVICES = {"jobs": "jobs", "ingest": "ingest", "tfrecords": "tfrecords", "trainer": "trainer",
@@ -139,21 +139,6 @@ def cmd_cancel(args) -> int:
     return 0
 
 
-def fetch_report(report_uri: str, out: Path) -> Path:
-    """Where index.html of a job's report can be opened: in place for a local store (file://),
-    else downloaded from the object store (credentials from CLASSFORGE_S3_*) into `out`."""
-    parts = urlsplit(report_uri)
-    if parts.scheme == "file":
-        return Path(unquote(parts.path)) / "index.html"
-    if parts.scheme != "s3":
-        raise SystemExit(f"classforge: cannot fetch a report from {report_uri!r}")
-    store = _services_store(parts.netloc)
-    prefix = parts.path.lstrip("/").rstrip("/") + "/"
-    for info in store.list(prefix):
-        store.get_file(info.key, out / info.key[len(prefix):])
-    return out / "index.html"
-
-
 def cmd_report(args) -> int:
     job = _jobs_stub(args).GetJob(jobs_pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout).job
     if not job.report_uri:
@@ -233,16 +218,6 @@ def register_lineage(sub) -> None:
     lineage.set_defaults(func=cmd_lineage)
 
 
-def _services_store(bucket: str = ""):
-    """The deployment's object store, from CLASSFORGE_S3_* (the bucket named, or CLASSFORGE_S3_BUCKET)."""
-    from services.common.settings import ServiceSettings
-    from services.common.storage.minio import MinioObjectStore
-
-    settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
-    return MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                            bucket or settings.s3_bucket, secure=settings.s3_secure)
-
-
 def cmd_lineage(args) -> int:
     from services import lineage
     from services.common.storage import open_object_store
@@ -253,7 +228,7 @@ def cmd_lineage(args) -> int:
         store = open_object_store(args.store, access_key=os.environ.get("CLASSFORGE_S3_ACCESS_KEY", ""),
                                   secret_key=os.environ.get("CLASSFORGE_S3_SECRET_KEY", ""))
     else:
-        store = _services_store()
+        store = deployment_store()
     links = lineage.trace(store, args.job_id)
     if args.json:
         print(json.dumps([link.as_dict() for link in links], indent=2))

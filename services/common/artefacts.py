@@ -11,6 +11,9 @@ REPORTS_PREFIX = "reports/"
 COMPARISONS_PREFIX = "comparisons/"  # comparisons/<job_a>__<job_b>/, comparison.json last
 MANIFEST = "manifest.json"
 EVALUATION_JSON = "evaluation.json"  # a report's manifest
+# models/<job>/model.keras, beside saved_model/: the whole Keras model (no custom objects), which the
+# evaluator loads for Grad-CAM without any trainer code.
+KERAS_MODEL = "model.keras"
 
 
 def dataset_prefix(dataset_id: str) -> str:

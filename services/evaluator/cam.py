@@ -18,7 +18,7 @@ functional model, overlaid on the image.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 
 import keras
@@ -168,16 +168,6 @@ def _looks_like_probabilities(scores: tf.Tensor) -> bool:
     """An output whose rows are non-negative and sum to 1 is probabilities (log taken), else logits."""
     values = scores.numpy()
     return bool(values.min() >= 0 and np.allclose(values.sum(axis=1), 1.0, atol=1e-3))
-
-
-def default_preprocess(size: tuple[int, int]) -> Callable[[bytes], np.ndarray]:
-    """Encoded bytes -> float [H, W, 3] in [-1, 1]: the trainer's evaluation path (decode, bilinear
-    resize of the whole image, x / 127.5 - 1)."""
-    def preprocess(encoded: bytes) -> np.ndarray:
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), list(size), method="bilinear")
-        return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0).numpy()
-    return preprocess
 
 
 def upsample(cam: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -129,7 +129,7 @@ def _baseline(path: str | None, records, options: Options) -> tuple[blessing.Bas
 def cmd_evaluate(args, open_records=open_local_records) -> int:
     # TensorFlow loads here, not when `classforge` builds its parser.
     from services.evaluator.engine import Options, evaluate
-    from services.evaluator.model import ServingModel, load_keras_model
+    from services.evaluator.model import ServingModel, load_cam_model
 
     given = Path(args.model)
     model_dir = _model_dir(given)
@@ -141,7 +141,7 @@ def cmd_evaluate(args, open_records=open_local_records) -> int:
             records = open_records(Path(args.records), Path(cache), args.batch_size)
             if out.exists():
                 shutil.rmtree(out)
-            result = evaluate(model, records.examples(), records.tasks, out, options, load_keras_model(model_dir),
+            result = evaluate(model, records.examples(), records.tasks, out, options, load_cam_model(model_dir),
                               refetch=records.examples)
             baseline, note = _baseline(args.baseline, records, options)
         decision = blessing.decide(result.tasks, _gates(args), baseline, baseline_note=note)
@@ -211,7 +211,7 @@ def _compare_remote(args) -> tuple[dict, Path]:
 
     from classforge.v1 import evaluator_service_pb2 as pb
     from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
-    from services.cli import fetch_report
+    from services.common.report_fetch import fetch_report
     from services.evaluator import compare as compare_mod
 
     stub = pb_grpc.EvaluatorServiceStub(grpc.insecure_channel(args.evaluator))

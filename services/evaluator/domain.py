@@ -47,7 +47,7 @@ from services.evaluator import predictions as predictions_mod
 from services.evaluator.engine import Evaluation, Options, evaluate
 from services.evaluator.images import save_thumbnail
 from services.evaluator.metrics_export import EVALUATION_IMAGES_PER_SECOND, EVALUATION_SECONDS, EVALUATIONS
-from services.evaluator.model import ServingModel, load_keras_model
+from services.evaluator.model import ServingModel, load_cam_model
 
 log = logging.getLogger("classforge.evaluator")
 
@@ -193,7 +193,7 @@ class EvaluatorDomain:
         records = self.open_records(self.store, records_uri, self.work_dir / "records-cache", self.options.batch_size)
         out_dir = scratch / "report"
         result: Evaluation = evaluate(model, records.examples(), records.tasks, out_dir, self.options,
-                                      load_keras_model(model_dir), refetch=records.examples)
+                                      load_cam_model(model_dir), refetch=records.examples)
         EVALUATION_IMAGES_PER_SECOND.set(result.images_per_second)
         model_name = deploy.model_name or DEFAULT_MODEL_NAME
         baseline, note = self._baseline(job_id, model_name, records, scratch / "baseline")
@@ -351,8 +351,8 @@ class EvaluatorDomain:
         return blessing.Baseline.from_evaluation(served["job_id"], "rerun", result.tasks), ""
 
     def _download_model(self, uri: str, target: Path, keras: bool = True) -> Path:
-        """Copies the SavedModel (and the Keras files beside it) to `target`; returns the model folder
-        (holding saved_model/)."""
+        """Copies the SavedModel (and, with `keras`, model.keras and the files that give its input size)
+        to `target`; returns the model folder (holding saved_model/)."""
         try:
             saved_prefix = self.store.key_from_uri(uri.rstrip("/")).rstrip("/") + "/"
         except InvalidArgument as exc:
@@ -366,7 +366,7 @@ class EvaluatorDomain:
             self.store.get_file(info.key, target / "saved_model" / info.key[len(saved_prefix):])
         if keras:
             parent = saved_prefix[: -len("saved_model/")]
-            for name in ("model.keras", "config.json", "labels.json", "model.weights.h5", "manifest.json"):
+            for name in (artefacts.KERAS_MODEL, "manifest.json", "config.json"):  # Grad-CAM's model and input size
                 if parent and self.store.exists(parent + name):
                     self.store.get_file(parent + name, target / name)
         return target

@@ -30,7 +30,7 @@ from services.evaluator import metrics as metrics_mod
 from services.evaluator import mislabels as mislabels_mod
 from services.evaluator import predictions as predictions_mod
 from services.evaluator.images import safe_names, save_thumbnail
-from services.evaluator.model import ServingModel
+from services.evaluator.model import CamModel, ServingModel
 from services.evaluator.samples import Sample, TopN
 
 log = logging.getLogger("classforge.evaluator")
@@ -124,14 +124,15 @@ def match_tasks(model: ServingModel, record_tasks: list[dict]) -> list[TaskState
 
 
 def evaluate(model: ServingModel, examples: Iterable[Example], record_tasks: list[dict], out_dir: Path | None,
-             options: Options | None = None, cam_model: tuple | None = None,
+             options: Options | None = None, cam_model: CamModel | None = None,
              refetch: Callable[[], Iterable[Example]] | None = None) -> Evaluation:
     """Runs the model over `examples` and writes the image artefacts (gallery/, mislabels/, cams/)
     under `out_dir`; the report itself (plots, evaluation.json, index.html) is report.write's job.
 
-    `record_tasks`: the records' labels.json tasks, in label order. `cam_model`: (keras model,
-    preprocess) from model.load_keras_model, or None. `refetch`: iterates the same examples again
-    (thumbnails of conflicting duplicates, whose pairs are only known at the end); None skips them."""
+    `record_tasks`: the records' labels.json tasks, in label order. `cam_model`: from
+    model.load_cam_model (a model, or why there is none); None: no Grad-CAM asked for. `refetch`:
+    iterates the same examples again (thumbnails of conflicting duplicates, whose pairs are only known
+    at the end); None skips them."""
     options = options or Options()
     states = match_tasks(model, record_tasks)
     for s in states:
@@ -262,15 +263,14 @@ def _review_rows(states: list[TaskState], source_ids: list[str], filenames: list
     return rows
 
 
-def _write_cams(out_dir: Path, states: list[TaskState], results: list[dict], cam_model: tuple | None) -> str:
-    if cam_model is None:
+def _write_cams(out_dir: Path, states: list[TaskState], results: list[dict], cam_model: CamModel | None) -> str:
+    if cam_model is None or cam_model.model is None:
         for result in results:
             result["cams"] = []
-        return "no Keras model next to the SavedModel (model.keras, or the trainer's config.json + " \
-               "model.weights.h5): no Grad-CAM"
+        return cam_model.missing if cam_model is not None else "no Keras model given: no Grad-CAM"
     from services.evaluator.cam import GradCam, overlay
 
-    keras_model, preprocess = cam_model
+    keras_model, preprocess = cam_model.model, cam_model.preprocess
     multi = len(states) > 1
     status = "ok"
     for index, (s, result) in enumerate(zip(states, results, strict=True)):

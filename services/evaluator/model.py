@@ -1,18 +1,22 @@
 """Loading what the evaluator runs: the SavedModel through its serving signature (the contract in
-services/common/serving_signature.py) and, for Grad-CAM, the Keras model behind it."""
+services/common/serving_signature.py) and, for Grad-CAM, the whole Keras model the trainer exports
+beside it (model.keras: loaded by keras alone, no trainer code)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from services.common import serving_signature as contract
+from services.common.artefacts import KERAS_MODEL
 from services.common.errors import FailedPrecondition
+from services.common.preprocessing import decode_for_serving
 
 log = logging.getLogger("classforge.evaluator")
 
@@ -72,42 +76,45 @@ def _read_labels(path: Path) -> dict:
         raise FailedPrecondition(f"SavedModel {path} has no readable assets/{contract.LABELS_ASSET}: {exc}") from exc
 
 
-def load_keras_model(model_dir: Path) -> tuple[object, Callable[[bytes], np.ndarray]] | None:
-    """The Keras model behind a SavedModel, for Grad-CAM, and how to preprocess one encoded image for it.
+@dataclass(frozen=True)
+class CamModel:
+    """What Grad-CAM runs on: the whole Keras model the trainer exported beside the SavedModel and how
+    to preprocess one encoded image for it; or, without a model, why there is none (`missing`)."""
 
-    Looked for next to `saved_model/` (the trainer's `models/<job>/` layout): `model.keras` (a whole
-    model, preferred: needs no trainer code), else `config.json` + `labels.json` + `model.weights.h5`,
-    rebuilt with the trainer's own network builder. The preprocessing is the trainer's evaluation path
-    (augment.decode_for_serving) at the input size of `manifest.json`/`config.json`, else decode,
-    resize, scale to [-1, 1]. None when no Keras model is there (the report then says CAMs are missing)."""
+    model: object | None = None
+    preprocess: Callable[[bytes], np.ndarray] | None = None
+    missing: str = ""
+
+
+def load_cam_model(model_dir: Path) -> CamModel:
+    """The Keras model for Grad-CAM: `model.keras` next to `saved_model/` (the trainer's `models/<job>/`
+    layout), loaded with keras alone. The preprocessing is the evaluation path
+    (services/common/preprocessing.py) at the input size of `manifest.json`/`config.json`. A model
+    without model.keras (exported before the trainer wrote it) or one that does not load gives a
+    CamModel that says why; the evaluation goes on and the report shows the reason."""
     import keras
 
-    from services.evaluator.cam import default_preprocess
-
     root = Path(model_dir)
-    size = _input_size(root)
-    model = None
+    path = root / KERAS_MODEL
+    if not path.exists():
+        reason = (f"no {KERAS_MODEL} beside the SavedModel (a model exported before the trainer wrote it; "
+                  f"train it again for Grad-CAM): no Grad-CAM")
+        log.warning("no Grad-CAM: the model has no Keras export", extra={"path": str(root), "reason": reason})
+        return CamModel(missing=reason)
     try:
-        if (root / "model.keras").exists():
-            model = keras.models.load_model(root / "model.keras", compile=False)
-        elif all((root / name).exists() for name in ("config.json", "labels.json", "model.weights.h5")):
-            model = _rebuild_trainer_network(root)
-    except Exception:  # noqa: BLE001 - a CAM problem must not fail the evaluation
-        log.warning("could not load the Keras model for Grad-CAM", extra={"path": str(root)}, exc_info=True)
-        return None
-    if model is None:
-        return None
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - a CAM problem is reported, the evaluation goes on
+        log.warning("could not load the Keras model for Grad-CAM", extra={"path": str(path)}, exc_info=True)
+        return CamModel(missing=f"{KERAS_MODEL} could not be loaded ({type(exc).__name__}: {exc}): no Grad-CAM")
+    size = _input_size(root)
     if size is None:
         shape = model.inputs[0].shape
         size = shape[1] if shape[1] else 224
-    try:
-        from services.trainer import augment
 
-        def preprocess(encoded: bytes) -> np.ndarray:
-            return augment.decode_for_serving(tf.constant(encoded), size).numpy()
-    except ImportError:
-        preprocess = default_preprocess((size, size))
-    return model, preprocess
+    def preprocess(encoded: bytes) -> np.ndarray:
+        return decode_for_serving(tf.constant(encoded), size).numpy()
+
+    return CamModel(model, preprocess)
 
 
 def _input_size(root: Path) -> int | None:
@@ -120,19 +127,3 @@ def _input_size(root: Path) -> int | None:
         if size:
             return int(size)
     return None
-
-
-def _rebuild_trainer_network(root: Path):
-    from google.protobuf import json_format
-
-    from classforge.v1 import common_pb2
-    from services.trainer.backbones import build_network
-    from services.trainer.config import with_defaults
-    from services.trainer.data import tasks_from_labels
-
-    config = with_defaults(json_format.Parse((root / "config.json").read_text(), common_pb2.TrainingConfig(),
-                                             ignore_unknown_fields=True))
-    tasks = tasks_from_labels(json.loads((root / "labels.json").read_text()), config)
-    network = build_network(config, tasks)
-    network.model.load_weights(root / "model.weights.h5")
-    return network.model

@@ -1,5 +1,5 @@
-"""The evaluation split of a records build, as `engine.Example`s: the one place the evaluator touches
-the tfrecords service's reader (services.tfrecords.reader.RecordsReader).
+"""The evaluation split of a records build, as `engine.Example`s: the one place the evaluator reads
+records (services.common.records.reader.RecordsReader, the contract shared with the tfrecords service).
 
 The split evaluated is `test` when the build has test examples, else `val`: both keep the natural
 class distribution (only `train` is oversampled). Reading is deterministic, so every pass over the
@@ -14,19 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from services.common.errors import FailedPrecondition
+from services.common.records.reader import RecordsReader
 from services.common.storage import LocalObjectStore, ObjectStore
 from services.evaluator.engine import Example
 
 SPLITS = ("test", "val")
-
-
-def _reader_class():
-    try:
-        from services.tfrecords.reader import RecordsReader
-    except ImportError as exc:
-        raise FailedPrecondition(f"the TFRecords reader (services.tfrecords.reader) is not available: "
-                                 f"{exc}") from exc
-    return RecordsReader
 
 
 class EvaluationRecords:
@@ -35,7 +27,7 @@ class EvaluationRecords:
     def __init__(self, store: ObjectStore, records_uri: str, cache_dir: Path | None, batch_size: int = 64):
         self.uri = records_uri
         self.batch_size = batch_size
-        self.reader = _reader_class()(store, records_uri, cache_dir)
+        self.reader = RecordsReader(store, records_uri, cache_dir)
         self.tasks: list[dict] = list(self.reader.labels.get("tasks", []))
         if not self.tasks:
             raise FailedPrecondition(f"records {records_uri} name no tasks in their manifest's labels")

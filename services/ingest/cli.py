@@ -33,9 +33,14 @@ from google.protobuf import json_format
 from classforge.v1 import common_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from classforge.v1 import ingest_service_pb2_grpc as pb_grpc
+from services.common.dataset_options import (
+    DEFAULT_MAX_CLASS_RATIO,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_VAL_FRACTION,
+    IngestOptions,
+)
 from services.common.errors import ClassforgeError, InvalidArgument
 from services.common.storage import LocalObjectStore
-from services.ingest.options import DEFAULT_MAX_CLASS_RATIO, DEFAULT_MAX_PIXELS, DEFAULT_VAL_FRACTION, IngestOptions
 from services.ingest.prepare import LIST_FILES, Prepared, prepare_dataset
 from services.ingest.sources import archive_format_of, local_source_kind, open_local_source
 

@@ -35,12 +35,13 @@ from pathlib import Path
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from services.common import artefacts
+from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import JobCancelled, Stage, StageWork
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.ingest import metrics
-from services.ingest.options import DEFAULT_LIMITS, IngestOptions, SourceLimits
+from services.ingest.options import DEFAULT_LIMITS, SourceLimits
 from services.ingest.prepare import prepare_dataset, read_json
 from services.ingest.relabel import is_version_of, plan_relabel, write_version
 from services.ingest.report import to_proto

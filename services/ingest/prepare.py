@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common.dataset_options import IngestOptions
 from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import ObjectStore
 from services.ingest import metrics
 from services.ingest.balance import Example, balance, class_counts, stratified_split
 from services.ingest.names import printable
-from services.ingest.options import DEFAULT_LIMITS, IngestOptions
+from services.ingest.options import DEFAULT_LIMITS
 from services.ingest.report import balance_section, render_markdown
 from services.ingest.sources import Candidate, collect
 from services.ingest.validation import CONTENT_TYPES, ImageCheck, Reject, ValidationPool, reason_code

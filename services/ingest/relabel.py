@@ -32,10 +32,10 @@ from pathlib import PurePosixPath
 from PIL import Image
 
 from services.common import mislabel_review as review
+from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument, shown
 from services.common.storage import ObjectStore
 from services.ingest.balance import Balance, Example, balance
-from services.ingest.options import IngestOptions
 from services.ingest.prepare import LIST_FILES, MANIFEST_FORMAT, Prepared, read_json
 from services.ingest.report import balance_section, render_markdown
 from services.ingest.validation import CONTENT_TYPES, reason_code

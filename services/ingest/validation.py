@@ -32,7 +32,8 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
-from services.ingest.options import DEFAULT_LIMITS, DEFAULT_MAX_PIXELS
+from services.common.dataset_options import DEFAULT_MAX_PIXELS
+from services.ingest.options import DEFAULT_LIMITS
 
 log = logging.getLogger("classforge.ingest")
 

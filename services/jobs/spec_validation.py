@@ -5,7 +5,8 @@ knows exactly what to fix.
 Every rule a stage would apply later is checked here, at submit, so that a job is never accepted
 only to fail minutes later in ingest or the trainer. The trainer's rules live in
 services/trainer/config.py (`with_defaults`/`validate`); services do not import each other, so the
-few of its constants needed here are repeated below. A zero field means "the stage's default"
+constants both apply are shared in services/common/training_options.py, and the dataset rules in
+services/common/dataset_options.py. A zero field means "the stage's default"
 (proto3 cannot tell unset from zero), so every rule accepts 0 unless said otherwise.
 """
 
@@ -18,10 +19,11 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from classforge.v1 import common_pb2
+from services.common.dataset_options import IngestOptions
 from services.common.durations import parse_duration
 from services.common.errors import InvalidArgument, shown
 from services.common.job_uri import job_from_uri
-from services.ingest.options import IngestOptions
+from services.common.training_options import DEFAULT_BACKBONE, DEFAULT_CROP_ASPECT, PROJECT_BACKBONES, RECIPES
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: '$' would let a trailing newline in
 
@@ -31,13 +33,6 @@ MAX_STRING_BYTES = 1024
 MAX_REPEATED = 64
 MAX_EPOCHS = 10_000
 
-# The trainer's PROJECT_BACKBONES: group norm, SE blocks and inputs below 32 px exist only for the
-# networks this project writes; keras.applications backbones build their own layers.
-PROJECT_BACKBONES = frozenset({common_pb2.BACKBONE_RESNET18, common_pb2.BACKBONE_RESNET34,
-                               common_pb2.BACKBONE_SMALL_CNN})
-DEFAULT_BACKBONE = common_pb2.BACKBONE_RESNET18
-RECIPES = ("auto", "imagenet-gpu")  # the trainer's config.RECIPES
-DEFAULT_CROP_ASPECT = (3 / 4, 4 / 3)
 MAX_LEARNING_RATE = 10.0
 
 

@@ -1,2 +1,2 @@
 """The tfrecords service: prepared datasets (datasets/<id>/) into sharded TFRecords (records/<build_id>/),
-and the reader the trainer and evaluator use (services.tfrecords.reader)."""
+read by the trainer and the evaluator through the shared contract in services/common/records/."""

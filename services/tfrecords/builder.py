@@ -10,7 +10,7 @@ How a build runs (`RecordsBuilder.build`):
    least `min_shards` (the read parallelism) and at most one per example. List order is kept: the
    oversampled, shuffled training stream of ingest comes back exactly as listed, one Example per line.
 4. Shards are cut into chunks of at most ~4 MB / 1024 examples. Worker processes (services.tfrecords.
-   workers; no TensorFlow: services.tfrecords.example frames records by hand) fetch the chunk's images,
+   workers; no TensorFlow: services.common.records.example frames records by hand) fetch the chunk's images,
    check each against its content hash, optionally re-encode it, and return the framed records. Builds
    of fewer than 5,000 examples (not re-encoded) encode in the build's own process instead. The parent
    writes them, in order, to a local scratch file per shard while hashing it; a finished shard is
@@ -48,14 +48,14 @@ from pathlib import Path
 
 from services.common import artefacts
 from services.common.errors import DataLoss, InvalidArgument
+from services.common.records import FORMAT, SPLITS, example
 from services.common.storage import ObjectNotFound, ObjectStore
-from services.tfrecords import example, metrics
-from services.tfrecords.dataset import SPLITS, Dataset, DatasetError, Entry, load_dataset
+from services.tfrecords import metrics
+from services.tfrecords.dataset import Dataset, DatasetError, Entry, load_dataset
 from services.tfrecords.workers import ChunkEncoder, EncodeJob, WorkerPool
 
 log = logging.getLogger("classforge.tfrecords")
 
-FORMAT = "classforge-records/1"  # part of every build id: a change of the Example layout means new ids
 RECORDS_PREFIX = artefacts.RECORDS_PREFIX
 MANIFEST = "manifest.json"
 

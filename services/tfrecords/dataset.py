@@ -18,9 +18,9 @@ from typing import NamedTuple
 
 from services.common import artefacts
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.records import SPLITS
 from services.common.storage import ObjectNotFound, ObjectStore, check_key
 
-SPLITS = ("train", "val", "test")
 DATASETS_PREFIX = artefacts.DATASETS_PREFIX
 _DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Images are stored once, named by content: images/<sha256[:2]>/<sha256>.<ext>

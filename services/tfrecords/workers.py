@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from services.common.records import example
 from services.common.storage import LocalObjectStore, ObjectCorrupted, ObjectNotFound, ObjectStore
-from services.tfrecords import example
 from services.tfrecords.dataset import CONTENT_KEY, DatasetError
 
 FETCH_THREADS = 8  # concurrent GETs per worker against a remote store

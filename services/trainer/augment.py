@@ -1,9 +1,9 @@
-"""Image preprocessing as TensorFlow ops, for use inside tf.data `map` (training) and inside the
-exported serving graph (evaluation/serving), so both sides share one definition.
+"""The random training augmentation as TensorFlow ops, for use inside tf.data `map`. The deterministic
+evaluation path (validation, the serving graph, Grad-CAM) is services/common/preprocessing.py, shared
+with the evaluator; both end in float32 [size, size, 3] in [-1, 1].
 
-The evaluation functions take one uint8 image [H, W, 3] of any size and return float32
-[size, size, 3] in [-1, 1]. The random training path is two halves, because images of different
-sizes can only be batched once they have the same size:
+The random training path is two halves, because images of different sizes can only be batched once
+they have the same size:
 - `augment_geometry`, per image: random resized crop with box jitter (one resampling) -> random
   rescale (down then up) -> JPEG re-compression; float32 [size, size, 3] in 0..255;
 - `augment_photometric`, per batch (one set of ops for the whole batch, each image with its own random
@@ -32,19 +32,6 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
     if channels != 3:
         raise ValueError(f"expected 1 or 3 channels, got {channels}")
     return image
-
-
-def preprocess_eval(image: tf.Tensor, size: int) -> tf.Tensor:
-    """The deterministic path (validation, test, serving): resize the whole image, normalise."""
-    image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear")
-    return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
-
-
-def decode_for_serving(encoded: tf.Tensor, size: int) -> tf.Tensor:
-    """One encoded image (JPEG/PNG/GIF/BMP bytes) -> float32 [size, size, 3] in [-1, 1]."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return preprocess_eval(image, size)
 
 
 def _crop_box(shape: tf.Tensor, aug: common_pb2.Augmentation) -> tf.Tensor:

@@ -1,7 +1,7 @@
 """`classforge train RECORDS --config FILE --out DIR`: trains on a local records directory without any
 service, Kafka or MinIO: the same loop, checkpoints and export as the trainer service.
 
-DIR receives checkpoints/, saved_model/, history.json, training_curves.png, labels.json, config.json,
+DIR receives checkpoints/, saved_model/, model.keras, history.json, training_curves.png, labels.json, config.json,
 model.weights.h5, backbone.weights.h5 and manifest.json (last). Running the same command again resumes
 from DIR/checkpoints (or does nothing if DIR/manifest.json exists); Ctrl-C stops at the next step with a
 checkpoint.

@@ -42,21 +42,20 @@ from classforge.v1 import common_pb2
 from services.common.durations import parse_duration
 from services.common.errors import InvalidArgument
 from services.common.job_uri import job_from_uri
+from services.common.training_options import DEFAULT_BACKBONE, DEFAULT_CROP_ASPECT, PROJECT_BACKBONES, RECIPES
 
 TrainingConfig = common_pb2.TrainingConfig
 Backbone = common_pb2.Backbone
 Optimizer = common_pb2.Optimizer
 LrSchedule = common_pb2.LrSchedule
 
-# The named recipes (services/trainer/recipe.py); "" picks one by the rule described there.
-RECIPES = ("auto", "imagenet-gpu")
-PROJECT_BACKBONES = {Backbone.BACKBONE_RESNET18, Backbone.BACKBONE_RESNET34, Backbone.BACKBONE_SMALL_CNN}
 SMALL_INPUT_MAX = 64
 
 
 def default_augmentation() -> common_pb2.Augmentation:
     return common_pb2.Augmentation(
-        crop_scale_min=0.25, crop_scale_max=1.0, crop_aspect_min=3 / 4, crop_aspect_max=4 / 3,
+        crop_scale_min=0.25, crop_scale_max=1.0, crop_aspect_min=DEFAULT_CROP_ASPECT[0],
+        crop_aspect_max=DEFAULT_CROP_ASPECT[1],
         horizontal_flip=True, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)
 
 
@@ -67,7 +66,7 @@ def with_defaults(config: TrainingConfig | None = None) -> TrainingConfig:
         c.CopyFrom(config)
     c.input_size = c.input_size or 224
     c.batch_size = c.batch_size or 32
-    c.backbone = c.backbone or Backbone.BACKBONE_RESNET18
+    c.backbone = c.backbone or DEFAULT_BACKBONE
     c.width_multiplier = c.width_multiplier or 1.0
     if c.input_size <= SMALL_INPUT_MAX:
         c.small_input_stem = True
@@ -96,8 +95,8 @@ def with_defaults(config: TrainingConfig | None = None) -> TrainingConfig:
         a = c.augmentation
         if a.crop_scale_min > 0:
             a.crop_scale_max = a.crop_scale_max or 1.0
-            a.crop_aspect_min = a.crop_aspect_min or 3 / 4
-            a.crop_aspect_max = a.crop_aspect_max or 4 / 3
+            a.crop_aspect_min = a.crop_aspect_min or DEFAULT_CROP_ASPECT[0]
+            a.crop_aspect_max = a.crop_aspect_max or DEFAULT_CROP_ASPECT[1]
         if a.jpeg_quality_min and not a.jpeg_quality_max:
             a.jpeg_quality_max = 100
         if a.rescale_min and not a.rescale_max:

@@ -7,7 +7,7 @@ Per-element tf.data maps cost more than the work itself on small images: batchin
 Fashion-MNIST pipeline 1.4x faster (`python -m bench.trainer`: 17.9k -> 25.0k images/s on 2 cores).
 
 Sources: `ArrayData` (in-memory arrays: tests, benchmarks) and `RecordsData` (the TFRecords the
-tfrecords service builds, read through services.tfrecords.reader, shards cached on local disk).
+tfrecords service builds, read through services.common.records.reader, shards cached on local disk).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import tensorflow as tf
 
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition
+from services.common.preprocessing import preprocess_eval
+from services.common.records.reader import RecordsReader, decode_image, parse_examples, pipeline_options
 from services.common.storage import ObjectNotFound, ObjectStore
-from services.tfrecords.reader import RecordsReader, decode_image, parse_examples, pipeline_options
 from services.trainer import augment
 from services.trainer.backbones import Task
 
@@ -87,7 +88,7 @@ class TrainingData:
         @tf.autograph.experimental.do_not_convert
         def prepare(*raw):
             items, labels = self.parse_batch(*raw)
-            return self._images(items, lambda image: augment.preprocess_eval(image, size), size), labels
+            return self._images(items, lambda image: preprocess_eval(image, size), size), labels
 
         ds = self.source(split).batch(batch_size).map(prepare, num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE).with_options(pipeline_options())

@@ -3,11 +3,14 @@
 - `saved_model/`: a SavedModel for TensorFlow Serving. Its `serving_default` signature takes a batch of
   encoded images (tf.string, input named `image_bytes`, so TF Serving's REST `{"b64": …}` convention
   works), decodes / resizes / normalises them in the graph with the same ops as validation
-  (augment.decode_for_serving), and returns per task `probabilities_<task>` [N, classes] float32,
+  (services/common/preprocessing.py), and returns per task `probabilities_<task>` [N, classes] float32,
   `class_ids_<task>` [N] int64 and `labels_<task>` [N] string (regression tasks: `value_<task>` [N]) —
   the contract in services/common/serving_signature.py.
   `assets/labels.json` is the label map. `saved_model.pb` is uploaded last, so a reader that sees it
   sees the whole model.
+- `model.keras`: the whole Keras model (built-in layers only), which the evaluator loads with
+  `keras.models.load_model` for Grad-CAM without any trainer code; its input is the preprocessed image
+  (services/common/preprocessing.py), its outputs `{task: logits|value, "embedding"}`,
 - `history.json` (per-epoch metrics), `training_curves.png`, `labels.json`, `config.json`,
   `model.weights.h5` and `backbone.weights.h5` (initial weights for later jobs),
 - `manifest.json`, written last: the run is complete once it exists.
@@ -24,11 +27,12 @@ import keras
 import tensorflow as tf
 
 from services.common import serving_signature as contract
+from services.common.artefacts import KERAS_MODEL
+from services.common.preprocessing import decode_for_serving
 from services.common.storage import ObjectStore
-from services.trainer import augment
 from services.trainer.backbones import Network, Task
 
-SERVING_INPUT = "image_bytes"
+SERVING_INPUT = contract.INPUT_KEY
 
 
 def serving_fn(network: Network, input_size: int):
@@ -36,7 +40,7 @@ def serving_fn(network: Network, input_size: int):
     tasks = network.tasks
 
     def serve(image_bytes):
-        images = tf.map_fn(lambda b: augment.decode_for_serving(b, input_size), image_bytes,
+        images = tf.map_fn(lambda b: decode_for_serving(b, input_size), image_bytes,
                            fn_output_signature=tf.TensorSpec([input_size, input_size, 3], tf.float32))
         outputs = model(images, training=False)
         result = {}
@@ -60,19 +64,19 @@ def export_saved_model(network: Network, input_size: int, label_map: dict, direc
     if directory.exists():
         shutil.rmtree(directory)
     with tempfile.TemporaryDirectory() as scratch:
-        labels_file = Path(scratch) / "labels.json"
+        labels_file = Path(scratch) / contract.LABELS_ASSET
         labels_file.write_text(json.dumps(label_map, indent=2))
         archive = keras.export.ExportArchive()
         archive.track(network.model)
-        archive.add_endpoint(name="serving_default", fn=serving_fn(network, input_size),
+        archive.add_endpoint(name=contract.SIGNATURE_NAME, fn=serving_fn(network, input_size),
                              input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
         # The label map travels as a SavedModel asset, copied into assets/ by the writer. ExportArchive.track()
         # keeps assets out of the saved object graph, so it hangs off the archive's root trackable instead.
         archive._tf_trackable.label_map = tf.saved_model.Asset(str(labels_file))
         archive.write_out(str(directory), verbose=False)
-        if not (directory / "assets" / "labels.json").exists():  # a future Keras that drops _tf_trackable
+        if not (directory / "assets" / contract.LABELS_ASSET).exists():  # a future Keras that drops _tf_trackable
             (directory / "assets").mkdir(exist_ok=True)
-            shutil.copy(labels_file, directory / "assets" / "labels.json")
+            shutil.copy(labels_file, directory / "assets" / contract.LABELS_ASSET)
     return directory
 
 
@@ -129,10 +133,11 @@ def publish(network: Network, label_map: dict, config_json: str, history: list[d
     plot_history(history, out / "training_curves.png")
     network.model.save_weights(out / "model.weights.h5")
     network.backbone.save_weights(out / "backbone.weights.h5")
+    network.model.save(out / KERAS_MODEL)  # the evaluator's Grad-CAM loads it without trainer code
     saved = export_saved_model(network, input_size, label_map, out / "saved_model")
     upload_dir(store, saved, prefix + "saved_model/", last="saved_model.pb")
     for name in ("history.json", "labels.json", "config.json", "training_curves.png", "model.weights.h5",
-                 "backbone.weights.h5"):
+                 "backbone.weights.h5", KERAS_MODEL):
         store.put_file(prefix + name, out / name)
     uris = {"model": store.uri(prefix + "saved_model") + "/", "history": store.uri(prefix + "history.json"),
             "curves": store.uri(prefix + "training_curves.png")}

@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from classforge.v1 import common_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.preprocessing import preprocess_eval
 from services.common.storage import LocalObjectStore
-from services.trainer import augment
 from services.trainer.data import AUTOTUNE, TrainingData
 
 log = logging.getLogger("classforge.trainer")
@@ -111,7 +111,7 @@ def predict(network, data: TrainingData, items: np.ndarray, size: int, batch_siz
     """Softmax probabilities per classification task on the evaluation preprocessing."""
     @tf.autograph.experimental.do_not_convert
     def prepare(batch):
-        return tf.map_fn(lambda item: augment.preprocess_eval(data.to_image(item), size), batch,
+        return tf.map_fn(lambda item: preprocess_eval(data.to_image(item), size), batch,
                          fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
     ds = tf.data.Dataset.from_tensor_slices(items).batch(batch_size).map(prepare, num_parallel_calls=AUTOTUNE)

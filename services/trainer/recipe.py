@@ -22,7 +22,8 @@ from pathlib import Path
 from classforge.v1 import common_pb2
 from services.common.durations import format_duration
 from services.common.errors import InvalidArgument
-from services.trainer.config import RECIPES, with_defaults
+from services.common.training_options import RECIPES
+from services.trainer.config import with_defaults
 
 TrainingConfig = common_pb2.TrainingConfig
 Backbone = common_pb2.Backbone

@@ -97,6 +97,8 @@ def test_job_runs_from_folder_to_served_model_across_processes(infra, prometheus
     evaluation = json.loads(store.get_bytes(f"reports/{job_id}/evaluation.json"))
     task = evaluation["tasks"][0]
     assert task["examples"] > 0
+    # The trainer exports model.keras beside the SavedModel: a trained model always gets Grad-CAMs.
+    assert evaluation["cam_status"] == "ok" and task["cams"], evaluation["cam_status"]
     gallery_entry = task["gallery"][0]  # an evaluated image, its prediction and probability
     sha = gallery_entry["source_id"]  # the dataset stores each image by its content hash
     (stored,) = store.list(f"datasets/{job.dataset.dataset_id}/images/{sha[:2]}/{sha}")

@@ -16,9 +16,9 @@ from classforge.v1 import tfrecords_service_pb2_grpc as pb_grpc
 from services.common.events import ObjectStoreProcessedEvents, new_event
 from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
+from services.common.records.reader import RecordsReader
 from services.common.storage.minio import MinioObjectStore
 from services.tfrecords.main import CONSUMER_GROUP
-from services.tfrecords.reader import RecordsReader
 from tests.integration.kafka_topic import positioned_consumer, topics
 from tests.support.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
 

@@ -70,6 +70,7 @@ def test_records_built_on_kafka_becomes_a_model_in_minio(infra, prometheus, star
     assert store.exists(f"models/{job_id}/saved_model/saved_model.pb")
     assert store.exists(f"models/{job_id}/saved_model/assets/labels.json")
     assert store.exists(f"models/{job_id}/history.json")
+    assert store.exists(f"models/{job_id}/model.keras")  # the evaluator's Grad-CAM model
 
     stub = pb_grpc.TrainerServiceStub(channel)
     got = stub.GetTraining(pb.GetTrainingRequest(job_id=job_id), timeout=10).training

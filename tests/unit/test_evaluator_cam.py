@@ -92,23 +92,57 @@ def test_grad_cam_runs_on_the_trainer_backbones(backbone):
     assert maps.shape[1] == size // 32 if backbone == "BACKBONE_MOBILENET_V2" else maps.shape[1] > 1
 
 
-def test_the_trainer_model_folder_is_rebuilt_for_grad_cam(tmp_path):
+def export_tiny_model(tmp_path):
+    """A tiny classforge network published the trainer's way (export.publish) into a local store;
+    returns the model folder (models/job/, holding saved_model/, model.keras, manifest.json)."""
     backbones = pytest.importorskip("services.trainer.backbones")
     config_mod = pytest.importorskip("services.trainer.config")
+    export = pytest.importorskip("services.trainer.export")
     from classforge.v1 import common_pb2
-    from services.evaluator.model import load_keras_model
+    from services.common.storage import LocalObjectStore
 
+    keras.utils.set_random_seed(0)
     config = config_mod.with_defaults(common_pb2.TrainingConfig(
-        backbone=common_pb2.BACKBONE_SMALL_CNN, input_size=32, width_multiplier=0.125))
+        backbone=common_pb2.BACKBONE_SMALL_CNN, input_size=SIZE, width_multiplier=0.125, small_input_stem=True))
     network = backbones.build_network(config, (backbones.Task("label", ("a", "b")),))
-    network.model.save_weights(tmp_path / "model.weights.h5")
-    (tmp_path / "config.json").write_text(config_mod.to_json(config))
-    (tmp_path / "labels.json").write_text('{"tasks": [{"name": "label", "classes": ["a", "b"]}]}')
-    model, preprocess = load_keras_model(tmp_path)
-    image = encode(np.zeros((48, 40, 3), np.float32))
-    x = preprocess(image)
-    assert x.shape == (32, 32, 3) and x.min() >= -1 and x.max() <= 1
+    label_map = {"tasks": [{"name": "label", "classes": ["a", "b"]}]}
+    history = [{"epoch": 1, "stage": 2, "loss": 1.0}]
+    store = LocalObjectStore(tmp_path / "store")
+    export.publish(network, label_map, config_mod.to_json(config), history, SIZE, store, "models/job/",
+                   tmp_path / "work")
+    return tmp_path / "store" / "models" / "job", network
+
+
+def test_the_evaluator_draws_cams_from_the_model_the_trainer_exports(tmp_path):
+    from services.evaluator.engine import Example, Options, evaluate
+    from services.evaluator.model import ServingModel, load_cam_model
+
+    model_dir, network = export_tiny_model(tmp_path)
+    cam_model = load_cam_model(model_dir)
+    assert cam_model.model is not None, cam_model.missing
+    x = cam_model.preprocess(encode(np.zeros((48, 40, 3), np.float32)))
+    assert x.shape == (SIZE, SIZE, 3) and x.min() >= -1 and x.max() <= 1
     expected = network.model(x[None], training=False)["label"].numpy()
-    assert np.allclose(model(x[None], training=False)["label"].numpy(), expected, atol=1e-5)  # same weights
-    assert GradCam(model, task="label").heatmaps(x[None], [1]).shape[0] == 1
-    assert load_keras_model(tmp_path / "nothing-here") is None
+    assert np.allclose(cam_model.model(x[None], training=False)["label"].numpy(), expected, atol=1e-5)
+
+    rng = np.random.default_rng(2)
+    images, labels, _ = synthetic(6, rng)
+    examples = [Example(encode(image), (int(label),), f"{i:064x}", f"img{i}.png")
+                for i, (image, label) in enumerate(zip(images, labels, strict=True))]
+    out = tmp_path / "report"
+    result = evaluate(ServingModel(model_dir / "saved_model"), examples,
+                      [{"name": "label", "classes": ["a", "b"]}], out, Options(batch_size=4), cam_model)
+    assert result.cam_status == "ok"
+    cams = result.tasks[0]["cams"]
+    assert cams and all((out / c["path"]).is_file() for c in cams)
+    assert Image.open(out / cams[0]["path"]).size == (SIZE, SIZE)
+
+
+def test_a_model_without_model_keras_says_why_it_has_no_cams(tmp_path):
+    from services.evaluator.engine import _write_cams
+    from services.evaluator.model import load_cam_model
+
+    cam_model = load_cam_model(tmp_path / "old-model")
+    assert cam_model.model is None and "no model.keras" in cam_model.missing
+    results = [{}]
+    assert _write_cams(tmp_path, [], results, cam_model) == cam_model.missing and results == [{"cams": []}]

@@ -14,13 +14,14 @@ from prometheus_client import REGISTRY
 
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import ingest_service_pb2 as pb
+from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.events import InProcessEventBus, new_event
 from services.common.stage_work import Cancellations
 from services.common.storage import LocalObjectStore
 from services.demo_data import load_digits
 from services.ingest.domain import IngestDomain
-from services.ingest.options import IngestOptions, SourceLimits
+from services.ingest.options import SourceLimits
 from tests.archives import tar_gz
 
 

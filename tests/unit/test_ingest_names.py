@@ -17,12 +17,12 @@ from PIL import Image
 
 from classforge.v1 import common_pb2
 from classforge.v1 import ingest_service_pb2 as pb
+from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.storage import LocalObjectStore
 from services.ingest import cli
 from services.ingest.domain import IngestDomain
 from services.ingest.names import is_text, printable
-from services.ingest.options import IngestOptions
 from services.ingest.prepare import local_source, prepare_dataset
 from services.ingest.report import render_markdown, to_proto
 from services.ingest.sources import archive_root, download_prefix, extract_archive

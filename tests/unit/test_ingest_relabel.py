@@ -14,6 +14,7 @@ from PIL import Image
 from classforge.v1 import ingest_service_pb2 as pb
 from classforge.v1 import ingest_service_pb2_grpc as pb_grpc
 from services.common import mislabel_review
+from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.grpc_server import GrpcServer, wait_until_serving
 from services.common.storage import LocalObjectStore
@@ -21,7 +22,6 @@ from services.ingest import cli
 from services.ingest.balance import ratio
 from services.ingest.domain import IngestDomain
 from services.ingest.main import SERVICE_NAME
-from services.ingest.options import IngestOptions
 from services.ingest.prepare import local_source, prepare_dataset
 from services.ingest.servicer import IngestServicer
 

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.records import example
+from services.common.records.reader import RecordsReader
 from services.common.storage import LocalObjectStore
-from services.tfrecords import example
 from services.tfrecords.builder import MANIFEST, BuildOptions, RecordsBuilder, shard_name
 from services.tfrecords.dataset import DatasetError
-from services.tfrecords.reader import RecordsReader
 from tests.support.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
 
 

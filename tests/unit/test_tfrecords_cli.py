@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.common.records.reader import RecordsReader
 from services.common.storage import LocalObjectStore
 from services.tfrecords import cli
-from services.tfrecords.reader import RecordsReader
 from tests.support.sample_dataset import DIGIT_TASKS, digits_items, oversample, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]

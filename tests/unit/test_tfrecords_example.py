@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from services.common.errors import InvalidArgument
-from services.tfrecords import example
+from services.common.records import example
 from services.tfrecords.builder import BuildOptions, build_id_for, plan_shards, shard_name
 
 CLASSES = [["cat", "dog", "bird"], ["indoor", "outdoor"]]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.common.records.reader import RecordsReader
 from services.common.storage import LocalObjectStore, ObjectStore
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
-from services.tfrecords.reader import RecordsReader
 from tests.support.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
 
 

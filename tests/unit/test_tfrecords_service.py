@@ -11,11 +11,11 @@ from classforge.v1 import tfrecords_service_pb2 as pb
 from classforge.v1 import tfrecords_service_pb2_grpc as pb_grpc
 from services.common.events import InProcessEventBus, new_event
 from services.common.grpc_server import GrpcServer
+from services.common.records.reader import RecordsReader
 from services.common.storage import LocalObjectStore
 from services.tfrecords.builder import RecordsBuilder
 from services.tfrecords.domain import RecordsDomain
 from services.tfrecords.main import SERVICE_NAME
-from services.tfrecords.reader import RecordsReader
 from services.tfrecords.servicer import TFRecordsServicer
 from tests.support.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
 

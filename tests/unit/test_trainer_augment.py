@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from classforge.v1 import common_pb2
+from services.common.preprocessing import decode_for_serving, preprocess_eval
 from services.trainer import augment
 
 EVERYTHING = common_pb2.Augmentation(
@@ -37,11 +38,11 @@ def test_extremes_reach_the_ends_of_the_range_and_augmentation_is_random():
 def test_eval_preprocessing_is_deterministic_and_matches_serving_decode():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
-    a = augment.preprocess_eval(tf.constant(image), 24).numpy()
-    b = augment.preprocess_eval(tf.constant(image), 24).numpy()
+    a = preprocess_eval(tf.constant(image), 24).numpy()
+    b = preprocess_eval(tf.constant(image), 24).numpy()
     np.testing.assert_array_equal(a, b)
     png = tf.io.encode_png(image)
-    np.testing.assert_allclose(augment.decode_for_serving(png, 24).numpy(), a, atol=1e-6)
+    np.testing.assert_allclose(decode_for_serving(png, 24).numpy(), a, atol=1e-6)
     assert a.min() >= -1 and a.max() <= 1
 
 

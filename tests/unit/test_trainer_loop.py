@@ -10,10 +10,10 @@ import tensorflow as tf
 from PIL import Image
 
 from classforge.v1 import common_pb2
+from services.common.preprocessing import decode_for_serving
 from services.common.storage import LocalObjectStore
 from services.demo_data import load_digits
 from services.trainer import export
-from services.trainer.augment import decode_for_serving
 from services.trainer.backbones import Task
 from services.trainer.config import with_defaults
 from services.trainer.data import ArrayData

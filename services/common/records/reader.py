@@ -32,11 +32,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from services.common.artefacts import MANIFEST, RECORDS_PREFIX
 from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.common.records import FORMAT, SPLITS, example
 from services.common.storage import LocalObjectStore, ObjectNotFound, ObjectStore
-from services.tfrecords import example
-from services.tfrecords.builder import FORMAT, MANIFEST, RECORDS_PREFIX
-from services.tfrecords.dataset import SPLITS
 
 log = logging.getLogger("classforge.tfrecords.reader")
 
