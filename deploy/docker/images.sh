@@ -7,7 +7,7 @@
 # Dependency layers come before the source layers, so a source-only change rebuilds seconds of work.
 # Usage: deploy/docker/images.sh [SERVICE...]   (default: every service; TAG=dev)
 set -euo pipefail
-source "$(dirname "$0")/../local/lib.sh"
+source "$(dirname "$0")/lib.sh"
 COMPONENT=images
 TAG=${CLASSFORGE_IMAGE_TAG:-dev}
 ALL=(jobs ingest tfrecords inference trainer evaluator model-server)
@@ -17,8 +17,8 @@ WHEELHOUSE="$CACHE/wheelhouse"
 CONTEXT="$REPO_ROOT/.build/docker-context"
 PY="$REPO_ROOT/.venv/bin/python"
 
-"$LOCAL_DIR/../docker/engine.sh" ensure
-"$LOCAL_DIR/../docker/base.sh"
+"$DOCKER_DIR/engine.sh" ensure
+"$DOCKER_DIR/base.sh"
 
 t0=$SECONDS
 mkdir -p "$WHEELHOUSE"
@@ -40,16 +40,7 @@ cp -l "$WHEELHOUSE"/*.whl "$CONTEXT/wheels/" 2>/dev/null || cp "$WHEELHOUSE"/*.w
 cp "$REPO_ROOT/requirements.lock" "$CONTEXT/"
 (cd "$REPO_ROOT" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - services gen) | tar -C "$CONTEXT" -xf -
 
-# The classic builder: BuildKit needs the buildx plugin, which Debian's docker.io does not ship.
-export DOCKER_BUILDKIT=0
 for target in "${TARGETS[@]}"; do
-  t1=$SECONDS
-  image="classforge-$target:$TAG"
-  if ! docker build --network host -q -f "$LOCAL_DIR/../docker/Dockerfile" --target "$target" -t "$image" \
-       "$CONTEXT" >/tmp/classforge-build-"$target".log 2>&1; then
-    tail -n 20 /tmp/classforge-build-"$target".log >&2
-    die "building $image failed (log: /tmp/classforge-build-$target.log)"
-  fi
-  log "$image built in $((SECONDS - t1)) s, $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
+  build_target "$DOCKER_DIR/Dockerfile" "$CONTEXT" "$target" "classforge-$target:$TAG"
 done
 log "all images in $((SECONDS - t0)) s"
