@@ -23,6 +23,7 @@ from pathlib import Path
 from services.common import serving_signature as contract
 from services.common.errors import InvalidArgument, NotFound
 from services.common.storage import ObjectStore
+from services.common.writable_dir import require_writable_dir
 
 SAVED_MODEL_PB = "saved_model.pb"
 MARKER = "classforge-publish.json"
@@ -43,14 +44,7 @@ class ModelRepository:
 
     def check(self) -> None:
         """Readiness: the base path exists (created if missing) and is writable."""
-        from services.common.errors import Unavailable
-
-        try:
-            self.base_path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise Unavailable(f"model base path {self.base_path} cannot be created: {exc.strerror}") from exc
-        if not os.access(self.base_path, os.W_OK | os.X_OK):
-            raise Unavailable(f"model base path {self.base_path} is not writable")
+        require_writable_dir(self.base_path, "model base path")
 
     def models(self) -> list[str]:
         try:

@@ -12,7 +12,7 @@ from stat import S_ISREG
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument
 from services.common.storage.interface import (
     DEFAULT_CONTENT_TYPE,
     RESERVED_PREFIX,
@@ -23,6 +23,7 @@ from services.common.storage.interface import (
     check_key,
     copy_stream,
 )
+from services.common.writable_dir import require_writable_dir
 
 
 class LocalObjectStore(ObjectStore):
@@ -85,12 +86,7 @@ class LocalObjectStore(ObjectStore):
                 self._prune(path.parent)
 
     def ping(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise Unavailable(f"local object store {self.root} cannot be created: {exc.strerror}") from exc
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise Unavailable(f"local object store {self.root} is not writable")
+        require_writable_dir(self.root, "local object store")
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
