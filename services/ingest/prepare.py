@@ -117,8 +117,8 @@ class _Request:
 
 
 class _Rejects:
-    """Every file left out, with its reason, in the order found, and the labels a rejected file had:
-    per-label reject counts, and the message when a label loses every image, need them."""
+    """Every file left out, with its reason, in the order found; and the labels each rejected file had,
+    for the per-label reject counts and for the message when a label loses every image."""
 
     def __init__(self, rejects: list[Reject]):
         self.items = list(rejects)
@@ -174,10 +174,12 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
     # Names from outside (rejects of an extraction or a download, a local path) as text: a name that is
     # not valid UTF-8 must not reach report.md or a protobuf field (names.py). The collection's own
     # names are text already.
-    request = _Request(root, list_file, list_file_field, store, prefix,
-                       printable(dataset_id),  # checked by the service; the CLI takes any --dataset-id
-                       {k: printable(v) if isinstance(v, str) else v for k, v in source.items()},
-                       options, max_file_bytes, workers, write_threads, stop_check, progress or _unheard)
+    request = _Request(
+        root=root, list_file=list_file, list_file_field=list_file_field, store=store, prefix=prefix,
+        dataset_id=printable(dataset_id),  # checked by the service; the CLI takes any --dataset-id
+        source={k: printable(v) if isinstance(v, str) else v for k, v in source.items()},
+        options=options, max_file_bytes=max_file_bytes, workers=workers, write_threads=write_threads,
+        stop_check=stop_check, progress=progress or _unheard)
     rejects = _Rejects([Reject(printable(r.path), printable(r.reason)) for r in extra_rejects])
     try:
         prepared = _prepare(request, rejects, started)

@@ -292,7 +292,7 @@ class _EpochRun:
     """The training steps of one epoch, as they went."""
 
     size: int  # the input size (multi-scale training changes it per epoch)
-    first_step: int  # the steps before it were trained before a resume
+    first_step: int  # where it started: the steps before it were trained before a resume
     steps: int  # the step within the epoch it reached
     images: int
     elapsed: float
