@@ -27,7 +27,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,11 +35,11 @@ from services.common.dataset_options import IngestOptions
 from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import ObjectStore
 from services.ingest import metrics
-from services.ingest.balance import Example, balance, class_counts, stratified_split
+from services.ingest.balance import Balance, Example, Splits, balance, class_counts, stratified_split
 from services.ingest.names import printable
 from services.ingest.options import DEFAULT_LIMITS
 from services.ingest.report import balance_section, render_markdown
-from services.ingest.sources import Candidate, collect
+from services.ingest.sources import Candidate, Collection, collect
 from services.ingest.validation import CONTENT_TYPES, ImageCheck, Reject, ValidationPool, reason_code
 
 log = logging.getLogger("classforge.ingest")
@@ -93,6 +93,75 @@ def _unheard(activity: str, done: int = 0, total: int = 0, unit: str = "") -> No
     pass
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One preparation: the source, where the dataset goes, how it is made, and how the work is run
+    and watched. Names from outside are printable text already (prepare_dataset)."""
+
+    root: Path
+    list_file: str
+    list_file_field: str
+    store: ObjectStore
+    prefix: str
+    dataset_id: str
+    source: dict
+    options: IngestOptions
+    max_file_bytes: int
+    workers: int | None  # validation processes (None: the pool's default)
+    write_threads: int  # concurrent uploads (0: chosen for the store)
+    stop_check: Callable[[], None]
+    progress: Progress
+
+    def __post_init__(self):
+        if self.prefix and not self.prefix.endswith("/"):
+            raise ValueError(f"prefix must be empty or end with '/', got {self.prefix!r}")
+
+
+class _Rejects:
+    """Every file left out, with its reason, in the order found; and the labels each rejected file had,
+    for the per-label reject counts and for the message when a label loses every image."""
+
+    def __init__(self, rejects: list[Reject]):
+        self.items = list(rejects)
+        self.labels: dict[str, tuple[str | None, ...]] = {}
+
+    def add(self, candidate: Candidate, reason: str) -> None:
+        self.items.append(Reject(candidate.name, reason))
+        self.labels[candidate.name] = candidate.labels
+
+    def of_label(self, t: int, label: str, task_count: int) -> list[Reject]:
+        return [r for r in self.items if (self.labels.get(r.path) or (None,) * task_count)[t] == label]
+
+
+@dataclass(frozen=True)
+class _Validated:
+    collection: Collection
+    valid: list[tuple[Candidate, ImageCheck]]
+    files_seen: int  # candidates and the files rejected before validation
+
+
+@dataclass(frozen=True)
+class _Deduplicated:
+    uniques: list[_Unique]
+    duplicates: list[dict]  # report entries: sha256, kept, dropped
+    conflicts: list[dict]  # report entries: sha256, paths, labels (task -> the disagreeing labels)
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    tasks: tuple[str, ...]
+    classes: list[list[str]]  # per task, its labels sorted: a class id is an index in this list
+    declared: dict[tuple[int, str], str]  # (task index, label) -> where the source names it
+    examples: list[Example]  # one per unique image, with class ids (-1: unknown)
+
+
+@dataclass(frozen=True)
+class _Split:
+    splits: Splits  # on unique images
+    train: list[Example]  # the balanced, shuffled training stream
+    balance: Balance  # what balancing did to it
+
+
 def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: IngestOptions, *, dataset_id: str,
                     source: dict, list_file: str = "", list_file_field: str = "source.list_file",
                     extra_rejects: list[Reject] | tuple[Reject, ...] = (), workers: int | None = None,
@@ -103,10 +172,18 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
     between batches of files and before every image upload; whatever it raises (a cancel) stops the work.
     `progress(activity, done, total, unit)` hears what is being done, and how far the counted parts are."""
     started = time.perf_counter()
+    # Names from outside (rejects of an extraction or a download, a local path) as text: a name that is
+    # not valid UTF-8 must not reach report.md or a protobuf field (names.py). The collection's own
+    # names are text already.
+    request = _Request(
+        root=root, list_file=list_file, list_file_field=list_file_field, store=store, prefix=prefix,
+        dataset_id=printable(dataset_id),  # checked by the service; the CLI takes any --dataset-id
+        source={k: printable(v) if isinstance(v, str) else v for k, v in source.items()},
+        options=options, max_file_bytes=max_file_bytes, workers=workers, write_threads=write_threads,
+        stop_check=stop_check, progress=progress or _unheard)
+    rejects = _Rejects([Reject(printable(r.path), printable(r.reason)) for r in extra_rejects])
     try:
-        prepared = _prepare(root, store, prefix, options, dataset_id, source, list_file, list_file_field,
-                            list(extra_rejects), workers, write_threads, max_file_bytes, started, stop_check,
-                            progress or _unheard)
+        prepared = _prepare(request, rejects, started)
     except ClassforgeError:
         metrics.DATASETS.labels("failed").inc()
         raise
@@ -115,53 +192,82 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
     return prepared
 
 
-def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions, dataset_id: str, source: dict,
-             list_file: str, list_file_field: str, rejected: list[Reject], workers: int | None,
-             write_threads: int, max_file_bytes: int, started: float, stop_check: Callable[[], None],
-             progress: Progress) -> Prepared:
-    if prefix and not prefix.endswith("/"):
-        raise ValueError(f"prefix must be empty or end with '/', got {prefix!r}")
-    # Names from outside (rejects of an extraction or a download, a local path) as text: a name that is
-    # not valid UTF-8 must not reach report.md or a protobuf field (names.py). The collection's own
-    # names are text already.
-    rejected = [Reject(printable(r.path), printable(r.reason)) for r in rejected]
-    source = {k: printable(v) if isinstance(v, str) else v for k, v in source.items()}
-    dataset_id = printable(dataset_id)  # checked by the service; the CLI takes any --dataset-id
-    with ValidationPool(min_side=options.min_side, max_pixels=options.max_pixels, max_bytes=max_file_bytes,
-                        workers=workers) as pool:  # 1. validate every candidate, while the walk goes on
+def _prepare(request: _Request, rejects: _Rejects, started: float) -> Prepared:
+    validated = _collect_and_validate(request, rejects)
+    deduplicated = _deduplicate(validated.collection.tasks, validated.valid, rejects)
+    labelled = _label(validated.collection, deduplicated.uniques, rejects)
+    split = _split_and_balance(labelled.examples, request.options)
+    files = _DatasetFiles(request.store, request.prefix, request.dataset_id)
+    # Written in this order, manifest last: a dataset with a manifest is complete.
+    _write_images(request, deduplicated.uniques)
+    tasks_doc = [{"name": task, "classes": labelled.classes[t]} for t, task in enumerate(labelled.tasks)]
+    files.put_text("labels.json", json.dumps({"tasks": tasks_doc}, indent=2) + "\n", "application/json")
+    for name, rows in zip(LIST_FILES, (split.train, split.splits.val, split.splits.test), strict=True):
+        files.put_text(name, "".join(example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
+        files.written[name]["lines"] = len(rows)
+    counts = _counts(validated, deduplicated, split, rejects)
+    report = _report(request, labelled, deduplicated, split, rejects, counts)
+    files.put_text("report.json", json.dumps(report, indent=2) + "\n", "application/json")
+    files.put_text("report.md", render_markdown(report), "text/markdown; charset=utf-8")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset_id": request.dataset_id,
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "source": request.source,
+        "options": request.options.as_dict(),
+        "tasks": tasks_doc,
+        "counts": counts,
+        "images": {"count": len(deduplicated.uniques), "bytes": sum(u.check.size for u in deduplicated.uniques),
+                   "prefix": "images/"},
+        "files": files.written,
+        "duration_seconds": round(time.perf_counter() - started, 3),
+    }
+    request.store.put_bytes(request.prefix + "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(),
+                            "application/json")
+    return Prepared(request.dataset_id, request.prefix, manifest, report)
+
+
+def _collect_and_validate(request: _Request, rejects: _Rejects) -> _Validated:
+    """1. Validates every candidate while the walk goes on; the invalid ones join `rejects`. Raises
+    FailedPrecondition when no valid image is left."""
+    options = request.options
+    with ValidationPool(min_side=options.min_side, max_pixels=options.max_pixels, max_bytes=request.max_file_bytes,
+                        workers=request.workers) as pool:
         found = 0
 
         def add(batch) -> None:
             nonlocal found
-            stop_check()
+            request.stop_check()
             found += len(batch)
-            progress(f"validating images ({found} found so far)")
+            request.progress(f"validating images ({found} found so far)")
             pool.add(batch)
 
-        collection = collect(root, list_file, list_file_field, on_batch=add)
+        collection = collect(request.root, request.list_file, request.list_file_field, on_batch=add)
         checks = pool.results()
-    tasks = collection.tasks
-    rejected.extend(collection.rejected)
-    rejected_labels: dict[str, tuple[str | None, ...]] = dict(collection.rejected_labels)
-    candidates = collection.candidates
-    files_seen = len(candidates) + len(rejected)
+    rejects.items.extend(collection.rejected)
+    rejects.labels.update(collection.rejected_labels)
+    files_seen = len(collection.candidates) + len(rejects.items)
 
     valid: list[tuple[Candidate, ImageCheck]] = []
-    for candidate, check in zip(candidates, checks, strict=True):
+    for candidate, check in zip(collection.candidates, checks, strict=True):
         metrics.IMAGES.labels(reason_code(check.reason) if check.reason else "valid").inc()
         if check.ok:
             valid.append((candidate, check))
         else:
-            rejected.append(Reject(candidate.name, check.reason))
-            rejected_labels[candidate.name] = candidate.labels
+            rejects.add(candidate, check.reason)
     if not valid:
         if not files_seen:
             raise FailedPrecondition("the source holds no files: expected one folder per label with images in "
                                      "it, or a list file")
         raise FailedPrecondition(f"the dataset would be empty: none of the {files_seen} files is a valid image "
-                                 f"({_reasons_summary(rejected)})")
+                                 f"({_reasons_summary(rejects.items)})")
+    return _Validated(collection, valid, files_seen)
 
-    # 2. duplicates and label conflicts, by content
+
+def _deduplicate(tasks: tuple[str, ...], valid: list[tuple[Candidate, ImageCheck]],
+                 rejects: _Rejects) -> _Deduplicated:
+    """2. One image per content: copies are `duplicate` rejects, copies labelled differently are all
+    `label-conflict` rejects (module docstring)."""
     groups: dict[str, list[tuple[Candidate, ImageCheck]]] = defaultdict(list)
     for candidate, check in sorted(valid, key=lambda pair: pair[0].name):
         groups[check.sha256].append((candidate, check))
@@ -185,26 +291,29 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
                             if c.labels[tasks.index(task)] is not None)
                 for task in disagreeing)
             for candidate, _ in members:
-                rejected.append(Reject(candidate.name, f"{LABEL_CONFLICT}: the same image is labelled {detail}; "
-                                                       f"every copy is left out as a suspected mislabel"))
-                rejected_labels[candidate.name] = candidate.labels
+                rejects.add(candidate, f"{LABEL_CONFLICT}: the same image is labelled {detail}; "
+                                       f"every copy is left out as a suspected mislabel")
             continue
         kept, check = members[0]
         if len(members) > 1:
             duplicates.append({"sha256": sha, "kept": kept.name, "dropped": names[1:]})
             for candidate, _ in members[1:]:
-                rejected.append(Reject(candidate.name, f"{DUPLICATE}: same content as {kept.name}, which is kept"))
-                rejected_labels[candidate.name] = candidate.labels
+                rejects.add(candidate, f"{DUPLICATE}: same content as {kept.name}, which is kept")
         uniques.append(_Unique(sha, check, tuple(merged), kept.path, kept.name))
+    return _Deduplicated(uniques, duplicates, conflicts)
 
-    # 3. label maps and preconditions
+
+def _label(collection: Collection, uniques: list[_Unique], rejects: _Rejects) -> _Labelled:
+    """3. The label maps, and the preconditions on them: every label the source names keeps an image,
+    the first task has two labels at least."""
+    tasks = collection.tasks
     classes = [sorted({u.labels[t] for u in uniques if u.labels[t] is not None}) for t in range(len(tasks))]
     present = [set(c) for c in classes]
     lost = [(t, label) for (t, label) in sorted(collection.declared) if label not in present[t]]
     if lost:
         described = []
         for t, label in lost[:5]:
-            mine = [r for r in rejected if (rejected_labels.get(r.path) or (None,) * len(tasks))[t] == label]
+            mine = rejects.of_label(t, label, len(tasks))
             task_text = f" of task {tasks[t]!r}" if len(tasks) > 1 else ""
             described.append(f"{label!r}{task_text} ({len(mine)} files rejected: {_reasons_summary(mine)})")
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
@@ -216,67 +325,61 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
     index = [{label: i for i, label in enumerate(c)} for c in classes]
     examples = [Example(u.key, tuple(index[t][label] if label is not None else -1 for t, label in enumerate(u.labels)))
                 for u in uniques]
+    return _Labelled(tasks, classes, collection.declared, examples)
 
-    # 4. split on unique images, balance the training split only
+
+def _split_and_balance(examples: list[Example], options: IngestOptions) -> _Split:
+    """4. Splits on unique images (a copy never lands in two splits), and balances the training split
+    only: validation and test keep the natural distribution."""
     splits = stratified_split(examples, options.val_fraction, options.test_fraction, options.seed)
     train, balanced = balance(splits.train, options.max_class_ratio, options.seed, options.max_per_class)
+    return _Split(splits, train, balanced)
 
-    # 5. write: images, label map, lists, report, manifest last
+
+def _write_images(request: _Request, uniques: list[_Unique]) -> None:
+    """5. Uploads every kept image under images/; a cancel is checked before each upload."""
     written, written_lock = 0, threading.Lock()
 
     def put_image(unique: _Unique) -> None:
         nonlocal written
-        stop_check()
-        store.put_file(prefix + unique.key, unique.path, CONTENT_TYPES[unique.check.ext])
+        request.stop_check()
+        request.store.put_file(request.prefix + unique.key, unique.path, CONTENT_TYPES[unique.check.ext])
         with written_lock:
             written += 1
-            progress("writing images", written, len(uniques), "images")
+            request.progress("writing images", written, len(uniques), "images")
 
     # Remote stores answer each upload after a round trip, so several go at once; a local directory is
     # bound by the kernel's own work per file, where more threads than cores only add contention.
-    threads = write_threads or store.useful_write_threads
+    threads = request.write_threads or request.store.useful_write_threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-write") as pool:
         list(pool.map(put_image, uniques))
-    labels_doc = {"tasks": [{"name": task, "classes": classes[t]} for t, task in enumerate(tasks)]}
-    files: dict[str, dict] = {}
 
-    def put_text(name: str, text: str, content_type: str) -> None:
+
+@dataclass
+class _DatasetFiles:
+    """Writes the dataset's text files and keeps each one's hash and size for the manifest."""
+
+    store: ObjectStore
+    prefix: str
+    dataset_id: str
+    written: dict[str, dict] = field(default_factory=dict)
+
+    def put_text(self, name: str, text: str, content_type: str) -> None:
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError:  # a name that is not text got this far: shown escaped, not a failed stage
             log.error("text that is not valid UTF-8 in a dataset file; written with escapes",
-                      extra={"dataset_id": dataset_id, "file": name})
+                      extra={"dataset_id": self.dataset_id, "file": name})
             data = text.encode("utf-8", "backslashreplace")
-        info = store.put_bytes(prefix + name, data, content_type)
-        files[name] = {"sha256": info.sha256, "bytes": info.size}
+        info = self.store.put_bytes(self.prefix + name, data, content_type)
+        self.written[name] = {"sha256": info.sha256, "bytes": info.size}
 
-    put_text("labels.json", json.dumps(labels_doc, indent=2) + "\n", "application/json")
-    for name, rows in zip(LIST_FILES, (train, splits.val, splits.test), strict=True):
-        put_text(name, "".join(example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
-        files[name]["lines"] = len(rows)
 
-    counts = {"files_seen": files_seen, "images": len(uniques), "train": len(train), "train_unique": len(splits.train),
-              "val": len(splits.val), "test": len(splits.test), "rejected": len(rejected),
-              "duplicates": sum(len(d["dropped"]) for d in duplicates), "label_conflicts": len(conflicts),
-              "ignored": collection.ignored}
-    report = _report(dataset_id, source, options, tasks, classes, collection.declared, uniques, examples, splits,
-                     train, balanced, rejected, rejected_labels, duplicates, conflicts, counts)
-    put_text("report.json", json.dumps(report, indent=2) + "\n", "application/json")
-    put_text("report.md", render_markdown(report), "text/markdown; charset=utf-8")
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "dataset_id": dataset_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "source": source,
-        "options": options.as_dict(),
-        "tasks": labels_doc["tasks"],
-        "counts": counts,
-        "images": {"count": len(uniques), "bytes": sum(u.check.size for u in uniques), "prefix": "images/"},
-        "files": files,
-        "duration_seconds": round(time.perf_counter() - started, 3),
-    }
-    store.put_bytes(prefix + "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
-    return Prepared(dataset_id, prefix, manifest, report)
+def _counts(validated: _Validated, deduplicated: _Deduplicated, split: _Split, rejects: _Rejects) -> dict:
+    return {"files_seen": validated.files_seen, "images": len(deduplicated.uniques), "train": len(split.train),
+            "train_unique": len(split.splits.train), "val": len(split.splits.val), "test": len(split.splits.test),
+            "rejected": len(rejects.items), "duplicates": sum(len(d["dropped"]) for d in deduplicated.duplicates),
+            "label_conflicts": len(deduplicated.conflicts), "ignored": validated.collection.ignored}
 
 
 def _stats(values: list[int]) -> dict:
@@ -288,33 +391,19 @@ def _stats(values: list[int]) -> dict:
             "median": statistics.median(values)}
 
 
-def _report(dataset_id, source, options, tasks, classes, declared, uniques, examples, splits, train, balanced,
-            rejected, rejected_labels, duplicates, conflicts, counts) -> dict:
-    by_key = {u.key: u for u in uniques}
-    rows = []
-    for t, task in enumerate(tasks):
-        count, train_n, val_n, test_n, balanced_n = (class_counts(x, t) for x in
-                                                     (examples, splits.train, splits.val, splits.test, train))
-        size = Counter()
-        for example in examples:
-            size[example.labels[t]] += by_key[example.path].check.size
-        lost = Counter(labels[t] for labels in rejected_labels.values() if labels[t] is not None)
-        for class_id, label in enumerate(classes[t]):
-            rows.append({"task": task, "class_id": class_id, "label": label, "path": declared.get((t, label), ""),
-                         "count": count[class_id], "train_count": train_n[class_id],
-                         "balanced_train_count": balanced_n[class_id], "val_count": val_n[class_id],
-                         "test_count": test_n[class_id], "bytes": size[class_id], "rejected": lost[label]})
-    names = classes[0]
-    checks = [u.check for u in uniques]
-    rejected_sorted = sorted(rejected, key=lambda r: (r.path, r.reason))
+def _report(request: _Request, labelled: _Labelled, deduplicated: _Deduplicated, split: _Split,
+            rejects: _Rejects, counts: dict) -> dict:
+    """6. report.json's content (report.md is rendered from it)."""
+    checks = [u.check for u in deduplicated.uniques]
+    rejected_sorted = sorted(rejects.items, key=lambda r: (r.path, r.reason))
     return {
-        "dataset_id": dataset_id,
-        "source": source,
-        "options": options.as_dict(),
-        "tasks": [{"name": task, "classes": classes[t]} for t, task in enumerate(tasks)],
+        "dataset_id": request.dataset_id,
+        "source": request.source,
+        "options": request.options.as_dict(),
+        "tasks": [{"name": task, "classes": labelled.classes[t]} for t, task in enumerate(labelled.tasks)],
         "counts": counts,
-        "labels": rows,
-        "balance": balance_section(tasks[0], names, balanced),
+        "labels": _label_rows(labelled, deduplicated.uniques, split, rejects),
+        "balance": balance_section(labelled.tasks[0], labelled.classes[0], split.balance),
         "images": {
             "count": len(checks),
             "bytes": sum(c.size for c in checks),
@@ -325,11 +414,32 @@ def _report(dataset_id, source, options, tasks, classes, declared, uniques, exam
         },
         "rejected": [{"path": r.path, "reason": r.reason} for r in rejected_sorted],
         "rejected_by_reason": dict(Counter(r.code for r in rejected_sorted).most_common()),
-        "duplicates": duplicates,
+        "duplicates": deduplicated.duplicates,
         "duplicate_count": counts["duplicates"],
-        "conflicts": conflicts,
-        "label_conflict_count": len(conflicts),
+        "conflicts": deduplicated.conflicts,
+        "label_conflict_count": len(deduplicated.conflicts),
     }
+
+
+def _label_rows(labelled: _Labelled, uniques: list[_Unique], split: _Split, rejects: _Rejects) -> list[dict]:
+    """The report's "labels": per task and class, its images per split, their bytes and its rejects."""
+    by_key = {u.key: u for u in uniques}
+    rows = []
+    for t, task in enumerate(labelled.tasks):
+        count, train_n, val_n, test_n, balanced_n = (
+            class_counts(x, t) for x in (labelled.examples, split.splits.train, split.splits.val, split.splits.test,
+                                         split.train))
+        size = Counter()
+        for example in labelled.examples:
+            size[example.labels[t]] += by_key[example.path].check.size
+        lost = Counter(labels[t] for labels in rejects.labels.values() if labels[t] is not None)
+        for class_id, label in enumerate(labelled.classes[t]):
+            rows.append({"task": task, "class_id": class_id, "label": label,
+                         "path": labelled.declared.get((t, label), ""), "count": count[class_id],
+                         "train_count": train_n[class_id], "balanced_train_count": balanced_n[class_id],
+                         "val_count": val_n[class_id], "test_count": test_n[class_id], "bytes": size[class_id],
+                         "rejected": lost[label]})
+    return rows
 
 
 def read_json(store: ObjectStore, key: str) -> dict:

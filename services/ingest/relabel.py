@@ -254,11 +254,11 @@ def _label_counts(tasks: list[dict], examples) -> dict[str, Counter]:
     return counts
 
 
-def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: str, started: float) -> Prepared:
-    source, source_prefix, parent, tasks, splits = plan.source, plan.source_prefix, plan.parent, plan.tasks, plan.splits
-    train, balanced, options = plan.train, plan.balanced, plan.options
-    corrections, dropped = plan.corrections, plan.dropped
-    before, after = plan.before, plan.after
+def _copy_images(plan: RelabelPlan, target: ObjectStore, target_prefix: str) -> dict[str, dict]:
+    """Copies the version's images from the parent; returns each one's size, format and mode (the report's
+    image statistics) by path."""
+    source, source_prefix = plan.source, plan.source_prefix
+
     def copy(example: Example) -> tuple[str, dict]:
         data = source.get_bytes(source_prefix + example.path)
         ext = PurePosixPath(example.path).suffix.lstrip(".")
@@ -270,7 +270,15 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
     # As in prepare: a remote store answers each call after a round trip, so several go at once.
     threads = target.useful_write_threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-relabel") as pool:
-        sizes = dict(pool.map(copy, [e for split in SPLITS for e in splits[split]]))
+        return dict(pool.map(copy, [e for split in SPLITS for e in plan.splits[split]]))
+
+
+def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: str, started: float) -> Prepared:
+    source, source_prefix, parent, tasks, splits = plan.source, plan.source_prefix, plan.parent, plan.tasks, plan.splits
+    train, options = plan.train, plan.options
+    corrections, dropped = plan.corrections, plan.dropped
+    before, after = plan.before, plan.after
+    sizes = _copy_images(plan, target, target_prefix)
     files: dict[str, dict] = {}
 
     def put_text(name: str, text: str, content_type: str) -> None:
@@ -300,8 +308,7 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
                        "kept": plan.kept, "applied": [c.as_dict() for c in corrections]}
     source_doc = {"kind": "relabel", "parent_dataset_id": parent["dataset_id"],
                   "corrections_sha256": corrections_doc["sha256"]}
-    report = _report(source, source_prefix, new_id, source_doc, options, tasks, splits, train, balanced, sizes,
-                     dropped, counts, corrections_doc, diff)
+    report = _report(plan, new_id, source_doc, sizes, counts, corrections_doc, diff)
     put_text("report.json", json.dumps(report, indent=2) + "\n", "application/json")
     put_text("report.md", render_markdown(report) + _corrections_markdown(corrections_doc, diff),
              "text/markdown; charset=utf-8")
@@ -326,24 +333,25 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
     return Prepared(new_id, target_prefix, manifest, report)
 
 
-def _report(source, source_prefix, new_id, source_doc, options, tasks, splits, train, balanced, sizes, dropped,
-            counts, corrections_doc, diff) -> dict:
+def _report(plan: RelabelPlan, new_id: str, source_doc: dict, sizes: dict[str, dict], counts: dict,
+            corrections_doc: dict, diff: dict) -> dict:
     """The parent's report.json with this version's numbers; rejects and duplicates of the original
     source stay listed, and every dropped image joins the rejects with the review line that dropped it."""
-    parent_report = read_json(source, source_prefix + "report.json")
+    tasks, splits, dropped = plan.tasks, plan.splits, plan.dropped
+    parent_report = read_json(plan.source, plan.source_prefix + "report.json")
     dropped_per_label = Counter((c.task, c.old_label) for c in dropped.values())
+    unique = [e for split in SPLITS for e in splits[split]]
+    old = {(r["task"], r["label"]): r for r in parent_report["labels"]}
     rows = []
     for t, task in enumerate(tasks):
         def per_class(examples, t=t) -> Counter:
             return Counter(e.labels[t] for e in examples)
 
-        unique = [e for split in SPLITS for e in splits[split]]
-        count, train_n, val_n, test_n, balanced_n = (per_class(x) for x in
-                                                     (unique, splits["train"], splits["val"], splits["test"], train))
+        count, train_n, val_n, test_n, balanced_n = (
+            per_class(x) for x in (unique, splits["train"], splits["val"], splits["test"], plan.train))
         size = Counter()
         for example in unique:
             size[example.labels[t]] += sizes[example.path]["bytes"]
-        old = {(r["task"], r["label"]): r for r in parent_report["labels"]}
         for class_id, label in enumerate(task["classes"]):
             previous = old.get((task["name"], label), {})
             rows.append({"task": task["name"], "class_id": class_id, "label": label, "path": previous.get("path", ""),
@@ -362,10 +370,10 @@ def _report(source, source_prefix, new_id, source_doc, options, tasks, splits, t
         **parent_report,
         "dataset_id": new_id,
         "source": source_doc,
-        "options": options.as_dict(),
+        "options": plan.options.as_dict(),
         "counts": counts,
         "labels": rows,
-        "balance": balance_section(tasks[0]["name"], names, balanced),
+        "balance": balance_section(tasks[0]["name"], names, plan.balanced),
         "images": {
             "count": len(values),
             "bytes": sum(v["bytes"] for v in values),

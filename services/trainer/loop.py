@@ -266,6 +266,40 @@ def load_job_weights(store: ObjectStore, plan: InitialWeights, network: Network,
 
 
 @dataclass
+class _RunState:
+    """What a run carries from stage to stage and epoch to epoch."""
+
+    network: Network
+    losses: LossComputer
+    history: list[dict]  # one record per epoch trained, the resumed checkpoint's included
+    resume: dict | None  # the checkpoint's state.json, until the stage it was saved in has run
+    opt_arrays: dict  # that checkpoint's optimiser variables, for its stage's optimiser
+    global_epoch: int
+    global_step: int
+    checkpoint_uri: str = ""
+    early_stopped: bool = False
+    # Early stopping: the best validation metric of the stage, its weights, rounds without improvement.
+    best: dict = field(default_factory=lambda: {"metric": None, "weights": None, "bad": 0})
+    resumed_from: dict | None = field(init=False)
+
+    def __post_init__(self):
+        self.resumed_from = (None if self.resume is None
+                             else {k: self.resume[k] for k in ("stage", "epoch", "step_in_epoch")})
+
+
+@dataclass(frozen=True)
+class _EpochRun:
+    """The training steps of one epoch, as they went."""
+
+    size: int  # the input size (multi-scale training changes it per epoch)
+    first_step: int  # where it started: the steps before it were trained before a resume
+    steps: int  # the step within the epoch it reached
+    images: int
+    elapsed: float
+    stopped: bool  # the stop event ended it before its last step
+
+
+@dataclass
 class Trainer:
     config: common_pb2.TrainingConfig  # already passed through config.with_defaults
     data: TrainingData
@@ -421,12 +455,46 @@ class Trainer:
     # ---- running
 
     def run(self) -> RunResult:
+        """Trains every stage, resuming from the latest checkpoint when there is one. Ends "stopped" when
+        the stop event ended it at a step boundary (a checkpoint holds that step), else "succeeded"."""
         clock = self.budget_started if self.budget_started is not None else time.monotonic()
-        c = self.config
-        earlier_job = job_from_uri(c.initial_weights_uri)
+        earlier_job = job_from_uri(self.config.initial_weights_uri)
         initial = plan_job_weights(self.store, earlier_job, self.data.label_map()) if earlier_job else None
-        stages = self._stages(c, initial)
+        stages = self._stages(self.config, initial)
         network, losses = self._build()
+        run = self._start_weights(network, losses, initial)
+        budget = None
+        if self.time_budget_seconds > 0 and run.resume is None:
+            budget = self._fit_to_budget(network, losses, clock, stages)
+            stages = self._stages(self.config, initial)
+        # Epochs stop early if they run slower than planned: no epoch starts that would end past the deadline.
+        deadline = clock + self.time_budget_seconds - budget.evaluation_margin_seconds if budget else math.inf
+        steps_per_epoch = self._steps_per_epoch()
+        self.planned_steps = steps_per_epoch * sum(stage.epochs for stage in stages)
+        initial_weights = initial.as_dict() if initial is not None else None
+        for stage in stages:
+            if self._train_stage(run, stage, steps_per_epoch, deadline) == "stopped":
+                return RunResult("stopped", network, run.history, run.checkpoint_uri, run.resumed_from,
+                                 initial_weights=initial_weights)
+        seconds = time.monotonic() - clock
+        if budget is not None:
+            planned_end = self.budget_measured["spent_seconds"] + budget.planned_training_seconds
+            self._say(f"time budget {format_duration(self.time_budget_seconds)}: training planned to end after "
+                      f"{format_duration(planned_end)}, ended after {format_duration(seconds)}; "
+                      f"{format_duration(budget.evaluation_margin_seconds)} kept for export and evaluation")
+        return RunResult("succeeded", network, run.history, run.checkpoint_uri, run.resumed_from, run.early_stopped,
+                         initial_weights, seconds)
+
+    def _steps_per_epoch(self) -> int:
+        steps = self.data.steps_per_epoch(self.config.batch_size)
+        if self.config.max_steps_per_epoch:
+            steps = min(steps, self.config.max_steps_per_epoch)
+        return steps
+
+    def _start_weights(self, network: Network, losses: LossComputer, initial: InitialWeights | None) -> _RunState:
+        """Where the weights start from: the latest checkpoint (a resumed run also gets its optimiser state
+        and history back), else an earlier job's model (job://), else a weights file, else random."""
+        c = self.config
         state = self.checkpoints.latest()
         opt_arrays: dict = {}
         history: list[dict] = []
@@ -441,129 +509,143 @@ class Trainer:
         elif c.initial_weights_uri:
             loaded = load_initial_weights(self.store, c.initial_weights_uri, network, self.workdir)
             self._say(f"initial weights from {loaded}")
-        resumed_from = None if state is None else {k: state[k] for k in ("stage", "epoch", "step_in_epoch")}
-        budget = None
-        if self.time_budget_seconds > 0 and state is None:
-            budget = self._fit_to_budget(network, losses, clock, stages)
-            c = self.config
-            stages = self._stages(c, initial)
-        # Epochs stop early if they run slower than planned: no epoch starts that would end past the deadline.
-        deadline = clock + self.time_budget_seconds - budget.evaluation_margin_seconds if budget else math.inf
-        steps_per_epoch = self.data.steps_per_epoch(c.batch_size)
-        if c.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, c.max_steps_per_epoch)
-        self.planned_steps = steps_per_epoch * sum(stage.epochs for stage in stages)
-        global_epoch = len(history)
-        global_step = int(state["global_step"]) if state else 0
-        checkpoint_uri = ""
-        early_stopped = False
-        best: dict = {"metric": None, "weights": None, "bad": 0}
+        return _RunState(network, losses, history, resume=state, opt_arrays=opt_arrays, global_epoch=len(history),
+                         global_step=int(state["global_step"]) if state else 0)
 
-        for stage in stages:
-            start_epoch, skip_steps = 0, 0
-            if state is not None:
-                if stage.index < state["stage"] or (stage.index == state["stage"] and state["epoch"] >= stage.epochs
-                                                    and not state["step_in_epoch"]):
-                    continue  # finished before the crash
-                if stage.index == state["stage"]:
-                    start_epoch, skip_steps = state["epoch"], state["step_in_epoch"]
-                    best["metric"], best["bad"] = state.get("best_metric"), state.get("bad_rounds", 0)
-            network.backbone.trainable = not stage.freeze_backbone
-            with self.strategy.scope():
-                optimizer = make_optimizer(c, stage.learning_rate, steps_per_epoch, stage.epochs,
-                                           c.warmup_epochs)
-                optimizer.build(network.model.trainable_variables)
-            if state is not None and stage.index == state["stage"] and opt_arrays:
-                optimizer.load_own_variables(opt_arrays)
-            opt_arrays = {}
-            accum = self._accumulators()
-            train_step = self._train_step(network, losses, optimizer, accum)
-            self._say(f"stage {stage.index} ({stage.name}): {stage.epochs} epochs, lr {stage.learning_rate:g}, "
-                      f"{len(network.model.trainable_variables)} trainable tensors, {steps_per_epoch} steps/epoch")
-            pace = None  # (seconds per step, seconds of validation and checkpoint) of the last epoch
-            for epoch in range(start_epoch, stage.epochs):
-                epoch_steps = steps_per_epoch
-                if pace is not None and deadline < math.inf:  # slower than planned: shorten or end here
-                    epoch_steps = steps_within(deadline - time.monotonic(), *pace, steps_per_epoch)
-                    if not epoch_steps:
-                        early_stopped = True
-                        self._say(f"time budget: ending stage {stage.index} after epoch {epoch} of {stage.epochs}; "
-                                  f"too little time is left for another epoch")
-                        break
-                    if epoch_steps < steps_per_epoch:
-                        self._say(f"time budget: epoch {epoch + 1} shortened to {epoch_steps} of {steps_per_epoch} "
-                                  f"steps to end within the budget")
-                epoch_wall = time.monotonic()
-                sizes = list(c.augmentation.multi_scale_sizes) or [c.input_size]
-                size = sizes[global_epoch % len(sizes)]
-                for v in accum.values():
-                    v.assign(0.0)
-                dataset = self.data.train_dataset(global_epoch, c.seed, size,
-                                                  c.batch_size, c.augmentation, skip_batches=skip_steps)
-                dataset = self.strategy.experimental_distribute_dataset(dataset)
-                step_in_epoch, started, last_report = skip_steps, time.perf_counter(), time.monotonic()
-                first_step = step_in_epoch
-                images_done = 0
-                stopped = False
-                for images, labels in dataset:
-                    if step_in_epoch >= epoch_steps:
-                        break
-                    if self.stop_event.is_set():
-                        stopped = True
-                        break
-                    train_step(images, labels)
-                    step_in_epoch += 1
-                    global_step += 1
-                    images_done += c.batch_size
-                    if time.monotonic() - last_report >= self.progress_seconds:
-                        last_report = time.monotonic()
-                        rate = images_done / (time.perf_counter() - started)
-                        self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, {}), False)
-                if not stopped and self.stop_event.is_set() and step_in_epoch < epoch_steps:
-                    stopped = True
-                elapsed = time.perf_counter() - started
-                if stopped:
-                    checkpoint_uri = self.checkpoints.save(network, optimizer, losses, self._state(
-                        stage, epoch, step_in_epoch, global_step, history, best))
-                    self.hooks.checkpoint(checkpoint_uri, {"stage": stage.index, "epoch": epoch,
-                                                           "step_in_epoch": step_in_epoch, "stopped": True})
-                    self._say(f"stopped at stage {stage.index} epoch {epoch + 1} step {step_in_epoch}")
-                    return RunResult("stopped", network, history, checkpoint_uri, resumed_from,
-                                     initial_weights=initial.as_dict() if initial is not None else None)
-                skip_steps = 0
-                global_epoch += 1
-                rate = images_done / max(elapsed, 1e-9)
-                record = self._epoch_record(stage, epoch, global_epoch, global_step, accum, rate, elapsed, size,
-                                            optimizer)
-                last_epoch = epoch + 1 == stage.epochs
-                if self.data.has("val") and ((epoch + 1) % c.validate_every_epochs == 0 or last_epoch):
-                    record.update(self.evaluate(network, losses, "val"))
-                history.append(record)
-                self._say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()}))
-                stop_early = self._early_stopping(record, best, network, stage)
-                checkpoint_uri = self.checkpoints.save(network, optimizer, losses, self._state(
-                    stage, epoch + 1, 0, global_step, history, best))
-                metrics = {k: v for k, v in record.items() if isinstance(v, float)}
-                self.hooks.progress(self._progress(stage, epoch, global_step, accum, rate, metrics), True)
-                self.hooks.checkpoint(checkpoint_uri, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0})
-                pace = (elapsed / max(step_in_epoch - first_step, 1), time.monotonic() - epoch_wall - elapsed)
-                if stop_early:
-                    early_stopped = True
-                    self._say(f"early stopping in stage {stage.index} after epoch {epoch + 1}; keeping the "
-                              f"weights of the best validation round")
-                    if best["weights"] is not None:
-                        network.model.set_weights(best["weights"])
-                    break
-            state = None
-            best = {"metric": None, "weights": None, "bad": 0}
-        seconds = time.monotonic() - clock
-        if budget is not None:
-            planned_end = self.budget_measured["spent_seconds"] + budget.planned_training_seconds
-            self._say(f"time budget {format_duration(self.time_budget_seconds)}: training planned to end after "
-                      f"{format_duration(planned_end)}, ended after {format_duration(seconds)}; "
-                      f"{format_duration(budget.evaluation_margin_seconds)} kept for export and evaluation")
-        return RunResult("succeeded", network, history, checkpoint_uri, resumed_from, early_stopped,
-                         initial.as_dict() if initial is not None else None, seconds)
+    def _train_stage(self, run: _RunState, stage: Stage, steps_per_epoch: int, deadline: float) -> str:
+        """One stage's epochs, from where a resumed checkpoint left off. "stopped": the stop event ended it
+        (after a checkpoint); "skipped": it had ended before the checkpoint; else "done" (every epoch,
+        early stopping, or too little time left before the deadline)."""
+        start_epoch, skip_steps = 0, 0
+        if run.resume is not None:
+            state = run.resume
+            if stage.index < state["stage"] or (stage.index == state["stage"] and state["epoch"] >= stage.epochs
+                                                and not state["step_in_epoch"]):
+                return "skipped"  # finished before the crash
+            if stage.index == state["stage"]:
+                start_epoch, skip_steps = state["epoch"], state["step_in_epoch"]
+                run.best["metric"], run.best["bad"] = state.get("best_metric"), state.get("bad_rounds", 0)
+        optimizer = self._stage_optimizer(run, stage, steps_per_epoch)
+        accum = self._accumulators()
+        train_step = self._train_step(run.network, run.losses, optimizer, accum)
+        self._say(f"stage {stage.index} ({stage.name}): {stage.epochs} epochs, lr {stage.learning_rate:g}, "
+                  f"{len(run.network.model.trainable_variables)} trainable tensors, {steps_per_epoch} steps/epoch")
+        pace = None  # (seconds per step, seconds of validation and checkpoint) of the last epoch
+        for epoch in range(start_epoch, stage.epochs):
+            epoch_steps = self._epoch_steps(stage, epoch, pace, deadline, steps_per_epoch)
+            if epoch_steps is None:
+                run.early_stopped = True
+                break
+            epoch_wall = time.monotonic()
+            trained = self._train_epoch(run, stage, epoch, epoch_steps, skip_steps, train_step, accum)
+            if trained.stopped:
+                self._checkpoint_stop(run, stage, epoch, trained, optimizer)
+                return "stopped"
+            skip_steps = 0
+            stop_early = self._end_epoch(run, stage, epoch, trained, optimizer, accum)
+            pace = (trained.elapsed / max(trained.steps - trained.first_step, 1),
+                    time.monotonic() - epoch_wall - trained.elapsed)
+            if stop_early:
+                run.early_stopped = True
+                self._say(f"early stopping in stage {stage.index} after epoch {epoch + 1}; keeping the "
+                          f"weights of the best validation round")
+                if run.best["weights"] is not None:
+                    run.network.model.set_weights(run.best["weights"])
+                break
+        run.resume = None
+        run.best = {"metric": None, "weights": None, "bad": 0}
+        return "done"
+
+    def _stage_optimizer(self, run: _RunState, stage: Stage, steps_per_epoch: int):
+        """Each stage has its own optimiser (and learning rate schedule) over the variables it trains; the
+        stage a checkpoint stopped in gets the saved optimiser state back."""
+        c = self.config
+        run.network.backbone.trainable = not stage.freeze_backbone
+        with self.strategy.scope():
+            optimizer = make_optimizer(c, stage.learning_rate, steps_per_epoch, stage.epochs, c.warmup_epochs)
+            optimizer.build(run.network.model.trainable_variables)
+        if run.resume is not None and stage.index == run.resume["stage"] and run.opt_arrays:
+            optimizer.load_own_variables(run.opt_arrays)
+        run.opt_arrays = {}
+        return optimizer
+
+    def _epoch_steps(self, stage: Stage, epoch: int, pace: tuple[float, float] | None, deadline: float,
+                     steps_per_epoch: int) -> int | None:
+        """The steps of the next epoch: fewer when the last epoch ran slower than the time budget planned,
+        None when not one more epoch ends before the deadline."""
+        if pace is None or deadline == math.inf:
+            return steps_per_epoch
+        epoch_steps = steps_within(deadline - time.monotonic(), *pace, steps_per_epoch)
+        if not epoch_steps:
+            self._say(f"time budget: ending stage {stage.index} after epoch {epoch} of {stage.epochs}; "
+                      f"too little time is left for another epoch")
+            return None
+        if epoch_steps < steps_per_epoch:
+            self._say(f"time budget: epoch {epoch + 1} shortened to {epoch_steps} of {steps_per_epoch} "
+                      f"steps to end within the budget")
+        return epoch_steps
+
+    def _train_epoch(self, run: _RunState, stage: Stage, epoch: int, epoch_steps: int, skip_steps: int,
+                     train_step: Callable, accum: dict) -> _EpochRun:
+        """The training steps of one epoch (after `skip_steps` already trained before a resume), until its
+        last step or the stop event; progress every `progress_seconds`."""
+        c = self.config
+        sizes = list(c.augmentation.multi_scale_sizes) or [c.input_size]
+        size = sizes[run.global_epoch % len(sizes)]
+        for v in accum.values():
+            v.assign(0.0)
+        dataset = self.data.train_dataset(run.global_epoch, c.seed, size,
+                                          c.batch_size, c.augmentation, skip_batches=skip_steps)
+        dataset = self.strategy.experimental_distribute_dataset(dataset)
+        step_in_epoch, started, last_report = skip_steps, time.perf_counter(), time.monotonic()
+        images_done = 0
+        stopped = False
+        for images, labels in dataset:
+            if step_in_epoch >= epoch_steps:
+                break
+            if self.stop_event.is_set():
+                stopped = True
+                break
+            train_step(images, labels)
+            step_in_epoch += 1
+            run.global_step += 1
+            images_done += c.batch_size
+            if time.monotonic() - last_report >= self.progress_seconds:
+                last_report = time.monotonic()
+                rate = images_done / (time.perf_counter() - started)
+                self.hooks.progress(self._progress(stage, epoch, run.global_step, accum, rate, {}), False)
+        if not stopped and self.stop_event.is_set() and step_in_epoch < epoch_steps:
+            stopped = True
+        return _EpochRun(size, skip_steps, step_in_epoch, images_done, time.perf_counter() - started, stopped)
+
+    def _checkpoint_stop(self, run: _RunState, stage: Stage, epoch: int, trained: _EpochRun, optimizer) -> None:
+        """A stop mid-epoch saves that step, so that the next run resumes exactly there."""
+        run.checkpoint_uri = self.checkpoints.save(run.network, optimizer, run.losses, self._state(
+            stage, epoch, trained.steps, run.global_step, run.history, run.best))
+        self.hooks.checkpoint(run.checkpoint_uri, {"stage": stage.index, "epoch": epoch,
+                                                   "step_in_epoch": trained.steps, "stopped": True})
+        self._say(f"stopped at stage {stage.index} epoch {epoch + 1} step {trained.steps}")
+
+    def _end_epoch(self, run: _RunState, stage: Stage, epoch: int, trained: _EpochRun, optimizer,
+                   accum: dict) -> bool:
+        """An epoch's record (validated every k epochs and on the stage's last), its checkpoint and its
+        progress event. True when early stopping ends the stage here."""
+        run.global_epoch += 1
+        rate = trained.images / max(trained.elapsed, 1e-9)
+        record = self._epoch_record(stage, epoch, run.global_epoch, run.global_step, accum, rate, trained.elapsed,
+                                    trained.size, optimizer)
+        last_epoch = epoch + 1 == stage.epochs
+        if self.data.has("val") and ((epoch + 1) % self.config.validate_every_epochs == 0 or last_epoch):
+            record.update(self.evaluate(run.network, run.losses, "val"))
+        run.history.append(record)
+        self._say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()}))
+        stop_early = self._early_stopping(record, run.best, run.network, stage)
+        run.checkpoint_uri = self.checkpoints.save(run.network, optimizer, run.losses, self._state(
+            stage, epoch + 1, 0, run.global_step, run.history, run.best))
+        metrics = {k: v for k, v in record.items() if isinstance(v, float)}
+        self.hooks.progress(self._progress(stage, epoch, run.global_step, accum, rate, metrics), True)
+        self.hooks.checkpoint(run.checkpoint_uri, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0})
+        return stop_early
 
     # ---- time budget
 
@@ -581,9 +663,7 @@ class Trainer:
         c = self.config
         train_ips, eval_ips = self._measure_throughput(network, losses)
         earlier = sum(s.epochs for s in stages[:-1])
-        steps = self.data.steps_per_epoch(c.batch_size)
-        if c.max_steps_per_epoch:
-            steps = min(steps, c.max_steps_per_epoch)
+        steps = self._steps_per_epoch()
         budget = plan_budget(
             budget_seconds=self.time_budget_seconds, spent_seconds=time.monotonic() - clock,
             train_images_per_second=train_ips, eval_images_per_second=eval_ips, batch_size=c.batch_size,

@@ -272,15 +272,38 @@ def plan_training(config: TrainingConfig | None, facts: DataFacts, hardware: Har
     return Plan(AUTO, effective, shown_choices)
 
 
+class _Choices:
+    """The config the recipe builds, and each choice with its reason, in the order the plan shows them."""
+
+    def __init__(self):
+        self.config = TrainingConfig()
+        self.made: list[Choice] = []
+
+    def choose(self, path: str, value, reason: str) -> None:
+        _assign(self.config, path, value)
+        self.made.append(Choice(path, _shown(value), reason))
+
+    def note(self, path: str, shown: str, reason: str) -> None:
+        """A choice that leaves the field at its default, shown with its reason all the same."""
+        self.made.append(Choice(path, shown, reason))
+
+
 def _auto(config: TrainingConfig, facts: DataFacts, hw: Hardware) -> tuple[TrainingConfig, list[Choice]]:
-    c = TrainingConfig()
-    choices: list[Choice] = []
+    chosen = _Choices()
+    # Every choice is shown, but the ones after it follow what the run will use: the spec's value where
+    # it sets one.
+    size = _choose_input_size(chosen, facts, hw)
+    size = config.input_size or size
+    batch = _choose_network(chosen, facts, hw, size)
+    batch = config.batch_size or batch
+    _choose_schedule(chosen, facts, hw, batch)
+    _choose_augmentation(chosen, config, facts)
+    _choose_class_weights(chosen, facts)
+    return chosen.config, chosen.made
 
-    def choose(path: str, value, reason: str) -> None:
-        _assign(c, path, value)
-        choices.append(Choice(path, _shown(value), reason))
 
-    # Input size: the images' own resolution, up to what the hardware can afford.
+def _choose_input_size(chosen: _Choices, facts: DataFacts, hw: Hardware) -> int:
+    """The images' own resolution, up to what the hardware can afford."""
     cap, cap_reason = _input_cap(hw)
     side = facts.side
     if side is None:
@@ -293,13 +316,16 @@ def _auto(config: TrainingConfig, facts: DataFacts, hw: Hardware) -> tuple[Train
         size = min(int(side // 16 * 16), cap)
         why = (f"{facts.sizes_text}: {cap_reason}" if size == cap
                else f"{facts.sizes_text}: their own resolution")
-    choose("input_size", size, why)
-    size = config.input_size or size  # the choices below follow the size the run will use
+    chosen.choose("input_size", size, why)
+    return size
 
-    # Network: a ResNet on GPUs; on CPUs the small CNN, its width by the instruction set and cores.
+
+def _choose_network(chosen: _Choices, facts: DataFacts, hw: Hardware, size: int) -> int:
+    """A ResNet on GPUs; on CPUs the small CNN, its width by the instruction set and cores. Returns the
+    batch size chosen with it."""
     if hw.gpus:
-        choose("backbone", "resnet18", f"{hw.describe()}: a ResNet18 fits and trains fast")
-        choose("width_multiplier", 1.0, "full width on a GPU")
+        chosen.choose("backbone", "resnet18", f"{hw.describe()}: a ResNet18 fits and trains fast")
+        chosen.choose("width_multiplier", 1.0, "full width on a GPU")
         per_gpu = 256 if size <= 64 else 128 if size <= 128 else 64
         if hw.gpu_memory_gb and hw.gpu_memory_gb < 12:
             per_gpu //= 2
@@ -307,10 +333,10 @@ def _auto(config: TrainingConfig, facts: DataFacts, hw: Hardware) -> tuple[Train
         batch_why = f"{per_gpu} per GPU at {size} px"
     else:
         stem = "" if size <= 64 else "; a stride-4 entry keeps larger inputs cheap"
-        choose("backbone", "small_cnn", f"{hw.describe()}: an 8-convolution CNN trains in minutes{stem}")
+        chosen.choose("backbone", "small_cnn", f"{hw.describe()}: an 8-convolution CNN trains in minutes{stem}")
         strong = hw.isa == "avx512" or hw.cpu_cores >= 8
         width = 1.0 if strong else 0.5 if hw.isa == "avx2" else 0.25
-        choose("width_multiplier", width, f"{hw.describe()}: " + (
+        chosen.choose("width_multiplier", width, f"{hw.describe()}: " + (
             "full width" if strong else "a narrower network keeps the epochs affordable"))
         # Measured on Fashion-MNIST, 2 AVX2 cores, one epoch: batch 64 reached 0.862 test accuracy at 587
         # images/s, batch 128 0.837 at 464: twice the updates for the same images, at no loss of speed.
@@ -318,57 +344,66 @@ def _auto(config: TrainingConfig, facts: DataFacts, hw: Hardware) -> tuple[Train
     fitted = max(16, min(batch, _floor_power_of_two(max(facts.train_examples // 8, 16))))
     if fitted < batch:
         batch_why = f"only {facts.train_examples} training images: at least 8 steps per epoch"
-    choose("batch_size", fitted, batch_why)
-    batch = config.batch_size or fitted
+    chosen.choose("batch_size", fitted, batch_why)
+    return fitted
 
+
+def _choose_schedule(chosen: _Choices, facts: DataFacts, hw: Hardware, batch: int) -> None:
+    """SGD with a learning rate scaled to the batch, epochs for about TARGET_STEPS steps, regularisation."""
+    c = chosen.config
     # Linear scaling: 0.1 per 128 images (the CIFAR rule) for the small CNN, 0.1 per 256 (the ImageNet
     # rule, for large batches) for ResNets on GPUs.
     images_per_tenth = 256 if hw.gpus else 128
     lr = round(0.1 * batch / images_per_tenth, 5)
-    choose("optimizer", "sgd", "SGD with Nesterov momentum 0.9, warm-up then cosine decay")
+    chosen.choose("optimizer", "sgd", "SGD with Nesterov momentum 0.9, warm-up then cosine decay")
     c.nesterov, c.momentum = True, 0.9
     c.lr_schedule = common_pb2.LR_SCHEDULE_COSINE
-    choose("full_stage.learning_rate", lr, f"0.1 x batch {batch} / {images_per_tenth} (linear scaling)")
+    chosen.choose("full_stage.learning_rate", lr, f"0.1 x batch {batch} / {images_per_tenth} (linear scaling)")
     steps = max(facts.train_examples // batch, 1)
     epochs = min(max(math.ceil(TARGET_STEPS / steps), MIN_EPOCHS), MAX_EPOCHS)
-    choose("full_stage.epochs", epochs, f"about {TARGET_STEPS} steps at {steps} steps/epoch "
-                                        f"(within {MIN_EPOCHS}..{MAX_EPOCHS}); a time budget can lower it")
+    chosen.choose("full_stage.epochs", epochs, f"about {TARGET_STEPS} steps at {steps} steps/epoch "
+                                               f"(within {MIN_EPOCHS}..{MAX_EPOCHS}); a time budget can lower it")
     c.warmup_epochs = 1
-    choose("weight_decay", 5e-4, "L2 for a full schedule; lowered when a time budget makes the run short")
+    chosen.choose("weight_decay", 5e-4, "L2 for a full schedule; lowered when a time budget makes the run short")
     c.label_smoothing = 0.1
     c.dropout = 0.1
 
-    # Augmentation that keeps the label: small images are not cropped, mirrors only when allowed.
-    aug = c.augmentation
+
+def _choose_augmentation(chosen: _Choices, config: TrainingConfig, facts: DataFacts) -> None:
+    """Augmentation that keeps the label: small images are not cropped, mirrors only when allowed."""
+    aug = chosen.config.augmentation
     aug.SetInParent()
+    side = facts.side
     if side is not None and side <= SMALL_IMAGE_SIDE:
-        choose("augmentation.box_jitter", 0.08, f"{side:.0f} px images: a light jitter (keeps at least "
-                                                f"{(1 - 0.16) ** 2:.0%} of the image), no random crop")
+        chosen.choose("augmentation.box_jitter", 0.08, f"{side:.0f} px images: a light jitter (keeps at least "
+                                                       f"{(1 - 0.16) ** 2:.0%} of the image), no random crop")
     else:
         # Never below half the area: a crop that cuts away most of an image cuts away the object or defect too.
-        choose("augmentation.crop_scale_min", 0.5, "random resized crop keeping at least 50% of the area")
+        chosen.choose("augmentation.crop_scale_min", 0.5, "random resized crop keeping at least 50% of the area")
         aug.crop_scale_max, aug.crop_aspect_min, aug.crop_aspect_max = 1.0, 3 / 4, 4 / 3
     if config.mirror_invariant:
-        choose("augmentation.horizontal_flip", True, "mirror_invariant: the labels survive a mirror image")
+        chosen.choose("augmentation.horizontal_flip", True, "mirror_invariant: the labels survive a mirror image")
     else:
-        choices.append(Choice("augmentation.horizontal_flip", "false",
-                              "no flip: the spec does not say the labels survive a mirror image (mirror_invariant)"))
+        chosen.note("augmentation.horizontal_flip", "false",
+                    "no flip: the spec does not say the labels survive a mirror image (mirror_invariant)")
     if facts.colour:
         aug.brightness = aug.contrast = aug.saturation = 0.2
         aug.hue = 0.02
-        choices.append(Choice("augmentation.colour", "0.2", "colour images: brightness/contrast/saturation jitter"))
+        chosen.note("augmentation.colour", "0.2", "colour images: brightness/contrast/saturation jitter")
     else:
-        choices.append(Choice("augmentation.colour", "off", "grey images: no colour jitter"
-                              if facts.colour is False else "colour unknown: no colour jitter"))
+        chosen.note("augmentation.colour", "off", "grey images: no colour jitter"
+                    if facts.colour is False else "colour unknown: no colour jitter")
 
-    # Imbalance: oversampling (ingest) bounds the ratio; class weights even out what remains.
+
+def _choose_class_weights(chosen: _Choices, facts: DataFacts) -> None:
+    """Oversampling (ingest) bounds the class ratio; class weights even out what remains."""
     if facts.imbalance is not None and facts.imbalance > IMBALANCE_RATIO:
-        choose("class_weights", True, f"classes {facts.imbalance:.1f}:1 before balancing (> {IMBALANCE_RATIO:g}:1): "
-                                      f"inverse-frequency weights on top of ingest's oversampling")
+        chosen.choose("class_weights", True, f"classes {facts.imbalance:.1f}:1 before balancing "
+                                             f"(> {IMBALANCE_RATIO:g}:1): inverse-frequency weights on top of "
+                                             f"ingest's oversampling")
     else:
         ratio = "unknown" if facts.imbalance is None else f"{facts.imbalance:.1f}:1"
-        choices.append(Choice("class_weights", "false", f"class ratio {ratio}: no weighting needed"))
-    return c, choices
+        chosen.note("class_weights", "false", f"class ratio {ratio}: no weighting needed")
 
 
 def _input_cap(hw: Hardware) -> tuple[int, str]:
