@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common import image_hash
 from services.common.dataset_options import IngestOptions
 from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import ObjectStore
@@ -254,6 +255,8 @@ def _prepare(root: Path, store: ObjectStore, prefix: str, options: IngestOptions
     for name, rows in zip(LIST_FILES, (train, splits.val, splits.test), strict=True):
         put_text(name, "".join(example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
         files[name]["lines"] = len(rows)
+    put_text(image_hash.HASHES_FILE, image_hash.format_hashes((u.sha256, u.check.dhash) for u in uniques),
+             image_hash.HASHES_CONTENT_TYPE)
 
     counts = {"files_seen": files_seen, "images": len(uniques), "train": len(train), "train_unique": len(splits.train),
               "val": len(splits.val), "test": len(splits.test), "rejected": len(rejected),
