@@ -270,10 +270,10 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
 
     # As in prepare: a remote store answers each call after a round trip, so several go at once.
     threads = target.useful_write_threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-relabel") as pool:
-        sizes = dict(pool.map(copy, [e for split in SPLITS for e in splits[split]]))
-    files: dict[str, dict] = {}
     unique = [e for split in SPLITS for e in splits[split]]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-relabel") as pool:
+        sizes = dict(pool.map(copy, unique))
+    files: dict[str, dict] = {}
 
     def put_text(name: str, text: str, content_type: str) -> None:
         info = target.put_bytes(target_prefix + name, text.encode("utf-8"), content_type)
