@@ -5,8 +5,10 @@ object store: the domain, the CLI and the benchmark all call `evaluate`.
 Streaming with bounded memory: per example only labels, probabilities, the source id and a 64-bit
 image hash are kept; image bytes are kept only for the examples the gallery, the mislabel list or the
 CAMs select (bounded heaps). The model runs one batch ahead in a worker thread (TensorFlow releases
-the GIL), so selection of batch k overlaps the model on batch k+1; the images' difference hashes
-(near-duplicates) are computed by two more threads, a few batches in flight.
+the GIL), so selection of batch k overlaps the model on batch k+1. The images' difference hashes
+(near-duplicates) come with the records (`image/dhash`, computed once by ingest); only for records
+built without them (datasets made before) are the images decoded again here, by two more threads, a
+few batches in flight.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from services.common import mislabel_review
+from services.common import image_hash, mislabel_review
 from services.common.errors import FailedPrecondition
 from services.evaluator import gallery as gallery_mod
 from services.evaluator import metrics as metrics_mod
@@ -44,6 +46,7 @@ class Example(NamedTuple):
     labels: tuple[int, ...]  # one per task of the records, -1 unknown
     source_id: str = ""
     filename: str = ""
+    dhash: int | None = None  # from the records (image/dhash); None: computed here from `encoded`
 
 
 @dataclass
@@ -84,6 +87,21 @@ class Evaluation:
     seconds: float
     images_per_second: float
     cam_status: str
+
+
+def _hashes(batch: list[Example]) -> list[int | None]:
+    """The batch's difference hashes: the records' where they carry one, else from the image bytes."""
+    return [e.dhash if e.dhash is not None else image_hash.dhash(e.encoded) for e in batch]
+
+
+class _Done:
+    """A result already at hand, in the queue of hashing futures."""
+
+    def __init__(self, value: list[int | None]):
+        self._value = value
+
+    def result(self) -> list[int | None]:
+        return self._value
 
 
 def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
@@ -160,7 +178,10 @@ def evaluate(model: ServingModel, examples: Iterable[Example], record_tasks: lis
         if options.artefacts:
             source_ids.extend(e.source_id for e in batch)
             filenames.extend(e.filename for e in batch)
-            hash_batches.append(hashing.submit(lambda b: [mislabels_mod.dhash(e.encoded) for e in b], batch))
+            if any(e.dhash is None for e in batch):
+                hash_batches.append(hashing.submit(_hashes, batch))
+            else:
+                hash_batches.append(_Done([e.dhash for e in batch]))
             while len(hash_batches) > HASH_BATCHES_IN_FLIGHT:
                 hashes.extend(hash_batches.popleft().result())
             all_labels.extend(tuple(int(v) for v in row) for row in labels)

@@ -5,8 +5,8 @@
    an image whose label is wrong.
 2. **Conflicting duplicates**: the same image, or nearly the same, carrying different labels.
    - exact: the same `source_id` (sha256 of the bytes) appears more than once with different labels;
-   - near: a 64-bit difference hash (dHash: the image in greyscale shrunk to 9x8, one bit per
-     horizontally adjacent pair, "is the left pixel brighter") within `max_distance` bits (Hamming)
+   - near: a 64-bit difference hash (services.common.image_hash; dHash: the image in greyscale shrunk
+     to 9x8, one bit per horizontally adjacent pair, "is the left pixel brighter") within `max_distance` bits (Hamming)
      of another image's hash, and the labels differ in some task where both are known. The default
      distance of 4 bits of 64 catches re-encodings, resizes and small crops of one image while
      leaving merely similar images of a class apart.
@@ -17,12 +17,10 @@
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from services.evaluator.samples import Sample, TopN
 
@@ -30,19 +28,6 @@ DEFAULT_TOP = 100
 DEFAULT_MIN_CONFIDENCE = 0.5
 DEFAULT_MAX_DISTANCE = 4
 MAX_PAIRS = 1000
-
-
-def dhash(encoded: bytes) -> int | None:
-    """The 64-bit difference hash (0 <= h < 2**64) of an encoded image; None when it cannot be decoded."""
-    try:
-        image = Image.open(io.BytesIO(encoded))
-        image.draft("L", (64, 64))  # JPEG: decode at a reduced scale, much faster for big photos
-        image.seek(0)
-        small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-    bits = (small[:, :-1] > small[:, 1:]).reshape(-1)
-    return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
 class ConfidentMistakes:

@@ -45,12 +45,15 @@ class EvaluationRecords:
 
     def examples(self) -> Iterator[Example]:
         dataset = self.reader.dataset(self.split, batch_size=self.batch_size, decode=False, shuffle=False,
-                                      deterministic=True)
+                                      deterministic=True, dhash=True)
         for batch in dataset.as_numpy_iterator():
             labels = np.asarray(batch["labels"]).reshape(len(batch["encoded"]), -1)
-            for encoded, row, sid, name in zip(batch["encoded"], labels, batch["source_id"], batch["filename"],
-                                               strict=True):
-                yield Example(bytes(encoded), tuple(int(v) for v in row), _text(sid), _text(name))
+            hashes = np.asarray(batch["dhash"], dtype=np.int64).view(np.uint64)  # image/dhash is two's complement
+            for encoded, row, sid, name, value, known in zip(batch["encoded"], labels, batch["source_id"],
+                                                             batch["filename"], hashes, batch["has_dhash"],
+                                                             strict=True):
+                yield Example(bytes(encoded), tuple(int(v) for v in row), _text(sid), _text(name),
+                              int(value) if known else None)
 
     def identity(self) -> dict:
         """What makes two evaluations comparable: the same records build and split."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common import image_hash
 from services.common.dataset_options import IngestOptions
 from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import ObjectStore
@@ -205,6 +206,11 @@ def _prepare(request: _Request, rejects: _Rejects, started: float) -> Prepared:
     for name, rows in zip(LIST_FILES, (split.train, split.splits.val, split.splits.test), strict=True):
         files.put_text(name, "".join(example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
         files.written[name]["lines"] = len(rows)
+    # Each image's difference hash, computed while validating: the records carry it to the evaluator,
+    # which then need not decode every image a second time (services/common/image_hash.py).
+    files.put_text(image_hash.HASHES_FILE, image_hash.format_hashes((u.sha256, u.check.dhash)
+                                                                    for u in deduplicated.uniques),
+                   image_hash.HASHES_CONTENT_TYPE)
     counts = _counts(validated, deduplicated, split, rejects)
     report = _report(request, labelled, deduplicated, split, rejects, counts)
     files.put_text("report.json", json.dumps(report, indent=2) + "\n", "application/json")

@@ -31,10 +31,11 @@ from pathlib import PurePosixPath
 
 from PIL import Image
 
+from services.common import image_hash
 from services.common import mislabel_review as review
 from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument, shown
-from services.common.storage import ObjectStore
+from services.common.storage import ObjectNotFound, ObjectStore
 from services.ingest.balance import Balance, Example, balance
 from services.ingest.prepare import LIST_FILES, MANIFEST_FORMAT, Prepared, read_json
 from services.ingest.report import balance_section, render_markdown
@@ -240,7 +241,7 @@ def _remove_written(target: ObjectStore, prefix: str) -> None:
     if prefix:
         target.delete_prefix(prefix)
         return
-    for name in ("manifest.json", "labels.json", *LIST_FILES, "report.json", "report.md"):
+    for name in ("manifest.json", "labels.json", *LIST_FILES, image_hash.HASHES_FILE, "report.json", "report.md"):
         target.delete(name)
     target.delete_prefix("images/")
 
@@ -290,6 +291,14 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
     for name, rows in zip(LIST_FILES, (train, splits["val"], splits["test"]), strict=True):
         put_text(name, "".join(example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
         files[name]["lines"] = len(rows)
+    try:  # the parent's difference hashes of the images kept (a parent made before hashes.tsv has none)
+        parent_hashes = image_hash.parse_hashes(source.get_bytes(source_prefix + image_hash.HASHES_FILE))
+    except (ObjectNotFound, ValueError, UnicodeDecodeError):
+        parent_hashes = {}
+    if parent_hashes:
+        kept = {PurePosixPath(path).stem.lower() for path in sizes}
+        put_text(image_hash.HASHES_FILE, image_hash.format_hashes(
+            (sha, value) for sha, value in parent_hashes.items() if sha in kept), image_hash.HASHES_CONTENT_TYPE)
 
     parent_lineage = parent.get("lineage", {})
     lineage = {"root_dataset_id": parent_lineage.get("root_dataset_id", parent["dataset_id"]),
@@ -299,7 +308,6 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
     diff = {task["name"]: {label: {"before": before[task["name"]][label], "after": after[task["name"]][label],
                                    "change": after[task["name"]][label] - before[task["name"]][label]}
                            for label in task["classes"]} for task in tasks}
-    unique = [e for split in SPLITS for e in splits[split]]
     counts = {**parent["counts"], "images": len(unique), "train": len(train), "train_unique": len(splits["train"]),
               "val": len(splits["val"]), "test": len(splits["test"]),
               "rejected": parent["counts"]["rejected"] + len(dropped)}

@@ -2,7 +2,10 @@
 
 Accepted: JPEG, PNG, BMP, GIF (the first frame is decoded) and WebP, in any mode Pillow decodes
 (greyscale, palette, CMYK, with or without alpha). The stored bytes are always the original ones;
-validation only proves they decode and records format, size and mode.
+validation only proves they decode and records format, size, mode and the image's difference hash
+(services.common.image_hash, for the evaluator's near-duplicate check): PNG, GIF, BMP and WebP are
+hashed from the image just decoded; a JPEG is decoded once more at 1/8 scale (draft), the way the hash
+is defined, which costs a small fraction of the full decode.
 
 Rejected, each with a reason `"<code>: <detail>"` (the code is a fixed word, used for counting):
 `empty-file`; `not-an-image` (any other content, other formats included: Image.open only tries the
@@ -32,6 +35,7 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
+from services.common import image_hash
 from services.common.dataset_options import DEFAULT_MAX_PIXELS
 from services.ingest.options import DEFAULT_LIMITS
 
@@ -68,6 +72,7 @@ class ImageCheck(NamedTuple):
     height: int = 0
     mode: str = ""
     reason: str = ""
+    dhash: int | None = None  # difference hash of a valid image (None if it could not be computed)
 
     @property
     def ok(self) -> bool:
@@ -126,6 +131,7 @@ def check_bytes(data: bytes, *, min_side: int = 0, max_pixels: int = DEFAULT_MAX
                 return ImageCheck(sha, size, fmt, width, height, mode,
                                   f"{TOO_SMALL}: {width}x{height} has a side shorter than the minimum {min_side}")
             img.load()  # the full decode: truncated or damaged data fails here
+            dhash = _dhash(img, data)
     except Image.DecompressionBombError as exc:  # Pillow's own refusal, raised by Image.open
         return ImageCheck(sha, size, reason=f"{TOO_MANY_PIXELS}: {exc}")
     except UnidentifiedImageError:
@@ -139,7 +145,17 @@ def check_bytes(data: bytes, *, min_side: int = 0, max_pixels: int = DEFAULT_MAX
         return ImageCheck(sha, size, fmt, width, height, mode, f"{CORRUPT}: cannot be decoded: {detail}")
     if fmt not in FORMATS:  # pragma: no cover - Image.open only tried the accepted decoders
         return ImageCheck(sha, size, fmt, width, height, mode, f"{NOT_AN_IMAGE}: unsupported format {fmt}")
-    return ImageCheck(sha, size, fmt, width, height, mode)
+    return ImageCheck(sha, size, fmt, width, height, mode, dhash=dhash)
+
+
+def _dhash(img: Image.Image, data: bytes) -> int | None:
+    """The difference hash of a decoded image, equal to image_hash.dhash(data)."""
+    if image_hash.draft_changes_decoding(img):
+        return image_hash.dhash(data)
+    try:
+        return image_hash.dhash_image(img)
+    except Exception:  # noqa: BLE001 - a hash is optional; the image itself decoded
+        return None
 
 
 _FIRST_READ = 64 * 1024

@@ -237,7 +237,7 @@ class RecordsBuilder:
                                                 "shards": len(shards), "workers": 0 if pool is None else self.workers,
                                                 "estimated_bytes": sum(map(sum, estimates.values()))})
             chunks = [(shard, chunk) for shard in shards
-                      for chunk in _chunks(dataset.splits[shard.split], estimates[shard.split], shard)]
+                      for chunk in _chunks(dataset.splits[shard.split], estimates[shard.split], shard, dataset.dhash)]
             payloads = (_encode_inline(job, store, [c for _, c in chunks]) if pool is None
                         else pool.imap(job, [c for _, c in chunks]))
             written = self._write_shards(out, prefix, chunks, payloads)
@@ -296,15 +296,16 @@ class _Overhead:
         size = self._cache.get(labels)
         if size is None:
             empty = self._encoder.encode(encoded=b"", image_format="jpeg", height=2**21, width=2**21, filename="",
-                                         source_id="0" * 64, labels=labels)
+                                         source_id="0" * 64, labels=labels, dhash=(1 << 64) - 1)
             size = self._cache[labels] = len(example.frame(empty)) + 12  # + longer length prefixes
         return size
 
 
-def _chunks(entries: list[Entry], estimates: list[int], shard: _Shard) -> Iterator[list[tuple[str, tuple[int, ...]]]]:
+def _chunks(entries: list[Entry], estimates: list[int], shard: _Shard,
+            dhash: Callable[[str], int | None]) -> Iterator[list[tuple[str, tuple[int, ...], int | None]]]:
     chunk, size = [], 0
     for index in range(shard.start, shard.end):
-        chunk.append((entries[index].key, entries[index].labels))
+        chunk.append((entries[index].key, entries[index].labels, dhash(entries[index].key)))
         size += estimates[index]
         if len(chunk) >= _CHUNK_EXAMPLES or size >= _CHUNK_BYTES:
             yield chunk
@@ -467,7 +468,8 @@ def _manifest(build_id: str, dataset: Dataset, options: BuildOptions, shards: li
             unknown[task][split] = task_missing
     return {"format": FORMAT, "build_id": build_id, "dataset_id": dataset.dataset_id,
             "dataset_manifest_sha256": dataset.manifest_sha256, "options": options.as_dict(),
-            "labels": dataset.labels, "features": list(example.FEATURE_KEYS),
+            "labels": dataset.labels,
+            "features": list(example.FEATURE_KEYS) + ([example.DHASH] if dataset.hashes or options.reencode else []),
             "counts": {split: info["examples"] for split, info in splits.items()},
             "class_counts": per_class, "unknown_counts": unknown, "splits": splits,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "build_seconds": round(seconds, 3)}

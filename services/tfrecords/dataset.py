@@ -3,6 +3,8 @@
 Layout (docs/architecture.md, "Artefact layout"): `labels.json` (`{"tasks": [{"name", "classes"}]}`),
 `train.list`, `val.list`, `test.list` (lines `images/ab/<sha256>.<ext> <id task 1> [<id task 2> …]`,
 -1 = unknown) and `manifest.json`, written last: a dataset without it is incomplete and is not read.
+Optional: `hashes.tsv` (sha256 -> difference hash, services.common.image_hash), absent in datasets made
+before ingest wrote it.
 
 Problems with the dataset's content raise `DatasetError` (FAILED_PRECONDITION) naming the file and line:
 they are the user's data, not a fault to retry.
@@ -13,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from services.common import artefacts
+from services.common import artefacts, image_hash
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.records import SPLITS
 from services.common.storage import ObjectNotFound, ObjectStore, check_key
@@ -46,6 +48,7 @@ class Dataset:
     manifest: dict
     manifest_sha256: str
     splits: dict[str, list[Entry]]
+    hashes: dict[str, int] = field(default_factory=dict)  # hashes.tsv: sha256 -> dhash; {} when absent
 
     @property
     def class_names(self) -> list[list[str]]:
@@ -57,6 +60,11 @@ class Dataset:
 
     def image_key(self, entry: Entry) -> str:
         return f"{self.prefix}/{entry.key}"
+
+    def dhash(self, key: str) -> int | None:
+        """The difference hash of the image at `key` (relative to the dataset), None when not known."""
+        match = CONTENT_KEY.fullmatch(key) if self.hashes else None
+        return self.hashes.get(match.group(2)) if match else None
 
 
 def check_dataset_id(dataset_id: str, field: str = "dataset_id") -> str:
@@ -112,7 +120,14 @@ def load_dataset(store: ObjectStore, dataset_id: str, prefix: str | None = None)
         splits[split] = parse_list(text, key, class_names)
     if not splits["train"]:
         raise DatasetError(f"dataset {dataset_id!r} has an empty training list ({prefix}/train.list)")
-    return Dataset(dataset_id, prefix, labels, manifest, hashlib.sha256(raw_manifest).hexdigest(), splits)
+    hashes_key = f"{prefix}/{image_hash.HASHES_FILE}"
+    try:
+        hashes = image_hash.parse_hashes(store.get_bytes(hashes_key), hashes_key)
+    except ObjectNotFound:  # a dataset made before ingest wrote hashes
+        hashes = {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"dataset {dataset_id!r}: {exc}") from None
+    return Dataset(dataset_id, prefix, labels, manifest, hashlib.sha256(raw_manifest).hexdigest(), splits, hashes)
 
 
 def _get(store: ObjectStore, key: str, dataset_id: str) -> bytes:

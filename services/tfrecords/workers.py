@@ -33,7 +33,8 @@ FETCH_THREADS = 8  # concurrent GETs per worker against a remote store
 _READ_SIZE = 1024 * 1024
 TASKS_PER_WORKER = 2  # chunks queued at each worker: one being encoded, one waiting
 
-Chunk = Sequence[tuple[str, tuple[int, ...]]]  # (image key relative to the dataset, class id per task)
+# (image key relative to the dataset, class id per task, difference hash or None when the dataset has none)
+Chunk = Sequence[tuple[str, tuple[int, ...], int | None]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class EncodeJob:
 
 class ChunkEncoder:
     """Fetches a chunk's images, checks each against the sha256 in its name, re-encodes it if asked,
-    and returns the chunk's framed Examples, in order."""
+    and returns the chunk's framed Examples, in order. image/dhash: the dataset's hash of the image
+    (hashes.tsv, carried in the chunk) when the bytes are stored as they are; the hash of the new bytes
+    when re-encoding, so that it always equals image_hash.dhash(image/encoded)."""
 
     def __init__(self, job: EncodeJob, store: ObjectStore | None = None):
         self.job = job
@@ -71,11 +74,12 @@ class ChunkEncoder:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
     def encode(self, entries: Chunk) -> bytes:
-        datas = self._fetch([key for key, _ in entries])
+        datas = self._fetch([key for key, _, _ in entries])
         frame, one = example.frame, self._example
-        return b"".join([frame(one(key, labels, data)) for (key, labels), data in zip(entries, datas, strict=True)])
+        return b"".join([frame(one(key, labels, dhash, data))
+                         for (key, labels, dhash), data in zip(entries, datas, strict=True)])
 
-    def _example(self, key: str, labels: tuple[int, ...], data: bytes) -> bytes:
+    def _example(self, key: str, labels: tuple[int, ...], dhash: int | None, data: bytes) -> bytes:
         match = CONTENT_KEY.fullmatch(key)
         digest = hashlib.sha256(data).hexdigest()
         if match and digest != match.group(2):
@@ -85,12 +89,13 @@ class ChunkEncoder:
             if self.job.max_side:
                 data, height, width = example.reencode(data, self.job.max_side, self.job.jpeg_quality)
                 fmt = "jpeg"
+                dhash = _dhash(data)  # image/dhash is the hash of image/encoded: these bytes, not the original's
             else:
                 fmt, height, width = example.image_info(data)
         except (ValueError, OSError) as exc:
             raise DatasetError(f"image {self.job.dataset_prefix}/{key} cannot be read: {exc}") from None
         return self.encoder.encode(encoded=data, image_format=fmt, height=height, width=width, filename=key,
-                                   source_id=digest, labels=labels)
+                                   source_id=digest, labels=labels, dhash=dhash)
 
     def _fetch(self, keys: list[str]) -> list[bytes]:
         if self.root is not None:
@@ -127,6 +132,12 @@ class ChunkEncoder:
     def _missing(self, key: str) -> DatasetError:
         return DatasetError(f"image {self.job.dataset_prefix}/{key} is listed but missing from the dataset; "
                             f"prepare the dataset again")
+
+
+def _dhash(data: bytes) -> int | None:
+    from services.common.image_hash import dhash  # numpy and PIL: only for builds that re-encode
+
+    return dhash(data)
 
 
 # --------------------------------------------------------------------------- wire

@@ -13,6 +13,7 @@ from kafka import KafkaConsumer
 from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import tfrecords_service_pb2 as pb
 from classforge.v1 import tfrecords_service_pb2_grpc as pb_grpc
+from services.common import image_hash
 from services.common.events import ObjectStoreProcessedEvents, new_event
 from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
@@ -59,7 +60,8 @@ def test_tfrecords_service_builds_from_minio_over_grpc_and_kafka(infra, promethe
                              infra["CLASSFORGE_S3_SECRET_KEY"], bucket)
     items = digits_items(70, tasks=2)
     # 5,500 training lines over 50 images: enough for the worker processes (each fetching from MinIO)
-    write_dataset(store, "big", {"train": oversample(items[:50], [110] * 50), "val": items[50:60]}, DIGIT_TASKS)
+    write_dataset(store, "big", {"train": oversample(items[:50], [110] * 50), "val": items[50:60]}, DIGIT_TASKS,
+                  hashes=True)  # hashes.tsv, as ingest writes it: the records carry image/dhash
     write_dataset(store, "small", {"train": items[60:66], "val": items[66:]}, DIGIT_TASKS)
     write_dataset(store, "unfinished", {"train": items[:2]}, DIGIT_TASKS, complete=False)
 
@@ -84,8 +86,10 @@ def test_tfrecords_service_builds_from_minio_over_grpc_and_kafka(infra, promethe
 
     reader = RecordsReader(store, build.records_uri, cache_dir=tmp_path / "cache")
     listed = [line.split() for line in store.get_bytes("datasets/big/train.list").decode().splitlines()]
-    back = list(reader.dataset("train", parallel_reads=1, decode=False).as_numpy_iterator())
+    back = list(reader.dataset("train", parallel_reads=1, decode=False, dhash=True).as_numpy_iterator())
     assert [[b["filename"].decode(), *map(str, b["labels"])] for b in back] == listed
+    hashes = image_hash.parse_hashes(store.get_bytes(f"datasets/big/{image_hash.HASHES_FILE}"))
+    assert all(b["has_dhash"] and int(b["dhash"]) & (2**64 - 1) == hashes[b["source_id"].decode()] for b in back)
     first = back[0]
     assert first["encoded"] == store.get_bytes(f"datasets/big/{first['filename'].decode()}")
     decoded = next(reader.dataset("val", batch_size=10).as_numpy_iterator())

@@ -81,12 +81,15 @@ def colour_image(channel: int, strength: float = 1.0, size: int = 16, seed: int 
 class ColourRecords:
     """Stands in for the evaluation split of a records build (services.evaluator.records): `count`
     colour images, class i % 3, every tenth one labelled with the next class (a wrong label), so a
-    colour model scores 0.9. Same constructor as EvaluationRecords; counts how often it was opened."""
+    colour model scores 0.9. Same constructor as EvaluationRecords; counts how often it was opened.
+    `dhash`: the examples carry their difference hash, as records built from a dataset with hashes.tsv
+    do; False: as records of a dataset made before (the evaluator hashes the images itself)."""
 
     opened = 0
 
     def __init__(self, store=None, uri: str = "records/colours", cache_dir=None, batch_size: int = 64,
-                 count: int = 30, classes: list[str] | None = None, size: int = 16):
+                 count: int = 30, classes: list[str] | None = None, size: int = 16, dhash: bool = True):
+        from services.common.image_hash import dhash as image_dhash
         from services.evaluator.engine import Example
 
         ColourRecords.opened += 1
@@ -96,7 +99,8 @@ class ColourRecords:
         for i in range(count):
             data = colour_image(i % 3, 0.5, size=size, seed=i)
             label = i % 3 if i % 10 else (i + 1) % 3
-            self._examples.append(Example(data, (label,), hashlib.sha256(data).hexdigest(), f"{i}.png"))
+            self._examples.append(Example(data, (label,), hashlib.sha256(data).hexdigest(), f"{i}.png",
+                                          image_dhash(data) if dhash else None))
 
     def examples(self):
         return iter(self._examples)

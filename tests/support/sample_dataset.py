@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from services.common import image_hash
 from services.common.storage import ObjectStore
 
 Item = tuple[bytes, tuple[int, ...]]  # (image file bytes, class id per task; -1 unknown)
@@ -34,9 +35,10 @@ def image_key(data: bytes, ext: str) -> str:
 
 def write_dataset(store: ObjectStore, dataset_id: str, splits: dict[str, Sequence[Item]],
                   tasks: Sequence[tuple[str, Sequence[str]]], *, ext: str = "png", complete: bool = True,
-                  threads: int = 8) -> dict[str, list[str]]:
+                  threads: int = 8, hashes: bool = False) -> dict[str, list[str]]:
     """Stores each distinct image once under its content hash, then labels.json, the lists in the
-    given order and, if `complete`, manifest.json last. Returns each split's list lines."""
+    given order, with `hashes` hashes.tsv (as ingest writes it; without: a dataset made before), and,
+    if `complete`, manifest.json last. Returns each split's list lines."""
     prefix = f"datasets/{dataset_id}"
     lines: dict[str, list[str]] = {}
     images: dict[str, bytes] = {}
@@ -54,6 +56,9 @@ def write_dataset(store: ObjectStore, dataset_id: str, splits: dict[str, Sequenc
     for split, split_lines in lines.items():
         body = "".join(line + "\n" for line in split_lines).encode()
         list_sha[f"{split}.list"] = store.put_bytes(f"{prefix}/{split}.list", body).sha256
+    if hashes:
+        store.put_bytes(f"{prefix}/{image_hash.HASHES_FILE}", image_hash.format_hashes(
+            (hashlib.sha256(data).hexdigest(), image_hash.dhash(data)) for data in images.values()).encode())
     if complete:
         store.put_bytes(f"{prefix}/manifest.json", json.dumps({
             "id": dataset_id, "source": "tests.support.sample_dataset",

@@ -1,6 +1,8 @@
 """The evaluator's report for a fixed dataset and model against a golden file written by the evaluator
 as it was before its per-image decoding changed (issue #18, item 5): a faster pass must say exactly
-the same things (metrics, gallery, mislabels, duplicates, and the pixels of every image it wrote).
+the same things (metrics, gallery, mislabels, duplicates, and the pixels of every image it wrote),
+whether the examples carry their difference hash (records with image/dhash) or the evaluator hashes
+the images itself (records made before).
 
 Regenerate the golden only when a change of the outputs is intended:
     python -m tests.unit.test_evaluator_golden
@@ -12,15 +14,22 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from services.evaluator import blessing, report
+from services.common import image_hash
+from services.common.storage import LocalObjectStore
+from services.evaluator import blessing, engine, report
 from services.evaluator.engine import Example, Options, evaluate
 from services.evaluator.model import ServingModel
+from services.evaluator.records import EvaluationRecords
+from services.tfrecords.builder import RecordsBuilder
 from tests.support.colour_model import colour_image, write_colour_model
+from tests.support.sample_dataset import write_dataset
 
 GOLDEN = Path(__file__).parent / "golden" / "evaluator_report.json"
 CLASSES = ["red", "green", "blue"]
@@ -36,6 +45,11 @@ def _encode(pixels: np.ndarray, fmt: str, **params) -> bytes:
 
 def _example(data: bytes, label: int, name: str) -> Example:
     return Example(data, (label,), hashlib.sha256(data).hexdigest(), name)
+
+
+def with_hashes(examples: list[Example]) -> list[Example]:
+    """The examples as records with image/dhash give them: each carrying its hash."""
+    return [e._replace(dhash=image_hash.dhash(e.encoded)) for e in examples]
 
 
 def dataset() -> list[Example]:
@@ -55,14 +69,15 @@ def dataset() -> list[Example]:
     return examples
 
 
-def run_report(out: Path) -> dict:
-    """evaluation.json of one pass, plus a digest of the pixels of every image artefact."""
+def run_report(out: Path, examples: Callable[[], Iterable[Example]] | None = None, tasks: list[dict] = TASKS) -> dict:
+    """evaluation.json of one pass over `examples()` (default: dataset()), plus a digest of the pixels
+    of every image artefact."""
     model = ServingModel(write_colour_model(out / "model" / "saved_model", CLASSES))
-    examples = dataset()
+    examples = examples or partial(iter, dataset())
     report_dir = out / "report"
-    result = evaluate(model, iter(examples), TASKS, report_dir, Options(batch_size=16, gallery_per_cell=3,
-                                                                        mislabel_top=10),
-                      refetch=lambda: iter(examples))
+    result = evaluate(model, examples(), tasks, report_dir, Options(batch_size=16, gallery_per_cell=3,
+                                                                    mislabel_top=10),
+                      refetch=examples)
     document = {"job_id": "golden", "examples": result.examples, "tasks": result.tasks,
                 "duplicates": result.duplicates, "cam_status": result.cam_status,
                 "blessing": blessing.decide(result.tasks, None).to_json()}
@@ -98,6 +113,36 @@ def test_the_report_matches_the_golden_written_before_the_evaluator_decoded_once
     assert expected["image_artefacts"] and expected["tasks"][0]["mislabels"]["ranked"]
     assert {d["kind"] for d in expected["duplicates"]} == {"exact", "near"}
     assert_same(actual, expected)
+
+
+def test_examples_that_carry_their_hash_give_the_golden_report_without_hashing_an_image(tmp_path, monkeypatch):
+    examples = with_hashes(dataset())
+
+    def no_decoding(encoded: bytes) -> int:
+        raise AssertionError("the evaluator decoded an image to hash it although the example carries its hash")
+
+    monkeypatch.setattr(engine.image_hash, "dhash", no_decoding)
+    assert_same(run_report(tmp_path, partial(iter, examples)), json.loads(GOLDEN.read_text()))
+
+
+def _records(root: Path, hashes: bool) -> EvaluationRecords:
+    """The golden dataset as a prepared dataset (all of it the test split), with or without hashes.tsv,
+    built into records by the records builder and read back as the evaluator reads them."""
+    store = LocalObjectStore(root)
+    items = [(e.encoded, e.labels) for e in dataset()]
+    write_dataset(store, "golden", {"train": items[:6], "test": items}, [("label", CLASSES)], hashes=hashes)
+    result = RecordsBuilder(workers=1).build(store, "golden")
+    return EvaluationRecords(store, result.prefix, None, batch_size=16)
+
+
+def test_records_with_and_without_image_dhash_give_the_same_report(tmp_path):
+    hashed, unhashed = _records(tmp_path / "hashed", True), _records(tmp_path / "unhashed", False)
+    assert [e.dhash for e in hashed.examples()] == [image_hash.dhash(e.encoded) for e in unhashed.examples()]
+    assert {e.dhash for e in unhashed.examples()} == {None}
+    with_dhash = run_report(tmp_path / "with", hashed.examples, hashed.tasks)
+    without = run_report(tmp_path / "without", unhashed.examples, unhashed.tasks)
+    assert {d["kind"] for d in with_dhash["duplicates"]} == {"exact", "near"} and with_dhash["image_artefacts"]
+    assert with_dhash == without
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.common import image_hash
 from services.evaluator import blessing, mislabels, report
 from services.evaluator.engine import Example, Options, evaluate
 from services.evaluator.model import ServingModel
@@ -91,7 +92,7 @@ def test_near_duplicates_by_difference_hash():
         Image.fromarray(pixels).save(buffer, format=fmt, quality=70)
         return buffer.getvalue()
     a, b, c = png(base), png(base, "JPEG"), png(other)  # b: base re-encoded as JPEG; c: another image
-    hashes = [mislabels.dhash(x) for x in (a, b, c)] + [None]
+    hashes = [image_hash.dhash(x) for x in (a, b, c)] + [None]
     assert bin(hashes[0] ^ hashes[1]).count("1") <= 4 < bin(hashes[0] ^ hashes[2]).count("1")
     labels = np.array([[0], [1], [1], [0]])
     found = mislabels.conflicting_duplicates(["x", "y", "z", "w"], hashes, labels)

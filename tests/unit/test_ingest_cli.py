@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.common import image_hash
 from services.demo_data import load_digits, write_image_folders
 from services.ingest import cli
 
@@ -53,7 +54,14 @@ def test_prepare_writes_lists_labels_report_and_manifest(digits_dir, tmp_path, c
     assert train_counts[0] == -(-max(train_counts.values()) // 5) > 8  # the 8 training zeros were repeated
     assert len({p for p, label in train if label == 0}) == 8
 
+    # hashes.tsv: the difference hash of every image, the evaluator's own function on the stored bytes
+    hashes = image_hash.parse_hashes((out / image_hash.HASHES_FILE).read_bytes())
+    stored = sorted((out / "images").rglob("*.png"))
+    assert sorted(hashes) == [p.stem for p in stored] and len(stored) == len({p for p, _ in train + val + test})
+    assert all(hashes[p.stem] == image_hash.dhash(p.read_bytes()) for p in stored)
+
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"][image_hash.HASHES_FILE]["bytes"] == (out / image_hash.HASHES_FILE).stat().st_size
     assert manifest["counts"] | {"train": len(train), "val": len(val), "test": len(test)} == manifest["counts"]
     assert manifest["options"]["seed"] == 7 and manifest["dataset_id"] == "out"
     report = json.loads((out / "report.json").read_text())

@@ -13,7 +13,7 @@ from PIL import Image
 
 from classforge.v1 import ingest_service_pb2 as pb
 from classforge.v1 import ingest_service_pb2_grpc as pb_grpc
-from services.common import mislabel_review
+from services.common import image_hash, mislabel_review
 from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.grpc_server import GrpcServer, wait_until_serving
@@ -115,6 +115,10 @@ def test_relabel_drop_and_keep_make_a_new_version_with_parent_corrections_and_di
     for image in after:
         assert store.exists(f"datasets/{new_id}/images/{image[:2]}/{image}.png")
     assert not store.exists(f"datasets/{new_id}/images/{dropped[:2]}/{dropped}.png")
+    # so did their difference hashes (hashes.tsv), the dropped image's left out
+    parent_hashes, hashes = (image_hash.parse_hashes(store.get_bytes(f"datasets/{d}/{image_hash.HASHES_FILE}"))
+                             for d in (PARENT, new_id))
+    assert hashes == {image: parent_hashes[image] for image in after} and dropped in parent_hashes
     assert images_by_split(store, PARENT) == before
     # the report says what happened; GetDataset/GetDatasetReport serve the new version
     report, markdown = domain.report(new_id)

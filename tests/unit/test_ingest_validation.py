@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.common import image_hash
 from services.ingest.validation import ImageCheck, ValidationPool, check_bytes, check_path, check_paths, reason_code
 
 
@@ -48,6 +49,34 @@ def test_accepted_formats_and_modes_decode_and_record_what_they_are(fmt, mode, e
     assert (check.format, check.ext, check.mode) == (fmt, ext, mode)
     assert (check.width, check.height) == (64, 48)
     assert check.sha256 == hashlib.sha256(data).hexdigest() and check.size == len(data)
+    assert check.dhash is not None and check.dhash == image_hash.dhash(data)  # the evaluator's hash, bit for bit
+
+
+def _animated_gif() -> bytes:
+    frames = [noise("RGB", seed=s).convert("P") for s in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(encode(noise("RGB", size=(1200, 900), seed=3), "JPEG", quality=90), id="big JPEG, drafted"),
+    pytest.param(encode(noise("RGB").convert("P"), "PNG", transparency=0), id="palette PNG"),
+    pytest.param(encode(noise("RGB").convert("LA"), "PNG"), id="LA PNG"),
+    pytest.param(encode(noise("L").convert("I;16"), "PNG"), id="16-bit PNG"),
+    pytest.param(encode(noise("RGB").convert("1"), "BMP"), id="1-bit BMP"),
+    pytest.param(encode(noise("RGB").convert("P"), "GIF"), id="GIF"),
+    pytest.param(_animated_gif(), id="animated GIF"),
+])
+def test_the_hash_of_a_validated_image_equals_the_hash_of_its_bytes(data):
+    check = check_bytes(data)
+    assert check.ok, check.reason
+    assert check.dhash is not None and check.dhash == image_hash.dhash(data)
+
+
+def test_rejected_files_have_no_hash():
+    assert check_bytes(b"").dhash is None and check_bytes(b"not an image").dhash is None
+    assert check_bytes(encode(noise(), "PNG")[:60]).dhash is None
 
 
 def test_palette_png_with_transparency_is_accepted():
@@ -58,10 +87,7 @@ def test_palette_png_with_transparency_is_accepted():
 
 
 def test_animated_gif_is_accepted_on_its_first_frame():
-    frames = [noise("RGB", seed=s).convert("P") for s in range(3)]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
-    check = check_bytes(buffer.getvalue())
+    check = check_bytes(_animated_gif())
     assert check.ok, check.reason
     assert (check.format, check.ext, check.width, check.height) == ("GIF", "gif", 64, 48)
 
@@ -135,6 +161,7 @@ def test_the_process_pool_gives_the_same_answers_in_the_same_order(tmp_path):
     serial = check_paths(paths, workers=1)
     pooled = check_paths(paths, workers=2, pool_threshold=1, context="fork")
     assert pooled == serial
+    assert all(c.dhash is not None for c in serial if c.ok)  # the hash comes back from the workers
     assert [c.width for c in serial if c.ok] == [16 + i for i in range(40) if i % 7]
     assert sum(not c.ok for c in serial) == 6
 

@@ -9,6 +9,7 @@ import math
 import pytest
 from PIL import Image
 
+from services.common import image_hash
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.records import example
 from services.common.records.reader import RecordsReader
@@ -73,6 +74,41 @@ def test_round_trip_every_entry_comes_back_in_list_order_with_its_labels_and_byt
             assert data == store.get_bytes(f"datasets/mt/{key}")  # identical bytes
         assert reader.num_examples(split) == len(listed)
     assert any(labels[1] == -1 for _, labels in _listed(store, "train"))  # the unknown label made the trip
+
+
+def _dhashes(reader, split):
+    """(filename, image/dhash or None) per record, read with the reader's dhash=True parsing."""
+    return [(item["filename"].decode(), int(item["dhash"]) & (2**64 - 1) if item["has_dhash"] else None)
+            for batch in reader.dataset(split, parallel_reads=1, decode=False, batch_size=7,
+                                        dhash=True).as_numpy_iterator()
+            for item in ({k: v[i] for k, v in batch.items()} for i in range(len(batch["filename"])))]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_datasets_hashes_become_image_dhash(tmp_path, items, workers):
+    store = LocalObjectStore(tmp_path / "store")
+    write_dataset(store, "hashed", {"train": items[:30], "val": items[30:40]}, DIGIT_TASKS, hashes=True)
+    result = RecordsBuilder(workers=workers, inline_below=0).build(store, "hashed", BuildOptions(min_shards=2))
+    assert example.DHASH in result.manifest["features"]
+    reader = RecordsReader(store, result.prefix)
+    for split in ("train", "val"):
+        back = _dhashes(reader, split)
+        assert back and all(value == image_hash.dhash(store.get_bytes(f"datasets/hashed/{key}")) for key, value in back)
+
+
+def test_a_dataset_without_hashes_gives_records_without_image_dhash(store):
+    result = RecordsBuilder(workers=1).build(store, "mt", BuildOptions(min_shards=2))
+    assert example.DHASH not in result.manifest["features"]
+    assert {value for _, value in _dhashes(RecordsReader(store, result.prefix), "val")} == {None}
+
+
+def test_re_encoded_records_carry_the_hash_of_the_new_bytes(tmp_path, items):
+    store = LocalObjectStore(tmp_path / "store")
+    write_dataset(store, "hashed", {"train": items[:10], "val": items[10:20]}, DIGIT_TASKS, hashes=True)
+    result = RecordsBuilder(workers=1).build(store, "hashed", BuildOptions(max_side=8, jpeg_quality=75))
+    reader = RecordsReader(store, result.prefix)
+    encoded = [item["encoded"] for item in reader.dataset("val", parallel_reads=1, decode=False).as_numpy_iterator()]
+    assert [value for _, value in _dhashes(reader, "val")] == [image_hash.dhash(data) for data in encoded]
 
 
 def test_in_process_and_worker_builds_write_identical_shards(store, tmp_path):

@@ -76,6 +76,23 @@ def test_encoded_examples_equal_what_tensorflow_builds(labels):
     assert parsed["image/encoded"].numpy() == data
 
 
+@pytest.mark.parametrize("dhash", [0, 0x0123456789ABCDEF, 2**63, 2**64 - 1])
+def test_image_dhash_is_an_int64_feature_as_tensorflow_writes_it(dhash):
+    encoder = example.ExampleEncoder(CLASSES)
+    fields = {"encoded": b"x", "image_format": "png", "height": 5, "width": 7, "filename": "f", "source_id": "ab",
+              "labels": (1, 0)}
+    ours = encoder.encode(**fields, dhash=dhash)
+    signed = dhash - 2**64 if dhash >= 2**63 else dhash  # int64 two's complement
+    expected = tf.train.Example.FromString(encoder.encode(**fields))
+    expected.features.feature[example.DHASH].int64_list.value.append(signed)
+    assert tf.train.Example.FromString(ours) == expected
+    parsed = tf.io.parse_single_example(ours, {example.DHASH: tf.io.FixedLenFeature([], tf.int64)})
+    assert int(parsed[example.DHASH].numpy()) & (2**64 - 1) == dhash
+    assert example.DHASH not in tf.train.Example.FromString(encoder.encode(**fields)).features.feature
+    with pytest.raises(ValueError, match="64-bit"):
+        encoder.encode(**fields, dhash=2**64)
+
+
 def test_large_images_get_multi_byte_lengths_right():
     data = bytes(300_000)
     ours = example.ExampleEncoder([["a"]]).encode(encoded=data, image_format="jpeg", height=70_000, width=1,

@@ -1,13 +1,17 @@
 """The reader the trainer and evaluator use: order options, batching and decoding, and the local shard
 cache for a remote store (downloaded once, verified against the manifest, reused)."""
 
+import hashlib
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from services.common import image_hash
 from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
-from services.common.records.reader import RecordsReader
+from services.common.records import example
+from services.common.records.reader import RecordsReader, parse_example, parse_examples
 from services.common.storage import LocalObjectStore, ObjectStore
 from services.tfrecords.builder import BuildOptions, RecordsBuilder
 from tests.support.sample_dataset import DIGIT_TASKS, digits_items, write_dataset
@@ -153,3 +157,41 @@ def test_records_that_are_not_complete_are_not_read(built, tmp_path):
         RecordsReader(store, "records/digits-0123456789")
     with pytest.raises(NotFound):
         RecordsReader.from_directory(tmp_path)
+
+
+def test_image_dhash_is_parsed_where_present_and_flagged_where_absent():
+    encoder = example.ExampleEncoder([["a", "b"]])
+    values = [None, 5, 2**64 - 1, None, 2**63]
+    serialized = [encoder.encode(encoded=b"x", image_format="png", height=1, width=1, filename=f"f{i}",
+                                 source_id="ab", labels=(0,), dhash=value) for i, value in enumerate(values)]
+
+    def unsigned(value) -> int:
+        return int(value) & (2**64 - 1)
+
+    for batch in (slice(None), slice(0, 1), slice(1, 3)):  # mixed, none present at all, all present
+        parsed = parse_examples(tf.constant(serialized[batch]), 1, dhash=True)
+        known = parsed["has_dhash"].numpy().tolist()
+        assert known == [v is not None for v in values[batch]]
+        hashes = [unsigned(h) if k else None for h, k in zip(parsed["dhash"].numpy(), known, strict=True)]
+        assert hashes == values[batch]
+    for one, value in zip(serialized, values, strict=True):
+        parsed = parse_example(tf.constant(one), 1, dhash=True)
+        assert bool(parsed["has_dhash"]) == (value is not None)
+        assert (unsigned(parsed["dhash"]) if value is not None else int(parsed["dhash"])) == (value or 0)
+    assert "dhash" not in parse_examples(tf.constant(serialized), 1) and "dhash" not in parse_example(serialized[0], 1)
+
+
+def test_the_reader_gives_dhash_per_example_and_batched(tmp_path):
+    store = LocalObjectStore(tmp_path / "store")
+    items = digits_items(20)
+    write_dataset(store, "hashed", {"train": items[:10], "val": items[10:]}, DIGIT_TASKS[:1], hashes=True)
+    reader = RecordsReader(store, RecordsBuilder(workers=1).build(store, "hashed", BuildOptions(min_shards=2)).prefix)
+    single = [(item["source_id"], int(item["dhash"]), bool(item["has_dhash"]))
+              for item in reader.dataset("val", parallel_reads=1, decode=False, dhash=True).as_numpy_iterator()]
+    batched = [(sid, int(h), bool(known))
+               for batch in reader.dataset("val", parallel_reads=1, decode=False, dhash=True,
+                                           batch_size=4).as_numpy_iterator()
+               for sid, h, known in zip(batch["source_id"], batch["dhash"], batch["has_dhash"], strict=True)]
+    assert single == batched and len(single) == 10 and all(known for _, _, known in single)
+    expected = {hashlib.sha256(data).hexdigest(): image_hash.dhash(data) for data, _ in items[10:]}
+    assert all(h & (2**64 - 1) == expected[sid.decode()] for sid, h, _ in single)

@@ -17,6 +17,12 @@ One Example per list entry, with these features (the contract with the reader, t
 | `image/source_id` | bytes | the sha256 of the original image bytes (hex) |
 | `image/class/label` | int64 × tasks | class id per task, -1 where unknown |
 | `image/class/text` | bytes × tasks | class name per task, empty where unknown |
+| `image/dhash` | int64, optional | the original image's 64-bit difference hash (see below) |
+
+`image/dhash` is services.common.image_hash.dhash(`image/encoded`), stored as int64 two's complement
+(a hash >= 2^63 reads back negative): the hash ingest computed (the dataset's `hashes.tsv`) when the
+original bytes are stored, the builder's own when it re-encodes. Records of datasets made before ingest
+wrote hashes.tsv lack it (unless re-encoded); readers then hash `image/encoded` themselves.
 
 TFRecord framing of one record: `uint64 length (LE) | uint32 masked_crc32c(length) | data |
 uint32 masked_crc32c(data)`, with masked_crc = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32).
@@ -40,7 +46,9 @@ FILENAME = "image/filename"
 SOURCE_ID = "image/source_id"
 LABEL = "image/class/label"
 TEXT = "image/class/text"
-FEATURE_KEYS = (ENCODED, FORMAT, HEIGHT, WIDTH, FILENAME, SOURCE_ID, LABEL, TEXT)
+DHASH = "image/dhash"
+FEATURE_KEYS = (ENCODED, FORMAT, HEIGHT, WIDTH, FILENAME, SOURCE_ID, LABEL, TEXT)  # always present
+OPTIONAL_FEATURE_KEYS = (DHASH,)
 
 UNKNOWN = -1  # class id of a task whose label is not known for this image
 
@@ -160,7 +168,8 @@ class ExampleEncoder:
         self._labels: dict[tuple[int, ...], bytes] = {}
 
     def encode(self, *, encoded: bytes, image_format: str, height: int, width: int, filename: str,
-               source_id: str, labels: tuple[int, ...]) -> bytes:
+               source_id: str, labels: tuple[int, ...], dhash: int | None = None) -> bytes:
+        """One serialized Example; `dhash` (0 <= dhash < 2**64) adds image/dhash, None leaves it out."""
         fmt = self._formats.get(image_format)
         if fmt is None:
             fmt = self._formats[image_format] = _entry(FORMAT, _bytes_feature([image_format.encode()]))
@@ -172,6 +181,12 @@ class ExampleEncoder:
                 + _bytes_entry(parts, _SOURCE_ID_KEY, source_id.encode()))
         parts += (fmt, self._int(HEIGHT, height), self._int(WIDTH, width), label_part)
         size += len(fmt) + len(parts[-3]) + len(parts[-2]) + len(label_part)
+        if dhash is not None:
+            if not 0 <= dhash < 1 << 64:
+                raise ValueError(f"dhash {dhash} is not a 64-bit unsigned value")
+            hash_part = _entry(DHASH, _int64_feature([dhash]))  # _varint writes it as int64 two's complement
+            parts.append(hash_part)
+            size += len(hash_part)
         return b"".join([b"\x0a", _len(size), *parts])  # Example.features (1)
 
     def _int(self, key: str, value: int) -> bytes:

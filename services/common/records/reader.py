@@ -9,7 +9,10 @@ evaluator get their examples.
 
 Each element is a dict: `image` (uint8 [H, W, 3], only with decode=True), `labels` (int64 [tasks], -1
 where unknown), `source_id` (sha256 of the original image), `filename` (its key in the dataset) and
-`encoded` (the stored image bytes, for pipelines that decode or crop themselves).
+`encoded` (the stored image bytes, for pipelines that decode or crop themselves). With dhash=True also
+`dhash` (int64, the image/dhash feature: the 64-bit difference hash as two's complement, 0 where absent)
+and `has_dhash` (bool: whether the record carries one; records built from datasets without hashes.tsv
+do not).
 
 Shards of a remote store are downloaded once into `cache_dir/<build_id>/`, each checked against the
 manifest's sha256; later readers (the evaluator after the trainer, a restarted trainer) reuse them
@@ -44,9 +47,11 @@ _DOWNLOAD_THREADS = 4
 _READ_BUFFER = 8 * 1024 * 1024
 
 
-def feature_spec(num_tasks: int) -> dict:
-    """The tf.io parsing spec of the records' features (image/class/text is not parsed)."""
-    return {
+def feature_spec(num_tasks: int, dhash: bool = False) -> dict:
+    """The tf.io parsing spec of the records' features (image/class/text is not parsed; image/dhash,
+    optional, only with dhash=True)."""
+    optional = {example.DHASH: tf.io.VarLenFeature(tf.int64)} if dhash else {}
+    return {**optional,
         example.ENCODED: tf.io.FixedLenFeature([], tf.string),
         example.FORMAT: tf.io.FixedLenFeature([], tf.string),
         example.HEIGHT: tf.io.FixedLenFeature([], tf.int64),
@@ -57,18 +62,29 @@ def feature_spec(num_tasks: int) -> dict:
     }
 
 
-def parse_example(serialized: tf.Tensor, num_tasks: int) -> dict[str, tf.Tensor]:
-    """One serialized Example -> {"encoded", "labels", "source_id", "filename"} (no decoding)."""
-    parsed = tf.io.parse_single_example(serialized, feature_spec(num_tasks))
-    return {"encoded": parsed[example.ENCODED], "labels": parsed[example.LABEL],
-            "source_id": parsed[example.SOURCE_ID], "filename": parsed[example.FILENAME]}
+def parse_example(serialized: tf.Tensor, num_tasks: int, dhash: bool = False) -> dict[str, tf.Tensor]:
+    """One serialized Example -> {"encoded", "labels", "source_id", "filename"} (no decoding), plus
+    "dhash" and "has_dhash" with dhash=True."""
+    parsed = tf.io.parse_single_example(serialized, feature_spec(num_tasks, dhash))
+    items = {"encoded": parsed[example.ENCODED], "labels": parsed[example.LABEL],
+             "source_id": parsed[example.SOURCE_ID], "filename": parsed[example.FILENAME]}
+    if dhash:
+        values = tf.pad(parsed[example.DHASH].values, [[0, 1]])  # zero or one value
+        items["dhash"], items["has_dhash"] = values[0], tf.size(values) > 1
+    return items
 
 
-def parse_examples(serialized: tf.Tensor, num_tasks: int) -> dict[str, tf.Tensor]:
+def parse_examples(serialized: tf.Tensor, num_tasks: int, dhash: bool = False) -> dict[str, tf.Tensor]:
     """A batch of serialized Examples -> the same dict as parse_example, each value batched."""
-    parsed = tf.io.parse_example(serialized, feature_spec(num_tasks))
-    return {"encoded": parsed[example.ENCODED], "labels": parsed[example.LABEL],
-            "source_id": parsed[example.SOURCE_ID], "filename": parsed[example.FILENAME]}
+    parsed = tf.io.parse_example(serialized, feature_spec(num_tasks, dhash))
+    items = {"encoded": parsed[example.ENCODED], "labels": parsed[example.LABEL],
+             "source_id": parsed[example.SOURCE_ID], "filename": parsed[example.FILENAME]}
+    if dhash:
+        sparse = parsed[example.DHASH]  # [batch, 0 or 1]
+        rows = tf.shape(serialized, out_type=tf.int64)[:1]
+        items["dhash"] = tf.scatter_nd(sparse.indices[:, :1], sparse.values, rows)
+        items["has_dhash"] = tf.scatter_nd(sparse.indices[:, :1], tf.ones_like(sparse.values), rows) > 0
+    return items
 
 
 def decode_image(encoded: tf.Tensor, image_size: int | tuple[int, int] | None = None) -> tf.Tensor:
@@ -204,11 +220,12 @@ class RecordsReader:
     def dataset(self, split: str, *, batch_size: int | None = None, shuffle: bool = False,
                 seed: int | None = None, shuffle_buffer: int = 10_000, deterministic: bool = True,
                 parallel_reads: int = DEFAULT_PARALLEL_READS, decode: bool = True,
-                image_size: int | tuple[int, int] | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
+                image_size: int | tuple[int, int] | None = None, drop_remainder: bool = False,
+                dhash: bool = False) -> tf.data.Dataset:
         """The split's examples. shuffle: shard order and a `shuffle_buffer` of examples, reshuffled
         every epoch (pass `seed` for the same sequence of orders on every run). parallel_reads: shards
         read at once (interleaved one example at a time). Batching images of different sizes needs
-        `image_size`."""
+        `image_size`. dhash: add "dhash" and "has_dhash" (see the module's docstring)."""
         if batch_size is not None and batch_size < 1:
             raise InvalidArgument("batch_size", f"must be at least 1, got {batch_size}")
         if parallel_reads < 1:
@@ -231,7 +248,7 @@ class RecordsReader:
         if batch_size is None:
             @tf.autograph.experimental.do_not_convert
             def parse(serialized):
-                item = parse_example(serialized, num_tasks)
+                item = parse_example(serialized, num_tasks, dhash)
                 if decode:
                     item["image"] = decode_image(item["encoded"], image_size)
                 return item
@@ -248,7 +265,7 @@ class RecordsReader:
 
             @tf.autograph.experimental.do_not_convert
             def parse_batch(serialized):
-                items = parse_examples(serialized, num_tasks)
+                items = parse_examples(serialized, num_tasks, dhash)
                 if decode:
                     items["image"] = tf.map_fn(decode_one, items["encoded"],
                                                fn_output_signature=tf.TensorSpec([*size, 3], tf.uint8))
