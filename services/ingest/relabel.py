@@ -308,6 +308,7 @@ def _write(plan: RelabelPlan, target: ObjectStore, target_prefix: str, new_id: s
     diff = {task["name"]: {label: {"before": before[task["name"]][label], "after": after[task["name"]][label],
                                    "change": after[task["name"]][label] - before[task["name"]][label]}
                            for label in task["classes"]} for task in tasks}
+    unique = [e for split in SPLITS for e in splits[split]]
     counts = {**parent["counts"], "images": len(unique), "train": len(train), "train_unique": len(splits["train"]),
               "val": len(splits["val"]), "test": len(splits["test"]),
               "rejected": parent["counts"]["rejected"] + len(dropped)}
