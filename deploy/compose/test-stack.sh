@@ -23,6 +23,12 @@ t0=$SECONDS
 "$REPO_ROOT/deploy/docker/infra.sh"
 log "images ready in $((SECONDS - t0)) s"
 
+# show_log CONTAINER WHY: one line saying why, then the container's last log lines.
+show_log() {
+  log "$1 $2; its last log lines:"
+  docker logs --tail 30 "$1" 2>&1 | sed 's/^/    /' >&2
+}
+
 down() {
   "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || log "docker-compose down failed"
 }
@@ -35,8 +41,7 @@ t1=$SECONDS
   tail -n 20 /tmp/classforge-compose-up.log >&2
   for c in $("${COMPOSE[@]}" ps -q); do
     [[ $(docker inspect -f '{{.State.Health.Status}}' "$c" 2>/dev/null) == unhealthy ]] || continue
-    log "$(docker inspect -f '{{.Name}}' "$c") is unhealthy; its last log lines:"
-    docker logs --tail 30 "$c" 2>&1 | sed 's/^/    /' >&2
+    show_log "$(docker inspect -f '{{.Name}}' "$c" | tr -d /)" "is unhealthy"
   done
   die "docker-compose up failed"
 }
@@ -50,7 +55,7 @@ while :; do
     name=${name#/}
     if [[ $service == *-init && $state == exited && $exit_code == 0 ]]; then continue; fi
     if [[ $state == exited || $state == dead ]]; then
-      log "$name exited ($exit_code); its last log lines:"; docker logs --tail 30 "$c" 2>&1 | sed 's/^/    /' >&2
+      show_log "$name" "exited ($exit_code)"
       die "$name exited during start-up"
     fi
     [[ $health == healthy ]] || waiting+=("$name")
@@ -58,8 +63,7 @@ while :; do
   ((${#waiting[@]} == 0)) && break
   if ((SECONDS > deadline)); then
     for name in "${waiting[@]}"; do
-      log "$name not healthy after ${HEALTHY_TIMEOUT}s; its last log lines:"
-      docker logs --tail 30 "$name" 2>&1 | sed 's/^/    /' >&2
+      show_log "$name" "not healthy after ${HEALTHY_TIMEOUT}s"
     done
     die "services never became healthy: ${waiting[*]}"
   fi

@@ -11,8 +11,8 @@ source "$(dirname "$0")/lib.sh"
 COMPONENT=images
 TAG=${CLASSFORGE_IMAGE_TAG:-dev}
 ALL=(jobs ingest tfrecords inference trainer evaluator model-server)
-TARGETS=("${@:-${ALL[@]}}")
-[[ $# -gt 0 ]] || TARGETS=("${ALL[@]}")
+TARGETS=("$@")
+((${#TARGETS[@]})) || TARGETS=("${ALL[@]}")
 WHEELHOUSE="$CACHE/wheelhouse"
 CONTEXT="$REPO_ROOT/.build/docker-context"
 PY="$REPO_ROOT/.venv/bin/python"

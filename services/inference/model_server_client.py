@@ -73,13 +73,13 @@ class ModelServerClient:
             raise ModelServerError(self.target, exc.code(), exc.details() or "") from None
 
     def predict(self, name: str, images: list[bytes], *, version: int | None = None, label: str = "",
-                timeout: float | None = None, input_key: str = "image_bytes"
+                timeout: float | None = None, input_key: str = contract.INPUT_KEY
                 ) -> tuple[int, dict[str, np.ndarray]]:
         """Runs serving_default on a batch; returns the version that answered and the outputs.
         Raises ModelServerError as the model server answered (the caller maps it)."""
         request = tfs.predict_pb2.PredictRequest()
         request.model_spec.name = name
-        request.model_spec.signature_name = "serving_default"
+        request.model_spec.signature_name = contract.SIGNATURE_NAME
         if version:
             request.model_spec.version.value = version
         elif label:

@@ -35,13 +35,13 @@ from services.common import image_hash
 from services.common import mislabel_review as review
 from services.common.dataset_options import IngestOptions
 from services.common.errors import FailedPrecondition, InvalidArgument, shown
+from services.common.records import SPLITS
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.ingest.balance import Balance, Example, balance
 from services.ingest.prepare import LIST_FILES, MANIFEST_FORMAT, Prepared, read_json
 from services.ingest.report import balance_section, render_markdown
 from services.ingest.validation import CONTENT_TYPES, reason_code
 
-SPLITS = ("train", "val", "test")
 MAX_LISTED_PROBLEMS = 50
 DROPPED_REASON = "dropped-in-review"
 
