@@ -72,6 +72,10 @@ class EmbeddedPlatform:
         model_settings = ModelServerSettings.load({"CLASSFORGE_MODEL_BASE_PATH": str(serving)}, poll_seconds=0.5)
         self.model_server = build_server(model_settings, ModelServerCore(str(serving), poll_seconds=0.5), 0)
         self.model_server.start()
+        # No authenticator, here or on the model server above: both bind 127.0.0.1 only, for one user's run in
+        # one process, and the run is their only client; a token would guard nothing the user cannot already
+        # read on disk. Jobs get no owner, and every call is allowed (services.common.auth.current_identity()
+        # is None).
         self.server = GrpcServer("classforge", port=0, host="127.0.0.1", grace_seconds=30)
         overrides = {
             "CLASSFORGE_MODEL_BASE_PATH": str(serving),

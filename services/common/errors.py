@@ -68,6 +68,19 @@ class FailedPrecondition(ClassforgeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Unauthenticated(ClassforgeError):
+    """The caller sent no credentials, or credentials this service cannot verify (unknown or expired token,
+    wrong signature, audience or issuer). The message says what to send; it never echoes the token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ClassforgeError):
+    """The caller is known but its role (or ownership) does not allow the call; the message names what is needed."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(ClassforgeError):
     """A dependency (Kafka, object store, model server) cannot be reached right now; retry later.
     Its message names addresses and library errors for the log; a gRPC client gets a generic one."""

@@ -6,6 +6,8 @@ What each service gets from here, written once:
   process; it just keeps the service out of rotation);
 - server reflection, maximum message sizes;
 - ErrorMappingInterceptor: domain exceptions (services.common.errors) -> status codes;
+- AuthInterceptor (services.common.auth), when given an authenticator: credentials and roles checked before
+  any handler runs, inside the error mapping (UNAUTHENTICATED, PERMISSION_DENIED);
 - MetricsInterceptor: request counter and latency histogram by method and code;
 - graceful stop on SIGTERM: health goes NOT_SERVING, in-flight calls get a grace period,
   then the stop hooks run (flush the producer, close consumers).
@@ -25,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics
+from services.common.auth import AuthInterceptor, Authenticator
 from services.common.errors import ClassforgeError, caller_message, log_only
 
 log = logging.getLogger("classforge.grpc")
@@ -154,6 +157,7 @@ class GrpcServer:
         grace_seconds: float = 10.0,
         readiness_checks: dict[str, ReadinessCheck] | None = None,
         recheck_seconds: float = 5.0,
+        authenticator: Authenticator | None = None,
     ):
         self.service = service
         self.grace_seconds = grace_seconds
@@ -166,7 +170,9 @@ class GrpcServer:
         self._stopped = threading.Event()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=worker_threads, thread_name_prefix=f"{service}-grpc"),
-            interceptors=[MetricsInterceptor(service), ErrorMappingInterceptor()],
+            # Outermost first: metrics see every final code, auth errors go through the error mapping.
+            interceptors=[MetricsInterceptor(service), ErrorMappingInterceptor(),
+                          *([AuthInterceptor(authenticator)] if authenticator is not None else [])],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

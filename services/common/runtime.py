@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common.auth import Authenticator
 from services.common.events import EventBus, ObjectStoreProcessedEvents
 from services.common.grpc_server import GrpcServer
 from services.common.logs import configure_logging
@@ -33,6 +34,9 @@ class ServiceContext:
     server: GrpcServer
     # Opens another connection to the same store, for worker processes (a client cannot be pickled).
     store_factory: Callable[[], ObjectStore]
+    # Who may call: the gRPC server already checks; a service's other front doors (REST) use the same one.
+    # None when auth is disabled (embedded mode, tests).
+    authenticator: Authenticator | None = None
 
     def stage(self, stage: int) -> Stage:
         """The heartbeat, cancel and failure events of one pipeline stage, for this service."""
@@ -63,6 +67,11 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(name, settings.log_level)
+    try:
+        authenticator = Authenticator.from_settings(settings)
+    except SettingsError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        return 2
     grpc_port, metrics_port = settings.ports_for(name)
     metrics_server = serve_metrics(metrics_port, settings.listen_host)
     store_factory, store, bus = connect(name, settings)
@@ -70,11 +79,12 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
         name, port=grpc_port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
         worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,
         readiness_checks={"kafka": bus.ping, "object_store": store.ping, "event_consumers": bus.check_consumers},
+        authenticator=authenticator,
     )
     server.on_stop(bus.close)  # registered first, so it runs last: flush events the hooks below emit
     if metrics_server is not None:
         server.on_stop(metrics_server.shutdown)
-    build(ServiceContext(name, settings, store, bus, server, store_factory))
+    build(ServiceContext(name, settings, store, bus, server, store_factory, authenticator))
     server.start()
     log.info("started", extra={"grpc_port": server.port, "metrics_port": metrics_port})
     server.serve_until_signalled()

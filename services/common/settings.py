@@ -100,8 +100,27 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class ServiceSettings(Settings):
-    """What every distributed service needs: its ports, Kafka and the object store."""
+class AuthSettings(Settings):
+    """Who may call a server (services/common/auth.py): the base of ServiceSettings and of the model server's
+    settings. With no source set a server refuses to start, unless auth is explicitly disabled."""
+
+    auth_tokens_file: str = env("CLASSFORGE_AUTH_TOKENS_FILE", "",
+                                "YAML list of {subject, role, token_sha256 | token}; re-read when it changes")
+    auth_jwt_key_file: str = env("CLASSFORGE_AUTH_JWT_KEY_FILE", "",
+                                 "PEM public key (RS*/ES*/PS*/EdDSA) or shared secret (HS*) verifying bearer JWTs")
+    auth_jwt_algorithms: str = env("CLASSFORGE_AUTH_JWT_ALGORITHMS", "RS256",
+                                   "comma-separated JWT algorithms accepted (one family: HS* or public-key)")
+    auth_jwt_audience: str = env("CLASSFORGE_AUTH_JWT_AUDIENCE", "", "required JWT `aud`; empty: not checked")
+    auth_jwt_issuer: str = env("CLASSFORGE_AUTH_JWT_ISSUER", "", "required JWT `iss`; empty: not checked")
+    auth_mtls_identities: str = env("CLASSFORGE_AUTH_MTLS_IDENTITIES", "",
+                                    "YAML mapping: verified client-certificate subject CN -> role")
+    auth_disabled: bool = env("CLASSFORGE_AUTH_DISABLED", False,
+                              "serve every caller without credentials (tests only); logs a warning at start")
+
+
+@dataclass(frozen=True)
+class ServiceSettings(AuthSettings):
+    """What every distributed service needs: its ports, Kafka and the object store, and who may call it."""
 
     kafka_bootstrap: str = env("CLASSFORGE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, host:port[,…]")
     s3_endpoint: str = env("CLASSFORGE_S3_ENDPOINT", help="MinIO/S3 endpoint, host:port")

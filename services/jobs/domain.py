@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from classforge.v1 import common_pb2, events_pb2, jobs_service_pb2
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, RetryLater
+from services.common.auth import Identity, Role
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RetryLater
 from services.common.events import DeadLetter, EventBus, new_event, payload_kind
 from services.common.stage_work import Cancellations
 from services.common.storage import ObjectStore
@@ -99,23 +100,27 @@ class JobsDomain:
                     self._events.setdefault(event.job_id, []).append(event)
             return len(self._jobs)
 
-    def submit(self, spec: common_pb2.JobSpec, request_id: str = "") -> Job:
+    def submit(self, spec: common_pb2.JobSpec, request_id: str = "", owner: str = "") -> Job:
+        """`owner`: the submitter's authenticated subject, recorded on the job ("" without authentication)."""
         validate_job_spec(spec)
-        job_id = str(uuid.uuid5(_REQUEST_NAMESPACE, request_id)) if request_id else str(uuid.uuid4())
+        # Each owner has its own request ids: one user's request_id never returns another user's job.
+        job_id = str(uuid.uuid5(_REQUEST_NAMESPACE, f"{owner}\0{request_id}" if owner else request_id)) \
+            if request_id else str(uuid.uuid4())
         with self._lock:
             existing = self._jobs.get(job_id)
         if existing is not None:
             if existing.spec != spec:
                 raise InvalidArgument("request_id", f"{request_id!r} was already used for a different job spec")
             return existing
-        job = Job(job_id=job_id, spec=spec, stage=Stage.JOB_STAGE_INGEST, status=Status.JOB_STATUS_PENDING)
+        job = Job(job_id=job_id, spec=spec, stage=Stage.JOB_STAGE_INGEST, status=Status.JOB_STATUS_PENDING,
+                  owner=owner)
         now = Timestamp()
         now.GetCurrentTime()
         job.created_at.CopyFrom(now)
         job.updated_at.CopyFrom(now)
         self._save(job)
         # Published after saving: if publishing fails the client retries with the same request_id.
-        self._publish_for_client(new_event(job_id, self.producer, job_submitted=events_pb2.JobSubmitted(spec=spec)),
+        self._publish_for_client(new_event(job_id, self.producer, job_submitted=events_pb2.JobSubmitted(spec=spec, owner=owner)),
                                  "submit it again with the same request_id")
         log.info("job submitted", extra={"job_id": job_id})
         return job
@@ -155,10 +160,15 @@ class JobsDomain:
         next_token = str(offset + page_size) if offset + page_size < len(jobs) else ""
         return page, next_token
 
-    def cancel(self, job_id: str, reason: str = "") -> Job:
+    def cancel(self, job_id: str, reason: str = "", caller: Identity | None = None) -> Job:
         """Asks the job's stage to stop. Harmless to repeat: a job already cancelled, or with a cancel
-        under way, is returned as it is."""
+        under way, is returned as it is. `caller` (None without authentication: anyone may cancel) must own
+        the job or be an admin."""
         job = self.get(job_id)
+        if caller is not None and not caller.may(Role.ADMIN) and job.owner != caller.subject:
+            whose = f"it belongs to {job.owner!r}" if job.owner else "it was submitted without authentication"
+            raise PermissionDenied(f"job {job_id!r} is not {caller.subject!r}'s ({whose}); "
+                                   f"only its owner or an admin may cancel it")
         if job.status == Status.JOB_STATUS_CANCELLED or (job.status not in TERMINAL and job.cancel_reason):
             return job
         if job.status in TERMINAL:
@@ -216,7 +226,7 @@ class JobsDomain:
                 log.info("event for a job this service has no record of; ignored",
                          extra={"job_id": event.job_id, "kind": kind})
                 return
-            job = Job(job_id=event.job_id, spec=event.job_submitted.spec,
+            job = Job(job_id=event.job_id, spec=event.job_submitted.spec, owner=event.job_submitted.owner,
                       stage=Stage.JOB_STAGE_INGEST, status=Status.JOB_STATUS_PENDING)
             job.created_at.CopyFrom(event.occurred_at)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from classforge.v1 import jobs_service_pb2 as pb
 from classforge.v1 import jobs_service_pb2_grpc as pb_grpc
+from services.common import auth
 from services.jobs.domain import JobsDomain
 
 
@@ -13,7 +14,8 @@ class JobsServicer(pb_grpc.JobsServiceServicer):
         self.domain = domain
 
     def SubmitJob(self, request: pb.SubmitJobRequest, context) -> pb.SubmitJobResponse:
-        job = self.domain.submit(request.spec, request.request_id)
+        caller = auth.current_identity()  # None without authentication: the job gets no owner
+        job = self.domain.submit(request.spec, request.request_id, owner=caller.subject if caller else "")
         return pb.SubmitJobResponse(job_id=job.job_id)
 
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.GetJobResponse:
@@ -24,7 +26,8 @@ class JobsServicer(pb_grpc.JobsServiceServicer):
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.CancelJobResponse:
-        return pb.CancelJobResponse(job=self.domain.cancel(request.job_id, request.reason))
+        return pb.CancelJobResponse(job=self.domain.cancel(request.job_id, request.reason,
+                                                           caller=auth.current_identity()))
 
     def WatchJob(self, request: pb.WatchJobRequest, context):
         for event, job in self.domain.watch(request.job_id, context.is_active,

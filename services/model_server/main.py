@@ -12,6 +12,7 @@ import sys
 
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from services.common.auth import Authenticator
 from services.common.grpc_server import GrpcServer
 from services.common.logs import configure_logging
 from services.common.metrics import serve_metrics
@@ -26,11 +27,12 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 
 
-def build_server(settings: ModelServerSettings, core: ModelServerCore, port: int) -> GrpcServer:
+def build_server(settings: ModelServerSettings, core: ModelServerCore, port: int,
+                 authenticator: Authenticator | None = None) -> GrpcServer:
     server = GrpcServer(
         SERVICE_NAME, port=port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
         worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,
-        readiness_checks={"model_base_path": core.check_base_path})
+        readiness_checks={"model_base_path": core.check_base_path}, authenticator=authenticator)
     server.add_service(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
                        PredictionServicer(core), PREDICTION_SERVICE)
     server.add_service(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(core), MODEL_SERVICE)
@@ -47,12 +49,17 @@ def main() -> int:
         print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(SERVICE_NAME, settings.log_level)
+    try:
+        authenticator = Authenticator.from_settings(settings)
+    except SettingsError as exc:
+        print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
+        return 2
     grpc_port, metrics_port = settings.ports()
     metrics_server = serve_metrics(metrics_port, settings.listen_host)
     core = ModelServerCore(settings.model_base_path, poll_seconds=settings.poll_seconds,
                            num_versions=settings.num_versions, config=config,
                            allow_labels_for_unavailable=settings.allow_labels_for_unavailable)
-    server = build_server(settings, core, grpc_port)
+    server = build_server(settings, core, grpc_port, authenticator)
     if metrics_server is not None:
         server.on_stop(metrics_server.shutdown)
     server.start()

@@ -26,7 +26,7 @@ from classforge.v1 import common_pb2 as classforge_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63lassforge/v1/events.proto\x12\rclassforge.v1\x1a\x1a\x63lassforge/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x05\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x04 \x01(\t\x12\x34\n\rjob_submitted\x18\n \x01(\x0b\x32\x1b.classforge.v1.JobSubmittedH\x00\x12:\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x0b\x32\x1e.classforge.v1.CancelRequestedH\x00\x12:\n\x10\x64\x61taset_prepared\x18\x0c \x01(\x0b\x32\x1e.classforge.v1.DatasetPreparedH\x00\x12\x34\n\rrecords_built\x18\r \x01(\x0b\x32\x1b.classforge.v1.RecordsBuiltH\x00\x12<\n\x11training_progress\x18\x0e \x01(\x0b\x32\x1f.classforge.v1.TrainingProgressH\x00\x12>\n\x12training_completed\x18\x0f \x01(\x0b\x32 .classforge.v1.TrainingCompletedH\x00\x12\x42\n\x14\x65valuation_completed\x18\x10 \x01(\x0b\x32\".classforge.v1.EvaluationCompletedH\x00\x12\x36\n\x0emodel_deployed\x18\x11 \x01(\x0b\x32\x1c.classforge.v1.ModelDeployedH\x00\x12\x32\n\x0cstage_failed\x18\x12 \x01(\x0b\x32\x1a.classforge.v1.StageFailedH\x00\x12\x34\n\rjob_cancelled\x18\x13 \x01(\x0b\x32\x1b.classforge.v1.JobCancelledH\x00\x12\x38\n\x0fstage_heartbeat\x18\x14 \x01(\x0b\x32\x1d.classforge.v1.StageHeartbeatH\x00\x42\t\n\x07payload\"4\n\x0cJobSubmitted\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.classforge.v1.JobSpec\"!\n\x0f\x43\x61ncelRequested\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x91\x01\n\x0f\x44\x61tasetPrepared\x12*\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x19.classforge.v1.DatasetRef\x12\x13\n\x0btrain_count\x18\x02 \x01(\x03\x12\x11\n\tval_count\x18\x03 \x01(\x03\x12\x12\n\ntest_count\x18\x04 \x01(\x03\x12\x16\n\x0erejected_count\x18\x05 \x01(\x03\"e\n\x0cRecordsBuilt\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x13\n\x0brecords_uri\x18\x02 \x01(\t\x12\x16\n\x0etrain_examples\x18\x03 \x01(\x03\x12\x14\n\x0cval_examples\x18\x04 \x01(\x03\"\xaf\x02\n\x10TrainingProgress\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x12\n\ntotal_loss\x18\x04 \x01(\x01\x12\x11\n\tdata_loss\x18\x05 \x01(\x01\x12\x1b\n\x13regularization_loss\x18\x06 \x01(\x01\x12\x19\n\x11images_per_second\x18\x07 \x01(\x01\x12=\n\x07metrics\x18\x08 \x03(\x0b\x32,.classforge.v1.TrainingProgress.MetricsEntry\x12\x13\n\x0btotal_steps\x18\t \x01(\x03\x12\x0c\n\x04plan\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"e\n\x11TrainingCompleted\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x13\n\x0bhistory_uri\x18\x02 \x01(\t\x12\x13\n\x0brecords_uri\x18\x03 \x01(\t\"\x85\x01\n\x13\x45valuationCompleted\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x0f\n\x07\x62lessed\x18\x02 \x01(\x08\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x12\n\nreport_uri\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\"7\n\rModelDeployed\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.classforge.v1.ModelRef\"F\n\x0bStageFailed\x12&\n\x05stage\x18\x01 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12\x0f\n\x07message\x18\x02 \x01(\t\"N\n\x0cJobCancelled\x12&\n\x05stage\x18\x01 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12\x16\n\x0e\x63heckpoint_uri\x18\x02 \x01(\t\"u\n\x0eStageHeartbeat\x12&\n\x05stage\x18\x01 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12\x10\n\x08\x61\x63tivity\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0c\n\x04unit\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63lassforge/v1/events.proto\x12\rclassforge.v1\x1a\x1a\x63lassforge/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x05\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x04 \x01(\t\x12\x34\n\rjob_submitted\x18\n \x01(\x0b\x32\x1b.classforge.v1.JobSubmittedH\x00\x12:\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x0b\x32\x1e.classforge.v1.CancelRequestedH\x00\x12:\n\x10\x64\x61taset_prepared\x18\x0c \x01(\x0b\x32\x1e.classforge.v1.DatasetPreparedH\x00\x12\x34\n\rrecords_built\x18\r \x01(\x0b\x32\x1b.classforge.v1.RecordsBuiltH\x00\x12<\n\x11training_progress\x18\x0e \x01(\x0b\x32\x1f.classforge.v1.TrainingProgressH\x00\x12>\n\x12training_completed\x18\x0f \x01(\x0b\x32 .classforge.v1.TrainingCompletedH\x00\x12\x42\n\x14\x65valuation_completed\x18\x10 \x01(\x0b\x32\".classforge.v1.EvaluationCompletedH\x00\x12\x36\n\x0emodel_deployed\x18\x11 \x01(\x0b\x32\x1c.classforge.v1.ModelDeployedH\x00\x12\x32\n\x0cstage_failed\x18\x12 \x01(\x0b\x32\x1a.classforge.v1.StageFailedH\x00\x12\x34\n\rjob_cancelled\x18\x13 \x01(\x0b\x32\x1b.classforge.v1.JobCancelledH\x00\x12\x38\n\x0fstage_heartbeat\x18\x14 \x01(\x0b\x32\x1d.classforge.v1.StageHeartbeatH\x00\x42\t\n\x07payload\"C\n\x0cJobSubmitted\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.classforge.v1.JobSpec\x12\r\n\x05owner\x18\x02 \x01(\t\"!\n\x0f\x43\x61ncelRequested\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x91\x01\n\x0f\x44\x61tasetPrepared\x12*\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x19.classforge.v1.DatasetRef\x12\x13\n\x0btrain_count\x18\x02 \x01(\x03\x12\x11\n\tval_count\x18\x03 \x01(\x03\x12\x12\n\ntest_count\x18\x04 \x01(\x03\x12\x16\n\x0erejected_count\x18\x05 \x01(\x03\"e\n\x0cRecordsBuilt\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x13\n\x0brecords_uri\x18\x02 \x01(\t\x12\x16\n\x0etrain_examples\x18\x03 \x01(\x03\x12\x14\n\x0cval_examples\x18\x04 \x01(\x03\"\xaf\x02\n\x10TrainingProgress\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x12\n\ntotal_loss\x18\x04 \x01(\x01\x12\x11\n\tdata_loss\x18\x05 \x01(\x01\x12\x1b\n\x13regularization_loss\x18\x06 \x01(\x01\x12\x19\n\x11images_per_second\x18\x07 \x01(\x01\x12=\n\x07metrics\x18\x08 \x03(\x0b\x32,.classforge.v1.TrainingProgress.MetricsEntry\x12\x13\n\x0btotal_steps\x18\t \x01(\x03\x12\x0c\n\x04plan\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"e\n\x11TrainingCompleted\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x13\n\x0bhistory_uri\x18\x02 \x01(\t\x12\x13\n\x0brecords_uri\x18\x03 \x01(\t\"\x85\x01\n\x13\x45valuationCompleted\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x0f\n\x07\x62lessed\x18\x02 \x01(\x08\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x12\n\nreport_uri\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\"7\n\rModelDeployed\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.classforge.v1.ModelRef\"F\n\x0bStageFailed\x12&\n\x05stage\x18\x01 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12\x0f\n\x07message\x18\x02 \x01(\t\"N\n\x0cJobCancelled\x12&\n\x05stage\x18\x01 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12\x16\n\x0e\x63heckpoint_uri\x18\x02 \x01(\t\"u\n\x0eStageHeartbeat\x12&\n\x05stage\x18\x01 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12\x10\n\x08\x61\x63tivity\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0c\n\x04unit\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT']._serialized_start=107
   _globals['_EVENT']._serialized_end=868
   _globals['_JOBSUBMITTED']._serialized_start=870
-  _globals['_JOBSUBMITTED']._serialized_end=922
-  _globals['_CANCELREQUESTED']._serialized_start=924
-  _globals['_CANCELREQUESTED']._serialized_end=957
-  _globals['_DATASETPREPARED']._serialized_start=960
-  _globals['_DATASETPREPARED']._serialized_end=1105
-  _globals['_RECORDSBUILT']._serialized_start=1107
-  _globals['_RECORDSBUILT']._serialized_end=1208
-  _globals['_TRAININGPROGRESS']._serialized_start=1211
-  _globals['_TRAININGPROGRESS']._serialized_end=1514
-  _globals['_TRAININGPROGRESS_METRICSENTRY']._serialized_start=1468
-  _globals['_TRAININGPROGRESS_METRICSENTRY']._serialized_end=1514
-  _globals['_TRAININGCOMPLETED']._serialized_start=1516
-  _globals['_TRAININGCOMPLETED']._serialized_end=1617
-  _globals['_EVALUATIONCOMPLETED']._serialized_start=1620
-  _globals['_EVALUATIONCOMPLETED']._serialized_end=1753
-  _globals['_MODELDEPLOYED']._serialized_start=1755
-  _globals['_MODELDEPLOYED']._serialized_end=1810
-  _globals['_STAGEFAILED']._serialized_start=1812
-  _globals['_STAGEFAILED']._serialized_end=1882
-  _globals['_JOBCANCELLED']._serialized_start=1884
-  _globals['_JOBCANCELLED']._serialized_end=1962
-  _globals['_STAGEHEARTBEAT']._serialized_start=1964
-  _globals['_STAGEHEARTBEAT']._serialized_end=2081
+  _globals['_JOBSUBMITTED']._serialized_end=937
+  _globals['_CANCELREQUESTED']._serialized_start=939
+  _globals['_CANCELREQUESTED']._serialized_end=972
+  _globals['_DATASETPREPARED']._serialized_start=975
+  _globals['_DATASETPREPARED']._serialized_end=1120
+  _globals['_RECORDSBUILT']._serialized_start=1122
+  _globals['_RECORDSBUILT']._serialized_end=1223
+  _globals['_TRAININGPROGRESS']._serialized_start=1226
+  _globals['_TRAININGPROGRESS']._serialized_end=1529
+  _globals['_TRAININGPROGRESS_METRICSENTRY']._serialized_start=1483
+  _globals['_TRAININGPROGRESS_METRICSENTRY']._serialized_end=1529
+  _globals['_TRAININGCOMPLETED']._serialized_start=1531
+  _globals['_TRAININGCOMPLETED']._serialized_end=1632
+  _globals['_EVALUATIONCOMPLETED']._serialized_start=1635
+  _globals['_EVALUATIONCOMPLETED']._serialized_end=1768
+  _globals['_MODELDEPLOYED']._serialized_start=1770
+  _globals['_MODELDEPLOYED']._serialized_end=1825
+  _globals['_STAGEFAILED']._serialized_start=1827
+  _globals['_STAGEFAILED']._serialized_end=1897
+  _globals['_JOBCANCELLED']._serialized_start=1899
+  _globals['_JOBCANCELLED']._serialized_end=1977
+  _globals['_STAGEHEARTBEAT']._serialized_start=1979
+  _globals['_STAGEHEARTBEAT']._serialized_end=2096
 # @@protoc_insertion_point(module_scope)

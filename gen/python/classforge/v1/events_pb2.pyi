@@ -45,10 +45,12 @@ class Event(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., job_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[str] = ..., job_submitted: _Optional[_Union[JobSubmitted, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., dataset_prepared: _Optional[_Union[DatasetPrepared, _Mapping]] = ..., records_built: _Optional[_Union[RecordsBuilt, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_completed: _Optional[_Union[TrainingCompleted, _Mapping]] = ..., evaluation_completed: _Optional[_Union[EvaluationCompleted, _Mapping]] = ..., model_deployed: _Optional[_Union[ModelDeployed, _Mapping]] = ..., stage_failed: _Optional[_Union[StageFailed, _Mapping]] = ..., job_cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ..., stage_heartbeat: _Optional[_Union[StageHeartbeat, _Mapping]] = ...) -> None: ...
 
 class JobSubmitted(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "owner")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.JobSpec
-    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class CancelRequested(_message.Message):
     __slots__ = ("reason",)
