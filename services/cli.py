@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from classforge.v1 import common_pb2
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
+from services.common.auth import add_token_flag, cli_token, with_token
 from services.common.report_fetch import deployment_store, fetch_report
 
 # `classforge serve NAME` runs services/<module>/main.py.
@@ -65,7 +66,7 @@ def apply_training_flags(spec: common_pb2.JobSpec, args) -> common_pb2.JobSpec:
 
 
 def _jobs_stub(args) -> jobs_grpc.JobsServiceStub:
-    return jobs_grpc.JobsServiceStub(grpc.insecure_channel(args.jobs))
+    return jobs_grpc.JobsServiceStub(with_token(grpc.insecure_channel(args.jobs), cli_token(args)))
 
 
 def _print(message, as_json: bool) -> None:
@@ -158,7 +159,7 @@ def cmd_list(args) -> int:
         return 0
     for job in reply.jobs:
         print(f"{job.job_id}  {common_pb2.JobStatus.Name(job.status)[11:]:<10} "
-              f"{common_pb2.JobStage.Name(job.stage)[10:]:<11} {job.spec.display_name}")
+              f"{common_pb2.JobStage.Name(job.stage)[10:]:<11} {job.owner or '-':<16} {job.spec.display_name}")
     return 0
 
 
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="jobs service address (env CLASSFORGE_JOBS_ADDR)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_token_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline on a dataset source, every service in this process")
     run.add_argument("source", metavar="SOURCE",

@@ -510,3 +510,19 @@ def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
     """`channel` sending `authorization: Bearer <token>` on every call (TLS or plaintext alike); `channel` itself
     when there is no token."""
     return grpc.intercept_channel(channel, _BearerInterceptor(token)) if token else channel
+
+
+def cli_token(args: Any) -> str | None:
+    """The token for a command line's calls: its --token-file flag (args.token_file, where the parser has one),
+    else CLASSFORGE_TOKEN, else CLASSFORGE_TOKEN_FILE. An unreadable or empty file ends the command with one line."""
+    try:
+        return client_token(getattr(args, "token_file", None))
+    except ValueError as exc:
+        raise SystemExit(f"classforge: {exc}") from None
+
+
+def add_token_flag(parser: Any) -> None:
+    """`--token-file PATH` on a command line parser (the global options of `classforge`)."""
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help="file holding the bearer token sent to the services (default: env CLASSFORGE_TOKEN, "
+                             "or the file named by CLASSFORGE_TOKEN_FILE)")

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics
-from services.common.auth import AuthInterceptor, Authenticator
+from services.common.auth import Authenticator, AuthInterceptor
 from services.common.errors import ClassforgeError, caller_message, log_only
 
 log = logging.getLogger("classforge.grpc")

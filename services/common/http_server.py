@@ -8,7 +8,8 @@
 - `error_response`: the one mapping from domain errors (services.common.errors) to HTTP, the REST twin of
   the gRPC ErrorMappingInterceptor: the status code below and a JSON body
   `{"error": "<the same message gRPC sends>", "code": "<the gRPC status code name>"}` (both transports take
-  the message from errors.caller_message).
+  the message from errors.caller_message). A 401 (errors.Unauthenticated) also says
+  `WWW-Authenticate: Bearer` (RFC 6750): the scheme the caller must use.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import grpc
 import uvicorn
 from starlette.responses import JSONResponse
 
-from services.common.errors import ClassforgeError, caller_message, log_only
+from services.common.errors import ClassforgeError, Unauthenticated, caller_message, log_only
 
 log = logging.getLogger("classforge.http")
 
@@ -62,7 +63,9 @@ def error_response(exc: BaseException, method: str) -> JSONResponse:
     if isinstance(exc, ClassforgeError):
         if log_only(exc):
             log.warning("dependency unavailable in %s: %s", method, exc.message, extra={"method": method})
-        return JSONResponse(error_body(exc.code, caller_message(exc, method)), status_code=http_status(exc.code))
+        headers = {"WWW-Authenticate": 'Bearer realm="classforge"'} if isinstance(exc, Unauthenticated) else None
+        return JSONResponse(error_body(exc.code, caller_message(exc, method)), status_code=http_status(exc.code),
+                            headers=headers)
     log.error("unhandled error in %s", method, exc_info=exc, extra={"method": method})
     return JSONResponse(error_body(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}; "
                                                              f"see the service log"), status_code=500)

@@ -211,10 +211,11 @@ def _compare_remote(args) -> tuple[dict, Path]:
 
     from classforge.v1 import evaluator_service_pb2 as pb
     from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
+    from services.common.auth import cli_token, with_token
     from services.common.report_fetch import fetch_report
     from services.evaluator import compare as compare_mod
 
-    stub = pb_grpc.EvaluatorServiceStub(grpc.insecure_channel(args.evaluator))
+    stub = pb_grpc.EvaluatorServiceStub(with_token(grpc.insecure_channel(args.evaluator), cli_token(args)))
     reply = stub.CompareEvaluations(pb.CompareEvaluationsRequest(job_a=args.job_a, job_b=args.job_b),
                                     timeout=max(args.timeout, 300.0))
     index = fetch_report(reply.comparison_uri, Path(args.out or f"comparisons/{args.job_a}__{args.job_b}"))

@@ -19,12 +19,13 @@ from google.protobuf import json_format
 
 from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common.auth import cli_token, with_token
 
 DEFAULT_ADDRESS = "127.0.0.1:50056"
 
 
 def _stub(args) -> pb_grpc.InferenceServiceStub:
-    return pb_grpc.InferenceServiceStub(grpc.insecure_channel(args.inference))
+    return pb_grpc.InferenceServiceStub(with_token(grpc.insecure_channel(args.inference), cli_token(args)))
 
 
 def _timeout(args) -> float:

@@ -4,6 +4,11 @@ requests are decoded, the domain answers, errors become `{"error": <the gRPC mes
 the status of services.common.http_server.HTTP_STATUS (400 bad request, 404 unknown model or version, 413
 too large, 503 not ready / not loaded / model server down, 504 deadline).
 
+Who may call: with an authenticator (services/common/auth.py), every route needs `Authorization: Bearer <token>`
+and the role the gRPC method it mirrors needs (MIRRORED_METHOD below; the one policy table is auth.POLICY): 401
+with `WWW-Authenticate: Bearer` without valid credentials, 403 for too low a role. /v2/health/live and
+/v2/health/ready stay open, like grpc.health.v1.
+
 TF Serving-style (/v1):
   POST /v1/models/{name}[/versions/{v} | /labels/{label}]:classify
        {"instances": [{"b64": "<base64 image>"}, …], "top_k": 3}
@@ -52,6 +57,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.common import serving_signature as contract
+from services.common.auth import Authenticator
 from services.common.errors import ClassforgeError, InvalidArgument, ResourceExhausted, RetryLater, shown
 from services.common.http_server import error_body, error_response
 from services.inference import metrics, tfs_api, v2
@@ -66,9 +72,25 @@ _V2_ACCEPTED = {"id", "parameters", "inputs", "outputs"}
 _HEADER_LENGTH = "inference-header-content-length"
 
 
-def build_app(domain: InferenceDomain, *, ready: Callable[[], bool], max_body_bytes: int) -> Starlette:
-    """`ready`: whether the service is ready (what its gRPC health says); `max_body_bytes`: larger bodies are 413."""
-    api = _Api(domain, ready, max_body_bytes)
+# The gRPC method each REST operation mirrors: its error wording (the operation's name) and its minimum role
+# (services.common.auth.required_role of the full method) come from there.
+MIRRORED_METHOD = {
+    "Classify": "/classforge.v1.InferenceService/Classify",
+    "ModelStatus": "/tensorflow.serving.ModelService/GetModelStatus",
+    "ServerMetadata": "/inference.GRPCInferenceService/ServerMetadata",
+    "ServerLive": "/inference.GRPCInferenceService/ServerLive",
+    "ServerReady": "/inference.GRPCInferenceService/ServerReady",
+    "ModelReady": "/inference.GRPCInferenceService/ModelReady",
+    "ModelMetadata": "/inference.GRPCInferenceService/ModelMetadata",
+    "ModelInfer": "/inference.GRPCInferenceService/ModelInfer",
+}
+
+
+def build_app(domain: InferenceDomain, *, ready: Callable[[], bool], max_body_bytes: int,
+              authenticator: Authenticator | None = None) -> Starlette:
+    """`ready`: whether the service is ready (what its gRPC health says); `max_body_bytes`: larger bodies are 413;
+    `authenticator`: who may call (None: anyone, as with auth disabled)."""
+    api = _Api(domain, ready, max_body_bytes, authenticator)
     routes = [
         # TF Serving-style
         Route("/v1/models/{name}:classify", api.v1_classify, methods=["POST"]),
@@ -103,10 +125,15 @@ async def _no_route(request: Request, exc: HTTPException) -> JSONResponse:
 
 def _endpoint(method: str):
     """Every error the handler raises becomes the mapped JSON error response; `method` names the operation like
-    the gRPC method it mirrors, so that both transports word an error the same."""
+    the gRPC method it mirrors, so that both transports word an error the same. The caller is checked first,
+    against the role that gRPC method needs."""
+    full_method = MIRRORED_METHOD[method]
+
     def wrap(handler):
         async def call(self, request: Request) -> Response:
             try:
+                if self.authenticator is not None:
+                    self.authenticator.authorize(full_method, request.headers.get("authorization"))
                 return await handler(self, request)
             except Exception as exc:  # noqa: BLE001 - mapped, never swallowed: error_response logs the unexpected
                 return error_response(exc, method)
@@ -115,8 +142,10 @@ def _endpoint(method: str):
 
 
 class _Api:
-    def __init__(self, domain: InferenceDomain, ready: Callable[[], bool], max_body_bytes: int):
+    def __init__(self, domain: InferenceDomain, ready: Callable[[], bool], max_body_bytes: int,
+                 authenticator: Authenticator | None):
         self.domain, self.ready, self.max_body_bytes = domain, ready, max_body_bytes
+        self.authenticator = authenticator
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length", "")

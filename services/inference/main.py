@@ -6,6 +6,7 @@ import sys
 
 from classforge.third_party.kserve import grpc_predict_v2_pb2_grpc
 from classforge.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.auth import client_token
 from services.common.http_server import HttpServer
 from services.common.runtime import ServiceContext, run_service
 from services.inference import v2_servicer
@@ -24,7 +25,9 @@ KINDS = ["job_submitted", "evaluation_completed"]
 
 
 def build_domain(settings: InferenceSettings, store, bus) -> InferenceDomain:
-    client = ModelServerClient(settings.model_server, settings.max_message_bytes)
+    # The model server checks callers too: this service presents CLASSFORGE_TOKEN / CLASSFORGE_TOKEN_FILE (or its
+    # client certificate, for an mTLS identity). Publishing reloads the model server's config, which needs admin.
+    client = ModelServerClient(settings.model_server, settings.max_message_bytes, token=client_token())
     repo = ModelRepository(settings.model_base_path)
     publisher = Publisher(store, bus, repo, client, server_base_path=settings.server_base_path,
                           keep_versions=settings.keep_versions, default_model=settings.default_model,
@@ -60,7 +63,8 @@ def build(context: ServiceContext) -> None:
     context.server.on_ready(start)
     context.server.on_stop(domain.close)
     if settings.rest_port >= 0:
-        http = HttpServer(context.name, build_app(domain, ready=ready, max_body_bytes=settings.max_message_bytes),
+        http = HttpServer(context.name, build_app(domain, ready=ready, max_body_bytes=settings.max_message_bytes,
+                                                    authenticator=context.authenticator),
                           port=settings.rest_port, host=settings.listen_host, grace_seconds=settings.grace_seconds)
         # Its own start-up step, so that a port in use is retried alone. Stop hooks run last-registered first:
         # REST drains before the domain closes the classifier and the model server channel.

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from services.common import serving_signature as contract
+from services.common.auth import with_token
 from services.common.errors import ClassforgeError, FailedPrecondition, Unavailable
 from services.inference import tfs_api as tfs
 
@@ -54,14 +55,16 @@ class SignatureInfo:
 
 
 class ModelServerClient:
-    def __init__(self, target: str, max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(self, target: str, max_message_bytes: int = 64 * 1024 * 1024, token: str | None = None):
+        """`token`: the bearer token presented to the model server (publishing reloads its config: admin)."""
         self.target = target
         self.channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])
-        self._predict = tfs.prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self._models = tfs.model_service_pb2_grpc.ModelServiceStub(self.channel)
+        calls = with_token(self.channel, token)
+        self._predict = tfs.prediction_service_pb2_grpc.PredictionServiceStub(calls)
+        self._models = tfs.model_service_pb2_grpc.ModelServiceStub(calls)
 
     def close(self) -> None:
         self.channel.close()

@@ -33,6 +33,7 @@ from google.protobuf import json_format
 from classforge.v1 import common_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from classforge.v1 import ingest_service_pb2_grpc as pb_grpc
+from services.common.auth import add_token_flag, cli_token, with_token
 from services.common.dataset_options import (
     DEFAULT_MAX_CLASS_RATIO,
     DEFAULT_MAX_PIXELS,
@@ -199,7 +200,7 @@ def summary(prepared: Prepared, out: Path) -> str:
 
 
 def _stub(args) -> pb_grpc.IngestServiceStub:
-    return pb_grpc.IngestServiceStub(grpc.insecure_channel(args.ingest))
+    return pb_grpc.IngestServiceStub(with_token(grpc.insecure_channel(args.ingest), cli_token(args)))
 
 
 def _print(message, as_json: bool) -> None:
@@ -344,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="classforge", description="Dataset commands of classforge.")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_token_flag(parser)
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

@@ -120,7 +120,8 @@ class JobsDomain:
         job.updated_at.CopyFrom(now)
         self._save(job)
         # Published after saving: if publishing fails the client retries with the same request_id.
-        self._publish_for_client(new_event(job_id, self.producer, job_submitted=events_pb2.JobSubmitted(spec=spec, owner=owner)),
+        submitted = events_pb2.JobSubmitted(spec=spec, owner=owner)
+        self._publish_for_client(new_event(job_id, self.producer, job_submitted=submitted),
                                  "submit it again with the same request_id")
         log.info("job submitted", extra={"job_id": job_id})
         return job
