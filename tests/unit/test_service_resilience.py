@@ -15,6 +15,7 @@ UNREACHABLE = {
     "CLASSFORGE_GRPC_PORT": "50151",
     "CLASSFORGE_METRICS_PORT": "9151",
     "CLASSFORGE_GRACE_SECONDS": "2",
+    "CLASSFORGE_AUTH_DISABLED": "true",  # only health is called, which is open anyway
 }
 
 
