@@ -438,12 +438,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
             def call(request, context):
                 call_context = identify(context)
                 responses = call_context.run(behaviour, request, context)
-                while True:
-                    try:
-                        item = call_context.run(next, responses)
-                    except StopIteration:
-                        return
-                    yield item
+                try:
+                    while True:
+                        try:
+                            item = call_context.run(next, responses)
+                        except StopIteration:
+                            return
+                        yield item
+                finally:  # the client went away (GeneratorExit here): the handler's own clean-up runs now
+                    close = getattr(responses, "close", None)
+                    if close is not None:
+                        call_context.run(close)
             return call
 
         from services.common.grpc_server import _wrap_handler  # grpc_server imports this module at start-up

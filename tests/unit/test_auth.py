@@ -484,3 +484,14 @@ def test_settings_fields_are_the_agreed_variables():
     assert {"CLASSFORGE_AUTH_TOKENS_FILE", "CLASSFORGE_AUTH_JWT_KEY_FILE", "CLASSFORGE_AUTH_JWT_ALGORITHMS",
             "CLASSFORGE_AUTH_JWT_AUDIENCE", "CLASSFORGE_AUTH_JWT_ISSUER", "CLASSFORGE_AUTH_MTLS_IDENTITIES",
             "CLASSFORGE_AUTH_DISABLED"} <= names
+
+
+def test_tokens_never_reach_the_log_or_the_callers_message(jobs, caplog):
+    wrong = "a-wrong-token-that-must-not-be-logged"
+    with caplog.at_level(logging.DEBUG):
+        code, details = code_of(lambda: jobs.stub(wrong).ListJobs(pb.ListJobsRequest(), timeout=5))
+        jobs.stub(ALICE).ListJobs(pb.ListJobsRequest(), timeout=5)
+        code_of(lambda: jobs.stub(VERA).SubmitJob(pb.SubmitJobRequest(spec=spec()), timeout=5))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and wrong not in details
+    for secret in (wrong, ALICE, VERA):
+        assert secret not in caplog.text
