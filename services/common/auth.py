@@ -14,7 +14,8 @@ Identity sources (any combination; a service with none refuses to start unless C
         token: a-long-random-string     # accepted, but prefer token_sha256: the file then holds no secret
 - JWTs (RFC 7519), verified with pyjwt against CLASSFORGE_AUTH_JWT_KEY_FILE (a PEM public key for RS*/ES*/PS*/EdDSA,
   the raw shared secret for HS*; re-read when it changes) and CLASSFORGE_AUTH_JWT_ALGORITHMS (comma-separated,
-  default RS256; HMAC and public-key algorithms cannot be mixed). `exp` and `sub` are required; `aud` and `iss`
+  default RS256; HMAC and public-key algorithms cannot be mixed). `exp` (30 s leeway for clock skew) and `sub` are
+  required; `aud` and `iss`
   are checked when CLASSFORGE_AUTH_JWT_AUDIENCE / _ISSUER are set. The role is the `role` claim, or the highest
   known role in a `roles` list.
 - mutual-TLS identities, CLASSFORGE_AUTH_MTLS_IDENTITIES: a YAML mapping from a verified client certificate's

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pkgutil
+import threading
 import types
 import urllib.error
 import urllib.request
@@ -300,7 +301,8 @@ def jobs(tmp_path):
                        JobsServicer(JobsDomain(bus, LocalObjectStore(tmp_path / "store"))), SERVICE_NAME)
     server.add_service(lambda servicer, grpc_server: grpc_server.add_generic_rpc_handlers([servicer]),
                        grpc.method_handlers_generic_handler("test.Probe", {
-                           "Who": grpc.unary_stream_rpc_method_handler(_who_streams)}), "test.Probe")
+                           "Who": grpc.unary_stream_rpc_method_handler(_who_streams),
+                           "Endless": grpc.unary_stream_rpc_method_handler(_endless)}), "test.Probe")
     server.start()
     address = f"127.0.0.1:{server.port}"
     channels = []
@@ -316,6 +318,18 @@ def jobs(tmp_path):
         channel.close()
     server.stop()
     bus.close()
+
+
+STREAM_CLOSED = threading.Event()
+
+
+def _endless(request, context):
+    try:
+        while True:
+            yield auth.current_identity().subject.encode()
+    finally:  # must run, with the identity still set, when the client cancels
+        if auth.current_identity() is not None:
+            STREAM_CLOSED.set()
 
 
 def _who_streams(request, context):
@@ -495,3 +509,12 @@ def test_tokens_never_reach_the_log_or_the_callers_message(jobs, caplog):
     assert code == grpc.StatusCode.UNAUTHENTICATED and wrong not in details
     for secret in (wrong, ALICE, VERA):
         assert secret not in caplog.text
+
+
+def test_a_cancelled_stream_closes_its_handler_inside_the_call(jobs):
+    STREAM_CLOSED.clear()
+    with grpc.insecure_channel(jobs.address) as channel:
+        call = auth.with_token(channel, ROOT).unary_stream("/test.Probe/Endless")(b"", timeout=30)
+        assert next(call) == b"root"
+        call.cancel()
+    assert STREAM_CLOSED.wait(10), "the handler's finally never ran with the caller's identity"
