@@ -30,7 +30,7 @@ from services.common import auth
 from services.common.auth import Authenticator, Identity, JwtVerifier, Role, token_sha256
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.events import InProcessEventBus
-from services.common.grpc_server import GrpcServer, wait_until_serving
+from services.common.grpc_server import ErrorMappingInterceptor, GrpcServer, wait_until_serving
 from services.common.http_server import HttpServer
 from services.common.settings import ServiceSettings, SettingsError
 from services.common.storage import LocalObjectStore
@@ -518,3 +518,39 @@ def test_a_cancelled_stream_closes_its_handler_inside_the_call(jobs):
         assert next(call) == b"root"
         call.cancel()
     assert STREAM_CLOSED.wait(10), "the handler's finally never ran with the caller's identity"
+
+
+def test_a_real_mutual_tls_client_certificate_names_the_caller(tmp_path):
+    """The CN gRPC reports in auth_context() for a certificate it verified is what the identities file maps.
+    (A bare grpc.server: GrpcServer's TLS port is the TLS change's; the interceptor is the same.)"""
+    from concurrent import futures
+
+    import trustme
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("localhost")
+    (tmp_path / "mtls.yaml").write_text("inference: admin\nprometheus: viewer\n")
+    authenticator = Authenticator(mtls_identities_file=str(tmp_path / "mtls.yaml"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                         interceptors=[ErrorMappingInterceptor(), auth.AuthInterceptor(authenticator)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Probe", {
+        "Who": grpc.unary_stream_rpc_method_handler(_who_streams)})])
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials(
+        [(server_cert.private_key_pem.bytes(), server_cert.cert_chain_pems[0].bytes())],
+        root_certificates=ca.cert_pem.bytes(), require_client_auth=True))
+    server.start()
+    try:
+        def who(common_name: str) -> list[str]:
+            client = ca.issue_cert(f"{common_name}.test", common_name=common_name)
+            credentials = grpc.ssl_channel_credentials(ca.cert_pem.bytes(), client.private_key_pem.bytes(),
+                                                       client.cert_chain_pems[0].bytes())
+            with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+                return [m.decode() for m in channel.unary_stream("/test.Probe/Who")(b"", timeout=10)]
+
+        assert who("inference") == ["inference"] * 3
+        code, details = code_of(lambda: who("prometheus"))  # /test.Probe/Who is in no table: admin
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "'prometheus' has viewer" in details
+        code, _ = code_of(lambda: who("stranger"))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(0)
