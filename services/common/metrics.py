@@ -3,7 +3,12 @@ names and labels stay consistent across services (dashboards and alert rules rel
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from services.common.settings import ServiceSettings
 
 GRPC_REQUESTS = Counter(
     "classforge_grpc_requests_total",
@@ -28,12 +33,30 @@ DEPENDENCY_UP = Gauge(
 )
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0"):
-    """Starts the /metrics HTTP endpoint; returns the server so it can be shut down, or None if disabled."""
+def serve_metrics(port: int, host: str = "0.0.0.0", *, certfile: str = "", keyfile: str = ""):
+    """Starts the /metrics endpoint, over HTTPS when `certfile` and `keyfile` are given; returns the
+    server so it can be shut down, or None if disabled."""
     if port < 0:
         return None
-    server, _thread = start_http_server(port, addr=host)
+    if bool(certfile) != bool(keyfile):
+        raise ValueError("serving /metrics over TLS needs both a certificate and its key")
+    server, _thread = start_http_server(port, addr=host, certfile=certfile or None, keyfile=keyfile or None)
     return server
+
+
+def metrics_tls_files(settings: ServiceSettings) -> dict[str, str]:
+    """serve_metrics' certfile/keyfile for a service: CLASSFORGE_TLS_CERT/KEY when CLASSFORGE_METRICS_TLS is
+    true, else plain HTTP. Raises SettingsError naming the variable when a file is missing. The files are
+    read once at start: a renewed certificate is served after a restart."""
+    from services.common.settings import SettingsError, check_readable_file
+
+    if not settings.metrics_tls:
+        return {}
+    for name, path in (("CLASSFORGE_TLS_CERT", settings.tls_cert), ("CLASSFORGE_TLS_KEY", settings.tls_key)):
+        if not path:
+            raise SettingsError(f"{name} is required with CLASSFORGE_METRICS_TLS=true")
+        check_readable_file(name, path)
+    return {"certfile": settings.tls_cert, "keyfile": settings.tls_key}
 DEAD_LETTERS = Counter(
     "classforge_events_dead_letters_total",
     "Events a consumer group gave up on and sent to the dead-letter topic, by group.",
