@@ -171,3 +171,34 @@ def _other_ca(tmp_path) -> str:
     path = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(path))
     return str(path)
+
+
+def test_a_renewed_metrics_certificate_is_served_from_the_next_connection_without_a_restart(ca, ca_file, tmp_path):
+    cert_path, key_path = tmp_path / "server.pem", tmp_path / "server.key"
+
+    def install(issuer: trustme.CA) -> None:
+        issued = issuer.issue_cert("127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(str(cert_path))
+        issued.private_key_pem.write_to_path(str(key_path))
+
+    def fetch(trusted_ca: str) -> bytes:
+        with urllib.request.urlopen(f"https://127.0.0.1:{server.server_port}/metrics", timeout=5,
+                                    context=ssl.create_default_context(cafile=trusted_ca)) as reply:
+            return reply.read()
+
+    install(ca)
+    server = serve_metrics(0, "127.0.0.1", certfile=str(cert_path), keyfile=str(key_path))
+    try:
+        assert fetch(ca_file)
+        renewed_by = trustme.CA()
+        renewed_ca = tmp_path / "renewed-ca.pem"
+        renewed_by.cert_pem.write_to_path(str(renewed_ca))
+        install(renewed_by)
+        assert b"classforge_grpc_requests_total" in fetch(str(renewed_ca))
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # the old one is gone
+            fetch(ca_file)
+        key_path.write_text("half-written")  # a pair that does not load yet keeps the current certificate
+        assert fetch(str(renewed_ca))
+    finally:
+        server.shutdown()
+        server.server_close()
