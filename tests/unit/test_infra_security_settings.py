@@ -5,9 +5,13 @@ passwords never show in a repr or a log line. Nothing here reaches a broker or a
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import trustme
@@ -20,6 +24,7 @@ from services.common.metrics import metrics_tls_files, serve_metrics
 from services.common.settings import ServiceSettings, SettingsError
 from services.common.storage.minio import MinioObjectStore
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SASL_PASSWORD = "scram-pw-4f1c9a"  # distinctive, so finding it in text means it leaked
 S3_SECRET = "s3-secret-8d2e7b"
 BASE = {"CLASSFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:9", "CLASSFORGE_S3_ENDPOINT": "127.0.0.1:9",
@@ -202,3 +207,24 @@ def test_a_renewed_metrics_certificate_is_served_from_the_next_connection_withou
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("broken", "variable"), [
+    ({"CLASSFORGE_KAFKA_SSL_CA": "/nonexistent/ca.pem"}, "CLASSFORGE_KAFKA_SSL_CA"),
+    ({"CLASSFORGE_KAFKA_SASL_MECHANISM": "PLAIN"}, "CLASSFORGE_KAFKA_SASL_MECHANISM"),
+    ({"CLASSFORGE_METRICS_TLS": "true"}, "CLASSFORGE_TLS_CERT"),
+])
+def test_a_service_with_broken_security_settings_exits_2_with_one_line_and_no_secret(broken, variable, ca_file):
+    """The whole start-up path: the service's main, not only the settings classes. The switches of the other
+    #16 checks (gRPC TLS, auth) are set so that only the setting under test can stop the service."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin"), "PYTHONPATH": os.pathsep.join([str(REPO_ROOT),
+                                                                                      str(REPO_ROOT / "gen/python")]),
+           **BASE, **sasl_ssl(ca_file), "CLASSFORGE_METRICS_PORT": "-1", "CLASSFORGE_GRPC_PORT": "1",
+           "CLASSFORGE_GRPC_PLAINTEXT": "true", "CLASSFORGE_AUTH_DISABLED": "true", **broken}
+    result = subprocess.run([sys.executable, "-m", "services.jobs.main"], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+    for secret in (SASL_PASSWORD, S3_SECRET):
+        assert secret not in result.stdout + result.stderr
