@@ -227,7 +227,9 @@ def cmd_lineage(args) -> int:
         if "://" not in args.store and not Path(args.store).is_dir():
             raise SystemExit(f"classforge: --store {args.store} is not a directory")
         store = open_object_store(args.store, access_key=os.environ.get("CLASSFORGE_S3_ACCESS_KEY", ""),
-                                  secret_key=os.environ.get("CLASSFORGE_S3_SECRET_KEY", ""))
+                                  secret_key=os.environ.get("CLASSFORGE_S3_SECRET_KEY", ""),
+                                  secure=os.environ.get("CLASSFORGE_S3_SECURE", "").lower() in ("1", "true", "yes"),
+                                  ca_bundle=os.environ.get("CLASSFORGE_S3_CA_BUNDLE", ""))
     else:
         store = deployment_store()
     links = lineage.trace(store, args.job_id)

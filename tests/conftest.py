@@ -66,10 +66,25 @@ def start_service(tmp_path):
         service.terminate()
 
 
+def local_infra_credential(name: str) -> str:
+    """A credential of the local infrastructure: the environment variable `name` when set, else what
+    deploy/local generated into its state directory's credentials.env (there are no default credentials);
+    "" when neither exists (the infra_addresses fixture then says how to get them)."""
+    if os.environ.get(name):
+        return os.environ[name]
+    state = Path(os.environ.get("CLASSFORGE_INFRA_DIR") or REPO_ROOT / ".infra")
+    try:
+        lines = (state / "credentials.env").read_text().splitlines()
+    except FileNotFoundError:
+        return ""
+    values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return values.get(name, "")
+
+
 KAFKA = os.environ.get("CLASSFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 S3_ENDPOINT = os.environ.get("CLASSFORGE_S3_ENDPOINT", "127.0.0.1:19000")
-S3_ACCESS_KEY = os.environ.get("CLASSFORGE_S3_ACCESS_KEY", "classforge")
-S3_SECRET_KEY = os.environ.get("CLASSFORGE_S3_SECRET_KEY", "classforge-secret")
+S3_ACCESS_KEY = local_infra_credential("CLASSFORGE_S3_ACCESS_KEY")
+S3_SECRET_KEY = local_infra_credential("CLASSFORGE_S3_SECRET_KEY")
 PROMETHEUS = os.environ.get("CLASSFORGE_PROMETHEUS_URL", "http://127.0.0.1:19090")
 
 
@@ -90,6 +105,9 @@ def infra_addresses() -> dict[str, str]:
                if not _reachable(address)]
     if missing:
         pytest.fail(f"{', '.join(missing)} not reachable: run `make infra-up` (or use `make test`)", pytrace=False)
+    if not (S3_ACCESS_KEY and S3_SECRET_KEY):
+        pytest.fail("no MinIO credentials: set CLASSFORGE_S3_ACCESS_KEY and CLASSFORGE_S3_SECRET_KEY, or start the "
+                    "local infrastructure (`make infra-up` generates .infra/credentials.env)", pytrace=False)
     return {
         "CLASSFORGE_KAFKA_BOOTSTRAP": KAFKA,
         "CLASSFORGE_S3_ENDPOINT": S3_ENDPOINT,

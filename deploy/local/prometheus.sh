@@ -2,14 +2,17 @@
 # Prometheus (the Debian package's binary) as a plain process on 127.0.0.1, not via systemd.
 # Usage: deploy/local/prometheus.sh install|start|wait|up|down|status
 #   config: deploy/local/prometheus.yml
-#   state:  .infra/prometheus/{data,logs,prometheus.pid}
+#   state:  .infra/prometheus/{data,logs,prometheus.pid,web.yml}
+# Ports, state directory and TLS mode: see lib.sh. In TLS mode the web UI and API speak HTTPS only
+# (--web.config.file).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 COMPONENT=prometheus
 
 PROM_BIN=/usr/bin/prometheus
-HOST=127.0.0.1 PORT=19090
-CONFIG="$LOCAL_DIR/prometheus.yml"
+HOST=127.0.0.1
+PORT="${CLASSFORGE_INFRA_PROMETHEUS_PORT:-19090}"
+CONFIG="${CLASSFORGE_INFRA_PROMETHEUS_CONFIG:-$LOCAL_DIR/prometheus.yml}"
 DIR="$INFRA/prometheus"
 PIDFILE="$DIR/prometheus.pid"
 LOGFILE="$DIR/logs/prometheus.log"
@@ -26,7 +29,7 @@ install() {
 
 version() { "$PROM_BIN" --version 2>&1 | sed -n '1s/^prometheus, version \([^ ]*\).*/\1/p'; }
 
-ready() { curl -sf -o /dev/null --max-time 2 "http://$HOST:$PORT/-/ready"; }
+ready() { curl_tls -sf -o /dev/null --max-time 2 "$(scheme)://$HOST:$PORT/-/ready"; }
 
 start() {
   if adopt_or_clear prometheus "$PIDFILE" "$DIR/data"; then
@@ -36,9 +39,20 @@ start() {
   port_open "$PORT" && die "port $PORT is in use by a process these scripts did not start"
   install
   mkdir -p "$DIR/data" "$DIR/logs"
-  log "starting Prometheus $(version) on $HOST:$PORT"
+  local web_args=()
+  if tls_on; then
+    check_tls_dir
+    cat >"$DIR/web.yml" <<EOF
+# Written by deploy/local/prometheus.sh (TLS mode).
+tls_server_config:
+  cert_file: $TLS_DIR/server.pem
+  key_file: $TLS_DIR/server.key
+EOF
+    web_args=(--web.config.file="$DIR/web.yml")
+  fi
+  log "starting Prometheus $(version) on $(scheme)://$HOST:$PORT"
   # --web.enable-lifecycle: tests may POST /-/reload after changing targets.
-  start_bg "$PIDFILE" "$LOGFILE" "$PROM_BIN" \
+  start_bg "$PIDFILE" "$LOGFILE" "$PROM_BIN" "${web_args[@]}" \
     --config.file="$CONFIG" \
     --storage.tsdb.path="$DIR/data" \
     --storage.tsdb.retention.time=2d \
@@ -58,7 +72,7 @@ status() {
   local state=down ver=unknown
   [[ -x $PROM_BIN ]] && ver=$(version)
   adopt_or_clear prometheus "$PIDFILE" "$DIR/data" 2>/dev/null && ready && state=up
-  status_line prometheus "$state" "Prometheus $ver" "http://$HOST:$PORT"
+  status_line prometheus "$state" "Prometheus $ver" "$(scheme)://$HOST:$PORT"
   [[ $state == up ]]
 }
 

@@ -30,5 +30,4 @@ def deployment_store(bucket: str = ""):
     from services.common.storage.minio import MinioObjectStore
 
     settings = ServiceSettings.load(os.environ, kafka_bootstrap="-")
-    return MinioObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                            bucket or settings.s3_bucket, secure=settings.s3_secure)
+    return MinioObjectStore.from_settings(settings, bucket)

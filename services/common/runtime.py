@@ -17,7 +17,7 @@ from services.common.auth import Authenticator
 from services.common.events import EventBus, ObjectStoreProcessedEvents
 from services.common.grpc_server import GrpcServer
 from services.common.logs import configure_logging
-from services.common.metrics import serve_metrics
+from services.common.metrics import metrics_tls_files, serve_metrics
 from services.common.settings import ServiceSettings, SettingsError
 from services.common.stage_work import Stage
 from services.common.storage import ObjectStore
@@ -51,8 +51,7 @@ def connect(name: str, settings: ServiceSettings) -> tuple[Callable[[], ObjectSt
     from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
     from services.common.storage.minio import MinioObjectStore
 
-    store_factory = functools.partial(MinioObjectStore, settings.s3_endpoint, settings.s3_access_key,
-                                      settings.s3_secret_key, settings.s3_bucket, secure=settings.s3_secure)
+    store_factory = functools.partial(MinioObjectStore.from_settings, settings)
     store = store_factory()
     bus = KafkaEventBus(KafkaBusConfig.from_settings(settings, client_id=name), ObjectStoreProcessedEvents(store))
     return store_factory, store, bus
@@ -73,8 +72,13 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         return 2
     grpc_port, metrics_port = settings.ports_for(name)
-    metrics_server = serve_metrics(metrics_port, settings.listen_host)
-    store_factory, store, bus = connect(name, settings)
+    try:  # the security settings are checked together here, before anything listens
+        metrics_tls = metrics_tls_files(settings)
+        store_factory, store, bus = connect(name, settings)
+    except SettingsError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    metrics_server = serve_metrics(metrics_port, settings.listen_host, **metrics_tls)
     server = GrpcServer(
         name, port=grpc_port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
         worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,

@@ -36,9 +36,10 @@ class SettingsError(ValueError):
     """A required variable is missing or a value cannot be parsed."""
 
 
-def env(name: str, default: Any = REQUIRED, help: str = "") -> Any:
-    """Declares a settings field read from the environment variable `name`."""
-    return field(default=None, metadata={"env": name, "default": default, "help": help})
+def env(name: str, default: Any = REQUIRED, help: str = "", *, secret: bool = False) -> Any:
+    """Declares a settings field read from the environment variable `name`. A `secret` field (a password,
+    a key) is left out of the settings object's repr, so logging the settings never shows it."""
+    return field(default=None, repr=not secret, metadata={"env": name, "default": default, "help": help})
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
@@ -125,17 +126,35 @@ class ServiceSettings(AuthSettings):
     kafka_bootstrap: str = env("CLASSFORGE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, host:port[,…]")
     s3_endpoint: str = env("CLASSFORGE_S3_ENDPOINT", help="MinIO/S3 endpoint, host:port")
     s3_access_key: str = env("CLASSFORGE_S3_ACCESS_KEY", help="object store access key")
-    s3_secret_key: str = env("CLASSFORGE_S3_SECRET_KEY", help="object store secret key")
+    s3_secret_key: str = env("CLASSFORGE_S3_SECRET_KEY", help="object store secret key", secret=True)
     s3_bucket: str = env("CLASSFORGE_S3_BUCKET", "classforge", "bucket holding every artefact")
     s3_secure: bool = env("CLASSFORGE_S3_SECURE", False, "use TLS to reach the object store")
+    s3_ca_bundle: str = env("CLASSFORGE_S3_CA_BUNDLE", "",
+                            "PEM file of the CAs that sign the object store's certificate (needs "
+                            "CLASSFORGE_S3_SECURE); empty means the system's CAs")
     kafka_topic: str = env("CLASSFORGE_KAFKA_TOPIC", "classforge.events",
                            "the event topic (its dead letters go to <topic>.dlq); one per deployment sharing a cluster")
     kafka_max_poll_interval_ms: int = env(
         "CLASSFORGE_KAFKA_MAX_POLL_INTERVAL_MS", 30 * 60 * 1000,
         "longest one event handler may run (a records build) before Kafka reassigns its partitions")
+    kafka_security_protocol: str = env("CLASSFORGE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+                                       "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_ssl_ca: str = env("CLASSFORGE_KAFKA_SSL_CA", "",
+                            "PEM file of the CAs that sign the brokers' certificates (SSL, SASL_SSL)")
+    kafka_ssl_cert: str = env("CLASSFORGE_KAFKA_SSL_CERT", "",
+                              "PEM client certificate for brokers that require one (with CLASSFORGE_KAFKA_SSL_KEY)")
+    kafka_ssl_key: str = env("CLASSFORGE_KAFKA_SSL_KEY", "", "PEM private key of CLASSFORGE_KAFKA_SSL_CERT")
+    kafka_sasl_mechanism: str = env("CLASSFORGE_KAFKA_SASL_MECHANISM", "",
+                                    "SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_PLAINTEXT, SASL_SSL)")
+    kafka_sasl_username: str = env("CLASSFORGE_KAFKA_SASL_USERNAME", "", "SASL/SCRAM user")
+    kafka_sasl_password: str = env("CLASSFORGE_KAFKA_SASL_PASSWORD", "", "SASL/SCRAM password", secret=True)
     grpc_port: int = env("CLASSFORGE_GRPC_PORT", 0, "gRPC listen port; 0 means the service's default")
     metrics_port: int = env("CLASSFORGE_METRICS_PORT", 0,
                             "Prometheus /metrics port; 0 means the service's default, -1 disables")
+    tls_cert: str = env("CLASSFORGE_TLS_CERT", "", "PEM certificate (chain) this process serves and presents")
+    tls_key: str = env("CLASSFORGE_TLS_KEY", "", "PEM private key of CLASSFORGE_TLS_CERT")
+    metrics_tls: bool = env("CLASSFORGE_METRICS_TLS", False,
+                            "serve /metrics over HTTPS with CLASSFORGE_TLS_CERT and CLASSFORGE_TLS_KEY")
     listen_host: str = env("CLASSFORGE_LISTEN_HOST", "0.0.0.0", "address the gRPC and metrics servers bind")
     max_message_bytes: int = env("CLASSFORGE_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
                                  "largest gRPC message accepted or sent, and largest HTTP request body accepted")
@@ -152,3 +171,12 @@ class ServiceSettings(AuthSettings):
     def ports_for(self, service: str) -> tuple[int, int]:
         grpc_default, metrics_default = DEFAULT_PORTS[service]
         return (self.grpc_port or grpc_default, self.metrics_port or metrics_default)
+
+
+def check_readable_file(name: str, path: str) -> None:
+    """Raises SettingsError (one line naming the variable) unless `path` is a file this process can read:
+    a certificate or key that is missing is reported at start, not at the first connection."""
+    if not os.path.isfile(path):
+        raise SettingsError(f"{name}={path!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise SettingsError(f"{name}={path!r} is not readable by this process")

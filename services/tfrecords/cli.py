@@ -50,7 +50,8 @@ def register(subparsers) -> None:
 def _open(url: str) -> ObjectStore:
     return open_object_store(url, access_key=os.environ.get("CLASSFORGE_S3_ACCESS_KEY", ""),
                              secret_key=os.environ.get("CLASSFORGE_S3_SECRET_KEY", ""),
-                             secure=os.environ.get("CLASSFORGE_S3_SECURE", "").lower() in ("1", "true", "yes"))
+                             secure=os.environ.get("CLASSFORGE_S3_SECURE", "").lower() in ("1", "true", "yes"),
+                             ca_bundle=os.environ.get("CLASSFORGE_S3_CA_BUNDLE", ""))
 
 
 def cmd_build(args) -> int:

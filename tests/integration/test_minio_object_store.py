@@ -18,13 +18,14 @@ from minio.deleteobjects import DeleteObject
 from services.common.errors import Unavailable
 from services.common.storage import PART_SIZE, ObjectCorrupted, ObjectInfo
 from services.common.storage.minio import MinioObjectStore
+from tests.conftest import local_infra_credential
 from tests.contracts.object_store_contract import ObjectStoreContract, TrickleStream, sha256
 
 pytestmark = pytest.mark.integration
 
 ENDPOINT = os.environ.get("CLASSFORGE_S3_ENDPOINT", "127.0.0.1:19000")
-ACCESS_KEY = os.environ.get("CLASSFORGE_S3_ACCESS_KEY", "classforge")
-SECRET_KEY = os.environ.get("CLASSFORGE_S3_SECRET_KEY", "classforge-secret")
+ACCESS_KEY = local_infra_credential("CLASSFORGE_S3_ACCESS_KEY")
+SECRET_KEY = local_infra_credential("CLASSFORGE_S3_SECRET_KEY")
 SESSION = uuid.uuid4().hex[:10]
 
 
@@ -40,6 +41,9 @@ def minio_client() -> Minio:
     if problem is not None:
         pytest.fail(f"MinIO at {ENDPOINT} is not reachable ({problem}): run `make infra-up` (or `make test`)",
                     pytrace=False)
+    if not (ACCESS_KEY and SECRET_KEY):
+        pytest.fail("no MinIO credentials: set CLASSFORGE_S3_ACCESS_KEY/SECRET_KEY or run `make infra-up`, which "
+                    "generates .infra/credentials.env", pytrace=False)
     return Minio(ENDPOINT, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
 
 

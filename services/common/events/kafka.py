@@ -13,8 +13,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import KafkaAdminClient
@@ -51,6 +51,120 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("classforge.events")
 
+SECRET_OPTIONS = ("sasl_plain_password", "ssl_password")
+
+
+class _RedactClientSecrets(logging.Filter):
+    """kafka-python's KafkaAdminClient logs its whole configuration at DEBUG, SASL password included.
+    This filter, on that logger, replaces the secret values before any handler sees the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # LogRecord unwraps a lone dict argument, so args is that dict (this case) or a tuple.
+        if isinstance(record.args, dict):
+            record.args = _redacted(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_redacted(arg) if isinstance(arg, dict) else arg for arg in record.args)
+        return True
+
+
+def _redacted(options: dict) -> dict:
+    return {key: "***" if key in SECRET_OPTIONS and value else value for key, value in options.items()}
+
+
+logging.getLogger("kafka.admin.client").addFilter(_RedactClientSecrets())
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every client of the bus (producer, consumers, admin) authenticates to the brokers and protects
+    the connection: TLS (SSL), SASL/SCRAM, or both (SASL_SSL). The password is kept out of the repr."""
+
+    protocol: str = "PLAINTEXT"
+    ssl_ca: str = ""
+    ssl_cert: str = ""
+    ssl_key: str = ""
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"Kafka security protocol {self.protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> KafkaSecurity:
+        """Checks the CLASSFORGE_KAFKA_* security variables together; a bad combination raises SettingsError
+        naming the variable (a missing CA file or SCRAM password is reported at start, not as a client
+        that silently never connects)."""
+        from services.common.settings import SettingsError, check_readable_file
+
+        protocol = settings.kafka_security_protocol.strip().upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise SettingsError(f"CLASSFORGE_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol!r} is not "
+                                f"one of {', '.join(SECURITY_PROTOCOLS)}")
+        ssl_vars = {"CLASSFORGE_KAFKA_SSL_CA": settings.kafka_ssl_ca,
+                    "CLASSFORGE_KAFKA_SSL_CERT": settings.kafka_ssl_cert,
+                    "CLASSFORGE_KAFKA_SSL_KEY": settings.kafka_ssl_key}
+        sasl_vars = {"CLASSFORGE_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+                     "CLASSFORGE_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+                     "CLASSFORGE_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password}
+        if protocol in ("SSL", "SASL_SSL"):
+            if not settings.kafka_ssl_ca:
+                raise SettingsError(f"CLASSFORGE_KAFKA_SSL_CA is required with CLASSFORGE_KAFKA_SECURITY_PROTOCOL="
+                                    f"{protocol} (the CAs that sign the brokers' certificates)")
+            if bool(settings.kafka_ssl_cert) != bool(settings.kafka_ssl_key):
+                missing = "CLASSFORGE_KAFKA_SSL_KEY" if settings.kafka_ssl_cert else "CLASSFORGE_KAFKA_SSL_CERT"
+                raise SettingsError(f"{missing} is required when the other half of the client certificate is set")
+            for name, path in ssl_vars.items():
+                if path:
+                    check_readable_file(name, path)
+        else:
+            for name, value in ssl_vars.items():
+                if value:
+                    raise SettingsError(f"{name} is set but CLASSFORGE_KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                                        f"use TLS (use SSL or SASL_SSL)")
+        mechanism = settings.kafka_sasl_mechanism.strip().upper()
+        if protocol.startswith("SASL_"):
+            if mechanism not in SASL_MECHANISMS:
+                raise SettingsError(f"CLASSFORGE_KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism!r} must be "
+                                    f"one of {', '.join(SASL_MECHANISMS)} with "
+                                    f"CLASSFORGE_KAFKA_SECURITY_PROTOCOL={protocol}")
+            for name in ("CLASSFORGE_KAFKA_SASL_USERNAME", "CLASSFORGE_KAFKA_SASL_PASSWORD"):
+                if not sasl_vars[name]:
+                    raise SettingsError(f"{name} is required with CLASSFORGE_KAFKA_SECURITY_PROTOCOL={protocol}")
+        else:
+            for name, value in sasl_vars.items():
+                if value:
+                    raise SettingsError(f"{name} is set but CLASSFORGE_KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                                        f"use SASL (use SASL_SSL or SASL_PLAINTEXT)")
+        return cls(protocol, settings.kafka_ssl_ca, settings.kafka_ssl_cert, settings.kafka_ssl_key,
+                   mechanism if protocol.startswith("SASL_") else "", settings.kafka_sasl_username,
+                   settings.kafka_sasl_password)
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python's keyword arguments, the same for KafkaProducer, KafkaConsumer and KafkaAdminClient.
+        Host names are checked against the brokers' certificates (kafka-python's default, kept)."""
+        options: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.uses_ssl:
+            options.update(ssl_cafile=self.ssl_ca or None, ssl_certfile=self.ssl_cert or None,
+                           ssl_keyfile=self.ssl_key or None, ssl_check_hostname=True)
+        if self.uses_sasl:
+            options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        return options
+
 
 @dataclass(frozen=True)
 class KafkaBusConfig:
@@ -78,6 +192,7 @@ class KafkaBusConfig:
     commit_timeout_ms: int = 10_000
     close_timeout_ms: int = 5_000
     outage_window_s: float = DEFAULT_OUTAGE_WINDOW_S
+    security: KafkaSecurity = KafkaSecurity()
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -86,11 +201,13 @@ class KafkaBusConfig:
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings, client_id: str) -> KafkaBusConfig:
-        """A service's bus: its topic (and `<topic>.dlq` for dead letters) and limits from its settings."""
+        """A service's bus: its topic (and `<topic>.dlq` for dead letters), limits and security from its
+        settings. Raises SettingsError for an inconsistent security configuration."""
         return cls(settings.kafka_bootstrap, client_id, topic=settings.kafka_topic,
                    dead_letter_topic=f"{settings.kafka_topic}.dlq",
                    max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-                   outage_window_s=settings.outage_window_seconds)
+                   outage_window_s=settings.outage_window_seconds,
+                   security=KafkaSecurity.from_settings(settings))
 
 
 class _KafkaSubscription:
@@ -233,7 +350,7 @@ class KafkaEventBus(EventBus):
                         acks="all", enable_idempotence=True, retries=2**31 - 1, linger_ms=0,
                         request_timeout_ms=min(config.request_timeout_ms, timeout_ms),
                         delivery_timeout_ms=timeout_ms, max_block_ms=timeout_ms,
-                        bootstrap_timeout_ms=self._bootstrap_timeout_ms())
+                        bootstrap_timeout_ms=self._bootstrap_timeout_ms(), **config.security.client_options())
                 except Exception as exc:
                     raise Unavailable(f"cannot reach Kafka at {config.bootstrap}: {failure_reason(exc)}") from exc
             return self._producer
@@ -245,7 +362,7 @@ class KafkaEventBus(EventBus):
                 self._admin = KafkaAdminClient(
                     bootstrap_servers=self.config.bootstrap, client_id=f"{self.config.client_id}-admin",
                     request_timeout_ms=self.config.request_timeout_ms,
-                    bootstrap_timeout_ms=self._bootstrap_timeout_ms())
+                    bootstrap_timeout_ms=self._bootstrap_timeout_ms(), **self.config.security.client_options())
             return self._admin
 
     def _drop_admin(self) -> None:
@@ -298,7 +415,7 @@ class KafkaEventBus(EventBus):
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.heartbeat_interval_ms,
             max_poll_interval_ms=config.max_poll_interval_ms, max_poll_records=config.max_poll_records,
-            bootstrap_timeout_ms=self._bootstrap_timeout_ms())
+            bootstrap_timeout_ms=self._bootstrap_timeout_ms(), **config.security.client_options())
         # Load the topic's partitions before joining. Otherwise the first assignment can be made
         # without them and a metadata-triggered second rebalance follows, which kafka-python
         # 3.0.12 may never complete when poll() times out during it: the leader's snapshot makes

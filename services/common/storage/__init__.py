@@ -24,9 +24,9 @@ __all__ = [
 
 
 def open_object_store(url: str, *, access_key: str = "", secret_key: str = "",
-                      secure: bool = False) -> ObjectStore:
+                      secure: bool = False, ca_bundle: str = "") -> ObjectStore:
     """The store a URL names: `s3://HOST:PORT/BUCKET` (MinIO or S3), `file:///abs/dir` or a plain
-    directory path (local)."""
+    directory path (local). `ca_bundle`: PEM CAs that verify an s3:// store's TLS certificate."""
     if url and "://" not in url:
         return LocalObjectStore(url)
     parts = urlsplit(url)
@@ -36,6 +36,6 @@ def open_object_store(url: str, *, access_key: str = "", secret_key: str = "",
     if parts.scheme == "s3" and parts.netloc and bucket and "/" not in bucket:
         from services.common.storage.minio import MinioObjectStore  # here: only s3:// needs the client
 
-        return MinioObjectStore(parts.netloc, access_key, secret_key, bucket, secure=secure)
+        return MinioObjectStore(parts.netloc, access_key, secret_key, bucket, secure=secure, ca_bundle=ca_bundle)
     raise InvalidArgument("url", f"{url!r}: expected s3://HOST:PORT/BUCKET, file:///absolute/dir or a "
                                  f"directory path")

@@ -8,7 +8,7 @@ import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import certifi
 import urllib3
@@ -29,6 +29,9 @@ from services.common.storage.interface import (
     copy_stream,
 )
 
+if TYPE_CHECKING:
+    from services.common.settings import ServiceSettings
+
 
 class MinioObjectStore(ObjectStore):
     """Objects in one bucket of MinIO or any S3-compatible store.
@@ -36,18 +39,26 @@ class MinioObjectStore(ObjectStore):
     The bucket is created on first use. Each object's sha256 is user metadata (x-amz-meta-sha256), so
     other S3 tools see it too. Connection failures become Unavailable naming the endpoint, after a few
     short retries: an unreachable store is reported in seconds, not minutes.
+
+    Over TLS (`secure`) the server's certificate is always verified: against `ca_bundle` (a PEM file, for a
+    store whose certificate a private CA signed) when given, else SSL_CERT_FILE or certifi's CAs. The
+    secret key lives only inside the MinIO client; this object's repr does not show it.
     """
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, secure: bool = False,
-                 region: str | None = None):
+                 region: str | None = None, ca_bundle: str = ""):
         try:
             check_bucket_name(bucket)
         except ValueError as exc:
             raise InvalidArgument("bucket", f"{bucket!r}: {exc}") from None
+        if ca_bundle and not secure:
+            raise InvalidArgument("ca_bundle", "a CA bundle is only used over TLS (secure=True)")
+        if ca_bundle and not os.path.isfile(ca_bundle):
+            raise InvalidArgument("ca_bundle", f"{ca_bundle!r} is not a file")
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=3, read=60), maxsize=10,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-            cert_reqs="CERT_REQUIRED", ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
+            cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle or os.environ.get("SSL_CERT_FILE") or certifi.where())
         try:
             self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
                                  region=region, http_client=http)
@@ -56,6 +67,23 @@ class MinioObjectStore(ObjectStore):
         self.endpoint = endpoint
         self.bucket = bucket
         self._bucket_ready = False
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings, bucket: str = "") -> MinioObjectStore:
+        """The deployment's store from CLASSFORGE_S3_* (`bucket`, or CLASSFORGE_S3_BUCKET). A CA bundle
+        without CLASSFORGE_S3_SECURE, or one that cannot be read, raises SettingsError naming the variable."""
+        from services.common.settings import SettingsError, check_readable_file
+
+        if settings.s3_ca_bundle:
+            if not settings.s3_secure:
+                raise SettingsError("CLASSFORGE_S3_CA_BUNDLE is set but CLASSFORGE_S3_SECURE is false: "
+                                    "the bundle only verifies a TLS connection")
+            check_readable_file("CLASSFORGE_S3_CA_BUNDLE", settings.s3_ca_bundle)
+        return cls(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, bucket or settings.s3_bucket,
+                   secure=settings.s3_secure, ca_bundle=settings.s3_ca_bundle)
+
+    def __repr__(self) -> str:
+        return f"MinioObjectStore(endpoint={self.endpoint!r}, bucket={self.bucket!r})"
 
     def put_bytes(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
         sha = hashlib.sha256(data).hexdigest()
