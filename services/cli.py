@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from classforge.v1 import common_pb2
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
+from services.common.channels import add_tls_flags, channel_from_args
 from services.common.report_fetch import deployment_store, fetch_report
 
 # `classforge serve NAME` runs services/<module>/main.py.
@@ -65,7 +66,7 @@ def apply_training_flags(spec: common_pb2.JobSpec, args) -> common_pb2.JobSpec:
 
 
 def _jobs_stub(args) -> jobs_grpc.JobsServiceStub:
-    return jobs_grpc.JobsServiceStub(grpc.insecure_channel(args.jobs))
+    return jobs_grpc.JobsServiceStub(channel_from_args(args.jobs, args))
 
 
 def _print(message, as_json: bool) -> None:
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="jobs service address (env CLASSFORGE_JOBS_ADDR)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_tls_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline on a dataset source, every service in this process")
     run.add_argument("source", metavar="SOURCE",

@@ -100,7 +100,24 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class ServiceSettings(Settings):
+class GrpcTlsSettings(Settings):
+    """gRPC TLS of a process that serves or calls gRPC; services.common.tls.server_tls / client_tls
+    check the files at start-up. The base of ServiceSettings and of the model server's settings."""
+
+    tls_cert: str = env("CLASSFORGE_TLS_CERT", "",
+                        "PEM certificate (chain) this process serves gRPC with and presents as a client (mTLS)")
+    tls_key: str = env("CLASSFORGE_TLS_KEY", "", "PEM private key of CLASSFORGE_TLS_CERT")
+    tls_ca: str = env("CLASSFORGE_TLS_CA", "",
+                      "PEM CA bundle: clients verify servers with it, servers verify client certificates with it")
+    tls_client_auth: str = env("CLASSFORGE_TLS_CLIENT_AUTH", "none",
+                               "client certificates a gRPC server asks for: none, request or require (mutual TLS)")
+    grpc_plaintext: bool = env("CLASSFORGE_GRPC_PLAINTEXT", False,
+                               "allow gRPC without TLS when no TLS files are set (logged as a warning at start); "
+                               "otherwise such a service refuses to start")
+
+
+@dataclass(frozen=True)
+class ServiceSettings(GrpcTlsSettings):
     """What every distributed service needs: its ports, Kafka and the object store."""
 
     kafka_bootstrap: str = env("CLASSFORGE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, host:port[,…]")

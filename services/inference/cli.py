@@ -14,17 +14,17 @@ import argparse
 import os
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
 from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common.channels import add_tls_flags, channel_from_args
 
 DEFAULT_ADDRESS = "127.0.0.1:50056"
 
 
 def _stub(args) -> pb_grpc.InferenceServiceStub:
-    return pb_grpc.InferenceServiceStub(grpc.insecure_channel(args.inference))
+    return pb_grpc.InferenceServiceStub(channel_from_args(args.inference, args))
 
 
 def _timeout(args) -> float:
@@ -131,6 +131,7 @@ def register(subparsers) -> None:
     address = argparse.ArgumentParser(add_help=False)
     address.add_argument("--inference", default=os.environ.get("CLASSFORGE_INFERENCE_ADDR", DEFAULT_ADDRESS),
                          help=f"inference service address (env CLASSFORGE_INFERENCE_ADDR, default {DEFAULT_ADDRESS})")
+    add_tls_flags(address)
     classify = subparsers.add_parser("classify", parents=[address], help="classify image files")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
     classify.add_argument("--model", default="",

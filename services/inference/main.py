@@ -8,6 +8,7 @@ from classforge.third_party.kserve import grpc_predict_v2_pb2_grpc
 from classforge.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.http_server import HttpServer
 from services.common.runtime import ServiceContext, run_service
+from services.common.tls import client_tls
 from services.inference import v2_servicer
 from services.inference.classifier import Classifier
 from services.inference.domain import InferenceDomain
@@ -24,7 +25,8 @@ KINDS = ["job_submitted", "evaluation_completed"]
 
 
 def build_domain(settings: InferenceSettings, store, bus) -> InferenceDomain:
-    client = ModelServerClient(settings.model_server, settings.max_message_bytes)
+    tls = client_tls(settings)  # the model server is called with this service's own TLS settings
+    client = ModelServerClient(settings.model_server, settings.max_message_bytes, tls=tls, plaintext=tls is None)
     repo = ModelRepository(settings.model_base_path)
     publisher = Publisher(store, bus, repo, client, server_base_path=settings.server_base_path,
                           keep_versions=settings.keep_versions, default_model=settings.default_model,

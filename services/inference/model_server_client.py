@@ -14,7 +14,9 @@ import grpc
 import numpy as np
 
 from services.common import serving_signature as contract
+from services.common.channels import open_channel
 from services.common.errors import ClassforgeError, FailedPrecondition, Unavailable
+from services.common.tls import TlsConfig
 from services.inference import tfs_api as tfs
 
 T = TypeVar("T")
@@ -54,9 +56,13 @@ class SignatureInfo:
 
 
 class ModelServerClient:
-    def __init__(self, target: str, max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(self, target: str, max_message_bytes: int = 64 * 1024 * 1024, *, tls: TlsConfig | None = None,
+                 plaintext: bool = False):
+        """TLS with `tls` (the CA the model server's certificate is verified with, and this service's own
+        certificate for mutual TLS); plaintext only when `plaintext` says so. A client certificate rotated
+        on disk is used from the next start: the channel reads the files once."""
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[
+        self.channel = open_channel(target, tls, plaintext=plaintext, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])
