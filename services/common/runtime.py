@@ -72,7 +72,7 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
         name, port=grpc_port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
         worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,
         readiness_checks={"kafka": bus.ping, "object_store": store.ping, "event_consumers": bus.check_consumers},
-        tls=tls, plaintext=tls is None,
+        tls=tls, plaintext=tls is None, plaintext_health_port=settings.grpc_health_port,
     )
     server.on_stop(bus.close)  # registered first, so it runs last: flush events the hooks below emit
     if metrics_server is not None:

@@ -114,6 +114,9 @@ class GrpcTlsSettings(Settings):
     grpc_plaintext: bool = env("CLASSFORGE_GRPC_PLAINTEXT", False,
                                "allow gRPC without TLS when no TLS files are set (logged as a warning at start); "
                                "otherwise such a service refuses to start")
+    grpc_health_port: int = env("CLASSFORGE_GRPC_HEALTH_PORT", 0,
+                                "also serve grpc.health.v1 alone, without TLS, on this port (Kubernetes' gRPC probes "
+                                "cannot speak TLS); 0: off")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ def build_server(settings: ModelServerSettings, core: ModelServerCore, port: int
         SERVICE_NAME, port=port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
         worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,
         readiness_checks={"model_base_path": core.check_base_path},
-        tls=tls, plaintext=tls is None, warn_plaintext=warn_plaintext)
+        tls=tls, plaintext=tls is None, warn_plaintext=warn_plaintext,
+        plaintext_health_port=settings.grpc_health_port)
     server.add_service(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
                        PredictionServicer(core), PREDICTION_SERVICE)
     server.add_service(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(core), MODEL_SERVICE)

@@ -330,3 +330,24 @@ def test_tf_serving_ssl_config_holds_the_pem_contents(tmp_path, ca):
                               _ssl_config_message()())
     assert plain.custom_ca == "" and plain.client_verify is False
     assert ssl_config.main(["--cert", cert, "--key", key, "--client-verify", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_plaintext_health_port_answers_health_and_nothing_else(tmp_path, ca):
+    import socket
+
+    with socket.socket() as s:  # a free port for the health server
+        s.bind(("127.0.0.1", 0))
+        health_port = s.getsockname()[1]
+    server = GrpcServer("tls-test", port=0, host="127.0.0.1", grace_seconds=0.2, tls=server_config(tmp_path, ca),
+                        plaintext_health_port=health_port)
+    server.add_service(_whoami_service(), None, "test.WhoAmI")
+    server.start()
+    try:
+        with open_channel(f"127.0.0.1:{health_port}", None, plaintext=True, options=OWN_CONNECTION) as channel:
+            wait_until_serving(channel, timeout=30)  # the statuses of the TLS port
+            with pytest.raises(grpc.RpcError) as exc:
+                channel.unary_unary("/test.WhoAmI/Get")(b"", timeout=10)
+            assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert refused(f"127.0.0.1:{server.port}", None) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
