@@ -20,6 +20,7 @@ Client credentials are read once, when the channel opens.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
@@ -160,6 +161,11 @@ class CertificateReloader:
         return tuple(signature)
 
     def _configuration(self, cert: bytes, key: bytes, ca: bytes | None):
+        leaf = x509.load_pem_x509_certificates(cert)[0]
+        if leaf.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
+            # Served anyway (refusing to start would not help the clients): they will refuse it.
+            log.warning("the TLS certificate has expired; clients will refuse it", extra={
+                "cert": self.config.cert, "not_after": leaf.not_valid_after_utc.isoformat()})
         # The CA goes in only where client certificates are required; grpcio's Python API never asks for an
         # optional one (see client_auth_warning).
         roots = ca if self.config.client_auth == "require" else None

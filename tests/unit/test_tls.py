@@ -95,12 +95,14 @@ def test_a_server_certificate_from_another_ca_is_refused(tmp_path, ca, serve):
         grpc.StatusCode.UNAVAILABLE
 
 
-def test_an_expired_server_certificate_is_refused(tmp_path, ca, serve):
+def test_an_expired_server_certificate_is_refused(tmp_path, ca, serve, caplog):
     now = datetime.datetime.now(datetime.UTC)
+    caplog.set_level(logging.WARNING, logger="classforge.tls")
     address = serve(server_config(tmp_path, ca, not_before=now - datetime.timedelta(days=10),
                                   not_after=now - datetime.timedelta(days=1)))
     assert refused(address, TlsConfig.checked(ca=write_ca(tmp_path, ca), for_server=False)) == \
         grpc.StatusCode.UNAVAILABLE
+    assert any("has expired" in r.getMessage() for r in caplog.records)  # the operator is told why
 
 
 def _whoami_service():
