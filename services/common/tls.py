@@ -42,7 +42,12 @@ CLIENT_AUTH_VARIABLE = "CLASSFORGE_TLS_CLIENT_AUTH"
 
 
 class InvalidPem(ValueError):
-    """A PEM file does not hold what it should (no certificate, no key, a key not matching the certificate)."""
+    """A PEM file does not hold what it should (no certificate, no key, a key not matching the certificate);
+    `variable` names the setting of the file at fault."""
+
+    def __init__(self, variable: str, message: str):
+        super().__init__(message)
+        self.variable = variable
 
 
 def _read(path: str, variable: str) -> bytes:
@@ -60,21 +65,21 @@ def check_pem(cert: bytes | None, key: bytes | None, ca: bytes | None) -> None:
         try:
             leaf = x509.load_pem_x509_certificates(cert)[0]
         except ValueError as exc:
-            raise InvalidPem(f"certificate: {exc}") from None
+            raise InvalidPem(CERT_VARIABLE, f"no PEM certificate: {exc}") from None
     if key is not None:
         try:
             private = serialization.load_pem_private_key(key, password=None)
         except (ValueError, TypeError) as exc:
-            raise InvalidPem(f"private key: {exc}") from None
+            raise InvalidPem(KEY_VARIABLE, f"no unencrypted PEM private key: {exc}") from None
         if leaf is not None and private.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != leaf.public_key(
                 ).public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-            raise InvalidPem("the private key does not belong to the certificate")
+            raise InvalidPem(KEY_VARIABLE, "the private key does not belong to the certificate")
     if ca is not None:
         try:
             x509.load_pem_x509_certificates(ca)
         except ValueError as exc:
-            raise InvalidPem(f"CA bundle: {exc}") from None
+            raise InvalidPem(CA_VARIABLE, f"no PEM CA certificate: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,8 @@ class TlsConfig:
         try:
             check_pem(*config.read())
         except InvalidPem as exc:
-            raise SettingsError(f"{config.cert or config.ca}: {exc}") from None
+            path = {CERT_VARIABLE: cert, KEY_VARIABLE: key, CA_VARIABLE: ca}[exc.variable]
+            raise SettingsError(f"{exc.variable}={path!r}: {exc}") from None
         return config
 
     def client_auth_warning(self) -> str:
@@ -241,7 +247,7 @@ def ssl_config_text(cert: bytes, key: bytes, ca: bytes | None = None, client_ver
     (server_key, server_cert, custom_ca, client_verify)."""
     check_pem(cert, key, ca)
     if client_verify and not ca:
-        raise InvalidPem("client_verify needs a CA (custom_ca) to verify client certificates with")
+        raise InvalidPem(CA_VARIABLE, "client_verify needs a CA (custom_ca) to verify client certificates with")
 
     def quoted(pem: bytes) -> str:
         text = pem.decode("ascii")

@@ -206,7 +206,12 @@ def test_settings_errors_are_one_line_naming_the_variable(tmp_path, ca):
     other_key = write_leaf(tmp_path / "other", ca.issue_cert("localhost"), "server")[1]
     with pytest.raises(SettingsError) as exc:
         server_tls(GrpcTlsSettings.load({"CLASSFORGE_TLS_CERT": leaf[0], "CLASSFORGE_TLS_KEY": other_key}))
-    assert "does not belong to the certificate" in _one_line(exc)
+    assert _one_line(exc) == f"CLASSFORGE_TLS_KEY={other_key!r}: the private key does not belong to the certificate"
+    half_written = tmp_path / "half.crt"
+    half_written.write_bytes(Path(leaf[0]).read_bytes()[:40])
+    with pytest.raises(SettingsError) as exc:
+        server_tls(GrpcTlsSettings.load({"CLASSFORGE_TLS_CERT": str(half_written), "CLASSFORGE_TLS_KEY": leaf[1]}))
+    assert _one_line(exc).startswith(f"CLASSFORGE_TLS_CERT={str(half_written)!r}: no PEM certificate")
     # The plaintext permission never turns TLS off: with files set, TLS it is.
     both = GrpcTlsSettings.load({"CLASSFORGE_TLS_CERT": leaf[0], "CLASSFORGE_TLS_KEY": leaf[1],
                                  "CLASSFORGE_GRPC_PLAINTEXT": "true"})
