@@ -47,7 +47,7 @@ def run() -> list[Row]:
         pb_grpc.add_JobsServiceServicer_to_server(servicer, bare)
         bare_port = bare.add_insecure_port("127.0.0.1:0")
         bare.start()
-        ours = GrpcServer("bench", port=0, host="127.0.0.1", grace_seconds=1)
+        ours = GrpcServer("bench", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
         ours.add_service(pb_grpc.add_JobsServiceServicer_to_server, servicer, SERVICE_NAME)
         ours.start()
         try:

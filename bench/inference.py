@@ -124,10 +124,11 @@ def _serve_inference(args) -> int:
     configure_logging("inference-bench", "WARNING")
     tuning = {k: v for k, v in os.environ.items() if k in TUNING}  # the rest of the environment is not the bench's
     settings = InferenceSettings.load(environ=tuning, kafka_bootstrap="-", s3_endpoint="-", s3_access_key="-",
-                                      s3_secret_key="-", model_base_path=args.base, model_server=args.model_server)
+                                      s3_secret_key="-", model_base_path=args.base, model_server=args.model_server,
+                                      grpc_plaintext=True)  # the bench measures loopback calls, without TLS
     with tempfile.TemporaryDirectory() as state:
         domain = build_domain(settings, LocalObjectStore(state), InProcessEventBus())
-        server = GrpcServer("inference", port=args.port, host="127.0.0.1", grace_seconds=1,
+        server = GrpcServer("inference", port=args.port, host="127.0.0.1", grace_seconds=1, plaintext=True,
                             worker_threads=settings.worker_threads, recheck_seconds=1,
                             readiness_checks={"model_server": domain.check_model_server})
         server.on_ready(domain.start)  # no periodic reconcile: the bench's model server never restarts
@@ -148,8 +149,8 @@ def run(models: list[str] | None = None) -> list[Row]:
         server_port, inference_port = _free_port(), _free_port()
         env = {**os.environ, "CLASSFORGE_LOG_LEVEL": "WARNING", "CLASSFORGE_METRICS_PORT": "-1",
                "CLASSFORGE_MODEL_BASE_PATH": str(base), "TF_CPP_MIN_LOG_LEVEL": "2",
-               # Loopback processes of one benchmark: the cost measured is serving's, not token checks'.
-               "CLASSFORGE_AUTH_DISABLED": "true"}
+               # Loopback processes of the bench: plaintext and no auth, said explicitly.
+               "CLASSFORGE_GRPC_PLAINTEXT": "true", "CLASSFORGE_AUTH_DISABLED": "true"}
         processes = [
             subprocess.Popen([sys.executable, "-m", "services.model_server.main"], cwd=REPO_ROOT,
                              env={**env, "CLASSFORGE_GRPC_PORT": str(server_port)},

@@ -26,6 +26,7 @@ from classforge.v1 import common_pb2
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
 from services.common.auth import add_token_flag, cli_token, with_token
+from services.common.channels import add_tls_flags, channel_from_args
 from services.common.report_fetch import deployment_store, fetch_report
 
 # `classforge serve NAME` runs services/<module>/main.py.
@@ -66,7 +67,7 @@ def apply_training_flags(spec: common_pb2.JobSpec, args) -> common_pb2.JobSpec:
 
 
 def _jobs_stub(args) -> jobs_grpc.JobsServiceStub:
-    return jobs_grpc.JobsServiceStub(with_token(grpc.insecure_channel(args.jobs), cli_token(args)))
+    return jobs_grpc.JobsServiceStub(with_token(channel_from_args(args.jobs, args), cli_token(args)))
 
 
 def _print(message, as_json: bool) -> None:
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_token_flag(parser)
+    add_tls_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline on a dataset source, every service in this process")
     run.add_argument("source", metavar="SOURCE",

@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import grpc
-
 from classforge.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
 from classforge.v1 import jobs_service_pb2 as jobs_pb
 from classforge.v1 import jobs_service_pb2_grpc as jobs_grpc
 from services import progress
+from services.common.channels import open_channel
 from services.common.errors import InvalidArgument
 from services.common.events import InProcessEventBus
 from services.common.grpc_server import GrpcServer, wait_until_serving
@@ -48,6 +47,9 @@ SERVICES = {
 # Required distributed settings have no meaning here; they are filled with what stands in for them.
 _EMBEDDED_ENV = {"CLASSFORGE_KAFKA_BOOTSTRAP": "in-process", "CLASSFORGE_S3_ENDPOINT": "local-directory",
                  "CLASSFORGE_S3_ACCESS_KEY": "-", "CLASSFORGE_S3_SECRET_KEY": "-"}
+# Every gRPC server and channel of embedded mode is plaintext on loopback (see EmbeddedPlatform), so the
+# services' settings say so too: the inference service's model-server client reads them.
+_EMBEDDED_GRPC = {"CLASSFORGE_LISTEN_HOST": "127.0.0.1", "CLASSFORGE_GRPC_PLAINTEXT": "true"}
 
 
 def _settings_class(path: str) -> type[ServiceSettings]:
@@ -69,14 +71,21 @@ class EmbeddedPlatform:
         self.store_factory = functools.partial(LocalObjectStore, out / "store")
         self.store = self.store_factory()
         self.bus = InProcessEventBus()
-        model_settings = ModelServerSettings.load({"CLASSFORGE_MODEL_BASE_PATH": str(serving)}, poll_seconds=0.5)
-        self.model_server = build_server(model_settings, ModelServerCore(str(serving), poll_seconds=0.5), 0)
+        # Plaintext on 127.0.0.1 on purpose, and without the plaintext warning: both servers exist only for
+        # the life of this process and for this process (its own client below, the inference service's
+        # model-server client), no other host can reach a loopback port, and TLS files would be one more
+        # thing a user must make before `classforge run DATA` works.
+        model_settings = ModelServerSettings.load({"CLASSFORGE_MODEL_BASE_PATH": str(serving), **_EMBEDDED_GRPC},
+                                                  poll_seconds=0.5)
+        self.model_server = build_server(model_settings, ModelServerCore(str(serving), poll_seconds=0.5), 0,
+                                         tls=None, warn_plaintext=False)
         self.model_server.start()
         # No authenticator, here or on the model server above: both bind 127.0.0.1 only, for one user's run in
         # one process, and the run is their only client; a token would guard nothing the user cannot already
         # read on disk. Jobs get no owner, and every call is allowed (services.common.auth.current_identity()
         # is None).
-        self.server = GrpcServer("classforge", port=0, host="127.0.0.1", grace_seconds=30)
+        self.server = GrpcServer("classforge", port=0, host="127.0.0.1", grace_seconds=30, plaintext=True,
+                                 warn_plaintext=False)
         overrides = {
             "CLASSFORGE_MODEL_BASE_PATH": str(serving),
             "CLASSFORGE_MODEL_SERVER": f"127.0.0.1:{self.model_server.port}",
@@ -91,14 +100,14 @@ class EmbeddedPlatform:
             "CLASSFORGE_TRAINER_PROGRESS_SECONDS": "2",
         }
         for name, (module, settings_path) in SERVICES.items():
-            settings = _settings_class(settings_path).load({**_EMBEDDED_ENV, **overrides})
+            settings = _settings_class(settings_path).load({**_EMBEDDED_ENV, **overrides, **_EMBEDDED_GRPC})
             context = ServiceContext(name, settings, self.store, self.bus, self.server, self.store_factory)
             importlib.import_module(module).build(context)
         self.server.on_stop(self.bus.close)
         self.server.on_stop(self.model_server.stop)
         self.server.start()
         self.address = f"127.0.0.1:{self.server.port}"
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = open_channel(self.address, None, plaintext=True)
         wait_until_serving(self.channel, timeout=120)
 
     def stop(self) -> None:

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# What every harness that starts services as processes sets, explicitly: gRPC without TLS and no
+# authentication (both refuse to start otherwise). The end-to-end test switches them on instead.
+PLAINTEXT_NO_AUTH = {"CLASSFORGE_GRPC_PLAINTEXT": "true", "CLASSFORGE_AUTH_DISABLED": "true"}
 
 
 class ServiceProcess:
@@ -113,6 +116,7 @@ def infra_addresses() -> dict[str, str]:
         "CLASSFORGE_S3_ENDPOINT": S3_ENDPOINT,
         "CLASSFORGE_S3_ACCESS_KEY": S3_ACCESS_KEY,
         "CLASSFORGE_S3_SECRET_KEY": S3_SECRET_KEY,
+        **PLAINTEXT_NO_AUTH,
     }
 
 

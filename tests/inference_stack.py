@@ -73,7 +73,7 @@ class Stack:
                 if path.is_file():
                     self.store.put_file(f"models/job-{seed}/saved_model/{path.relative_to(export)}", path)
         self.core = ModelServerCore(self.base, poll_seconds=0.05)
-        self.model_server = GrpcServer("model-server-test", port=0, host="127.0.0.1", grace_seconds=1)
+        self.model_server = GrpcServer("model-server-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
         self.model_server.add_service(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
                                       PredictionServicer(self.core), PREDICTION_SERVICE)
         self.model_server.add_service(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
@@ -81,7 +81,7 @@ class Stack:
         self.model_server.start()
         self.core.start()
         self.bus = InProcessEventBus()
-        self.client = ModelServerClient(f"127.0.0.1:{self.model_server.port}")
+        self.client = ModelServerClient(f"127.0.0.1:{self.model_server.port}", plaintext=True)
         self.repo = ModelRepository(self.base)
         self.copied: list[str] = []  # every file the publisher copied, in order
         self.publisher = Publisher(self.store, self.bus, self.repo, self.client, server_base_path=str(self.base),
@@ -90,7 +90,7 @@ class Stack:
         self.classifier = Classifier(self.client, self.repo, on_label_missing=self.publisher.request_reconcile,
                                      **classifier_options)
         self.domain = InferenceDomain(self.classifier, self.publisher)
-        self.server = GrpcServer("inference-test", port=0, host="127.0.0.1", grace_seconds=1)
+        self.server = GrpcServer("inference-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
         self.server.add_service(pb_grpc.add_InferenceServiceServicer_to_server,
                                 InferenceServicer(self.domain), SERVICE_NAME)
         self.server.add_service(v2_grpc.add_GRPCInferenceServiceServicer_to_server,

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import metrics
 from services.common.auth import Authenticator, AuthInterceptor
 from services.common.errors import ClassforgeError, caller_message, log_only
+from services.common.tls import PLAINTEXT_VARIABLE, TlsConfig
 
 log = logging.getLogger("classforge.grpc")
 
@@ -158,8 +159,20 @@ class GrpcServer:
         readiness_checks: dict[str, ReadinessCheck] | None = None,
         recheck_seconds: float = 5.0,
         authenticator: Authenticator | None = None,
+        tls: TlsConfig | None = None,
+        plaintext: bool = False,
+        warn_plaintext: bool = True,
+        plaintext_health_port: int = 0,
     ):
+        """Serves TLS with `tls`; without it, plaintext only when `plaintext` is true, logged as a WARNING
+        at start unless `warn_plaintext` is false (embedded mode on 127.0.0.1 and tests, on purpose).
+        `plaintext_health_port` > 0 also serves grpc.health.v1, and nothing else, without TLS on that port:
+        Kubernetes' native gRPC probes cannot speak TLS."""
+        if tls is None and not plaintext:
+            raise ValueError(f"{service}: GrpcServer needs tls= or plaintext=True")
         self.service = service
+        self.tls = tls
+        self._warn_plaintext = tls is None and warn_plaintext
         self.grace_seconds = grace_seconds
         self.readiness_checks = dict(readiness_checks or {})
         self.recheck_seconds = recheck_seconds
@@ -180,7 +193,16 @@ class GrpcServer:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.health_server: grpc.Server | None = None
+        if plaintext_health_port > 0:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
+                                                                        thread_name_prefix=f"{service}-health"))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)  # the same statuses
+            if self.health_server.add_insecure_port(f"{host}:{plaintext_health_port}") == 0:
+                raise RuntimeError(f"{service}: cannot bind the health port {host}:{plaintext_health_port}")
+        address = f"{host}:{port}"
+        self.port = (self.server.add_secure_port(address, tls.server_credentials()) if tls is not None
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise RuntimeError(f"{service}: cannot bind gRPC port {host}:{port}")
         self._set_health(False)
@@ -216,8 +238,17 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         threading.Thread(target=self._watch_readiness, name=f"{self.service}-readiness", daemon=True).start()
-        log.info("gRPC server listening", extra={"port": self.port, "services": self._service_names})
+        if self._warn_plaintext:
+            log.warning(f"gRPC without TLS ({PLAINTEXT_VARIABLE}=true): anyone on the network can read and send "
+                        f"calls; set CLASSFORGE_TLS_CERT and CLASSFORGE_TLS_KEY", extra={"port": self.port})
+        if self.tls is not None and self.tls.client_auth_warning():
+            log.warning(self.tls.client_auth_warning(), extra={"port": self.port})
+        log.info("gRPC server listening", extra={
+            "port": self.port, "services": self._service_names,
+            "tls": "off" if self.tls is None else f"on, client certificates: {self.tls.client_auth}"})
         return self.port
 
     def _set_health(self, serving: bool) -> None:
@@ -263,6 +294,8 @@ class GrpcServer:
         self._stopping.set()
         log.info("stopping: NOT_SERVING, draining in-flight calls", extra={"grace_seconds": self.grace_seconds})
         self._set_health(False)
+        if self.health_server is not None:
+            self.health_server.stop(0)
         self.server.stop(self.grace_seconds).wait()
         for hook in reversed(self._stop_hooks):
             try:

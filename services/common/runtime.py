@@ -1,5 +1,5 @@
 """Start-up and shutdown of a distributed service, the same for every service:
-settings -> JSON logs -> /metrics -> object store and Kafka -> gRPC server -> wait for SIGTERM.
+settings (and TLS files) -> JSON logs -> /metrics -> object store and Kafka -> gRPC server -> wait for SIGTERM.
 
 A service's main module only says what is specific to it, in a `build(context)` function that
 registers its servicer and its event subscriptions.
@@ -21,6 +21,7 @@ from services.common.metrics import metrics_tls_files, serve_metrics
 from services.common.settings import ServiceSettings, SettingsError
 from services.common.stage_work import Stage
 from services.common.storage import ObjectStore
+from services.common.tls import server_tls
 
 log = logging.getLogger("classforge.runtime")
 
@@ -66,13 +67,12 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(name, settings.log_level)
-    try:
-        authenticator = Authenticator.from_settings(settings)
-    except SettingsError as exc:
-        print(f"{name}: configuration error: {exc}", file=sys.stderr)
-        return 2
     grpc_port, metrics_port = settings.ports_for(name)
-    try:  # the security settings are checked together here, before anything listens
+    # The security settings are checked together here, before anything listens: a bad TLS file, auth source or
+    # Kafka/S3 security setting is a one-line refusal (exit 2), not a crash later.
+    try:
+        tls = server_tls(settings)
+        authenticator = Authenticator.from_settings(settings)
         metrics_tls = metrics_tls_files(settings)
         store_factory, store, bus = connect(name, settings)
     except SettingsError as exc:
@@ -83,12 +83,18 @@ def run_service(name: str, build: Callable[[ServiceContext], None],
         name, port=grpc_port, host=settings.listen_host, max_message_bytes=settings.max_message_bytes,
         worker_threads=settings.worker_threads, grace_seconds=settings.grace_seconds,
         readiness_checks={"kafka": bus.ping, "object_store": store.ping, "event_consumers": bus.check_consumers},
+        tls=tls, plaintext=tls is None, plaintext_health_port=settings.grpc_health_port,
         authenticator=authenticator,
     )
     server.on_stop(bus.close)  # registered first, so it runs last: flush events the hooks below emit
     if metrics_server is not None:
         server.on_stop(metrics_server.shutdown)
-    build(ServiceContext(name, settings, store, bus, server, store_factory, authenticator))
+    try:
+        build(ServiceContext(name, settings, store, bus, server, store_factory, authenticator))
+    except SettingsError as exc:  # what build() reads itself, e.g. the TLS of a client it opens
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        server.stop()
+        return 2
     server.start()
     log.info("started", extra={"grpc_port": server.port, "metrics_port": metrics_port})
     server.serve_until_signalled()

@@ -120,7 +120,33 @@ class AuthSettings(Settings):
 
 
 @dataclass(frozen=True)
-class ServiceSettings(AuthSettings):
+class GrpcTlsSettings(Settings):
+    """gRPC TLS of a process that serves or calls gRPC; services.common.tls.server_tls / client_tls
+    check the files at start-up. The base of ServiceSettings and of the model server's settings."""
+
+    tls_cert: str = env("CLASSFORGE_TLS_CERT", "",
+                        "PEM certificate (chain) this process serves gRPC with and presents as a client (mTLS)")
+    tls_key: str = env("CLASSFORGE_TLS_KEY", "", "PEM private key of CLASSFORGE_TLS_CERT")
+    tls_ca: str = env("CLASSFORGE_TLS_CA", "",
+                      "PEM CA bundle: clients verify servers with it, servers verify client certificates with it")
+    tls_client_auth: str = env("CLASSFORGE_TLS_CLIENT_AUTH", "none",
+                               "client certificates a gRPC server asks for: none, request or require (mutual TLS)")
+    grpc_plaintext: bool = env("CLASSFORGE_GRPC_PLAINTEXT", False,
+                               "allow gRPC without TLS when no TLS files are set (logged as a warning at start); "
+                               "otherwise such a service refuses to start")
+    grpc_health_port: int = env("CLASSFORGE_GRPC_HEALTH_PORT", 0,
+                                "also serve grpc.health.v1 alone, without TLS, on this port (Kubernetes' gRPC probes "
+                                "cannot speak TLS); 0: off")
+
+
+@dataclass(frozen=True)
+class ServerSecuritySettings(GrpcTlsSettings, AuthSettings):
+    """Who may connect (TLS) and who may call what (auth): the base of ServiceSettings and of the model
+    server's settings."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings(ServerSecuritySettings):
     """What every distributed service needs: its ports, Kafka and the object store, and who may call it."""
 
     kafka_bootstrap: str = env("CLASSFORGE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, host:port[,…]")
@@ -151,8 +177,6 @@ class ServiceSettings(AuthSettings):
     grpc_port: int = env("CLASSFORGE_GRPC_PORT", 0, "gRPC listen port; 0 means the service's default")
     metrics_port: int = env("CLASSFORGE_METRICS_PORT", 0,
                             "Prometheus /metrics port; 0 means the service's default, -1 disables")
-    tls_cert: str = env("CLASSFORGE_TLS_CERT", "", "PEM certificate (chain) this process serves and presents")
-    tls_key: str = env("CLASSFORGE_TLS_KEY", "", "PEM private key of CLASSFORGE_TLS_CERT")
     metrics_tls: bool = env("CLASSFORGE_METRICS_TLS", False,
                             "serve /metrics over HTTPS with CLASSFORGE_TLS_CERT and CLASSFORGE_TLS_KEY")
     listen_host: str = env("CLASSFORGE_LISTEN_HOST", "0.0.0.0", "address the gRPC and metrics servers bind")

@@ -22,6 +22,7 @@ import yaml
 from google.protobuf import json_format
 
 from classforge.v1 import common_pb2
+from services.common.channels import add_tls_flags
 from services.common.errors import ClassforgeError
 from services.evaluator import blessing, report
 
@@ -67,6 +68,7 @@ def register(subparsers) -> None:
                        help=f"evaluator service address (env CLASSFORGE_EVALUATOR_ADDR, default {DEFAULT_EVALUATOR})")
     c.add_argument("--out", default="", help="download folder for a remote comparison (default "
                                              "comparisons/JOB_A__JOB_B)")
+    add_tls_flags(c)
     c.set_defaults(func=cmd_compare)
 
 
@@ -207,15 +209,14 @@ def _compare_in_store(root: Path, job_a: str, job_b: str) -> tuple[dict, Path]:
 
 
 def _compare_remote(args) -> tuple[dict, Path]:
-    import grpc
-
     from classforge.v1 import evaluator_service_pb2 as pb
     from classforge.v1 import evaluator_service_pb2_grpc as pb_grpc
     from services.common.auth import cli_token, with_token
+    from services.common.channels import channel_from_args
     from services.common.report_fetch import fetch_report
     from services.evaluator import compare as compare_mod
 
-    stub = pb_grpc.EvaluatorServiceStub(with_token(grpc.insecure_channel(args.evaluator), cli_token(args)))
+    stub = pb_grpc.EvaluatorServiceStub(with_token(channel_from_args(args.evaluator, args), cli_token(args)))
     reply = stub.CompareEvaluations(pb.CompareEvaluationsRequest(job_a=args.job_a, job_b=args.job_b),
                                     timeout=max(args.timeout, 300.0))
     index = fetch_report(reply.comparison_uri, Path(args.out or f"comparisons/{args.job_a}__{args.job_b}"))

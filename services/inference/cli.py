@@ -14,18 +14,18 @@ import argparse
 import os
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
 from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.auth import cli_token, with_token
+from services.common.channels import add_tls_flags, channel_from_args
 
 DEFAULT_ADDRESS = "127.0.0.1:50056"
 
 
 def _stub(args) -> pb_grpc.InferenceServiceStub:
-    return pb_grpc.InferenceServiceStub(with_token(grpc.insecure_channel(args.inference), cli_token(args)))
+    return pb_grpc.InferenceServiceStub(with_token(channel_from_args(args.inference, args), cli_token(args)))
 
 
 def _timeout(args) -> float:
@@ -132,6 +132,7 @@ def register(subparsers) -> None:
     address = argparse.ArgumentParser(add_help=False)
     address.add_argument("--inference", default=os.environ.get("CLASSFORGE_INFERENCE_ADDR", DEFAULT_ADDRESS),
                          help=f"inference service address (env CLASSFORGE_INFERENCE_ADDR, default {DEFAULT_ADDRESS})")
+    add_tls_flags(address)
     classify = subparsers.add_parser("classify", parents=[address], help="classify image files")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
     classify.add_argument("--model", default="",

@@ -9,6 +9,7 @@ from classforge.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.auth import client_token
 from services.common.http_server import HttpServer
 from services.common.runtime import ServiceContext, run_service
+from services.common.tls import client_tls
 from services.inference import v2_servicer
 from services.inference.classifier import Classifier
 from services.inference.domain import InferenceDomain
@@ -25,9 +26,11 @@ KINDS = ["job_submitted", "evaluation_completed"]
 
 
 def build_domain(settings: InferenceSettings, store, bus) -> InferenceDomain:
-    # The model server checks callers too: this service presents CLASSFORGE_TOKEN / CLASSFORGE_TOKEN_FILE (or its
-    # client certificate, for an mTLS identity). Publishing reloads the model server's config, which needs admin.
-    client = ModelServerClient(settings.model_server, settings.max_message_bytes, token=client_token())
+    # The model server checks callers too: this service presents its client certificate (an mTLS identity) or
+    # CLASSFORGE_TOKEN / CLASSFORGE_TOKEN_FILE. Publishing reloads the model server's config, which needs admin.
+    tls = client_tls(settings)  # the model server is called with this service's own TLS settings
+    client = ModelServerClient(settings.model_server, settings.max_message_bytes, tls=tls, plaintext=tls is None,
+                               token=client_token())
     repo = ModelRepository(settings.model_base_path)
     publisher = Publisher(store, bus, repo, client, server_base_path=settings.server_base_path,
                           keep_versions=settings.keep_versions, default_model=settings.default_model,

@@ -15,7 +15,9 @@ import numpy as np
 
 from services.common import serving_signature as contract
 from services.common.auth import with_token
+from services.common.channels import open_channel
 from services.common.errors import ClassforgeError, FailedPrecondition, Unavailable
+from services.common.tls import TlsConfig
 from services.inference import tfs_api as tfs
 
 T = TypeVar("T")
@@ -55,10 +57,15 @@ class SignatureInfo:
 
 
 class ModelServerClient:
-    def __init__(self, target: str, max_message_bytes: int = 64 * 1024 * 1024, token: str | None = None):
-        """`token`: the bearer token presented to the model server (publishing reloads its config: admin)."""
+    def __init__(self, target: str, max_message_bytes: int = 64 * 1024 * 1024, *, tls: TlsConfig | None = None,
+                 plaintext: bool = False, token: str | None = None):
+        """TLS with `tls` (the CA the model server's certificate is verified with, and this service's own
+        certificate for mutual TLS); plaintext only when `plaintext` says so. A client certificate rotated
+        on disk is used from the next start: the channel reads the files once. `token`: the bearer token
+        presented to the model server, when it knows this service by token rather than by certificate
+        (publishing reloads its config: admin)."""
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[
+        self.channel = open_channel(target, tls, plaintext=plaintext, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])

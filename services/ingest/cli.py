@@ -34,6 +34,7 @@ from classforge.v1 import common_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from classforge.v1 import ingest_service_pb2_grpc as pb_grpc
 from services.common.auth import add_token_flag, cli_token, with_token
+from services.common.channels import add_tls_flags, channel_from_args
 from services.common.dataset_options import (
     DEFAULT_MAX_CLASS_RATIO,
     DEFAULT_MAX_PIXELS,
@@ -74,6 +75,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 def _address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ingest", default=os.environ.get("CLASSFORGE_INGEST_ADDR", DEFAULT_ADDR),
                         help=f"ingest service address (env CLASSFORGE_INGEST_ADDR, default {DEFAULT_ADDR})")
+    add_tls_flags(parser)
 
 
 def register(subparsers) -> None:
@@ -200,7 +202,7 @@ def summary(prepared: Prepared, out: Path) -> str:
 
 
 def _stub(args) -> pb_grpc.IngestServiceStub:
-    return pb_grpc.IngestServiceStub(with_token(grpc.insecure_channel(args.ingest), cli_token(args)))
+    return pb_grpc.IngestServiceStub(with_token(channel_from_args(args.ingest, args), cli_token(args)))
 
 
 def _print(message, as_json: bool) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import DEFAULT_PORTS, AuthSettings, env
+from services.common.settings import DEFAULT_PORTS, ServerSecuritySettings, env
 
 SERVICE_NAME = "model-server"
 
 
 @dataclass(frozen=True)
-class ModelServerSettings(AuthSettings):
+class ModelServerSettings(ServerSecuritySettings):
     model_base_path: str = env("CLASSFORGE_MODEL_BASE_PATH",
                                help="directory holding <model>/<version>/saved_model.pb (TF Serving's layout)")
     model_config_file: str = env("CLASSFORGE_MODEL_CONFIG_FILE", "",

@@ -45,8 +45,9 @@ deploy: {deploy: true, model_name: compose-digits}
 
 
 def classforge(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", "--jobs", JOBS, *args], capture_output=True,
-                          text=True, timeout=timeout)
+    # Plaintext, as the Compose test stack serves (CLASSFORGE_GRPC_PLAINTEXT=true there).
+    return subprocess.run([sys.executable, "-m", "services.cli", "--plaintext", "--jobs", JOBS, *args],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

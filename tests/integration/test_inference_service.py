@@ -20,6 +20,7 @@ from services.common.events import ObjectStoreProcessedEvents, new_event
 from services.common.events.kafka import KafkaBusConfig, KafkaEventBus
 from services.common.grpc_server import wait_until_serving
 from services.common.storage.minio import MinioObjectStore
+from tests.conftest import PLAINTEXT_NO_AUTH
 from tests.integration.kafka_topic import positioned_consumer, topics
 from tests.support import toy_model
 
@@ -54,7 +55,7 @@ def test_blessed_model_published_from_kafka_and_minio_then_classified(infra, sta
     model_server = start_service("model_server", {
         "CLASSFORGE_MODEL_BASE_PATH": str(base), "CLASSFORGE_MODEL_POLL_SECONDS": "0.2",
         "CLASSFORGE_GRPC_PORT": str(MODEL_SERVER_GRPC), "CLASSFORGE_METRICS_PORT": str(MODEL_SERVER_METRICS),
-        "CLASSFORGE_GRACE_SECONDS": "2"})
+        "CLASSFORGE_GRACE_SECONDS": "2", **PLAINTEXT_NO_AUTH})
     inference = start_service("inference", {
         **infra, "CLASSFORGE_S3_BUCKET": bucket, "CLASSFORGE_MODEL_BASE_PATH": str(base),
         "CLASSFORGE_MODEL_SERVER": f"127.0.0.1:{MODEL_SERVER_GRPC}", "CLASSFORGE_GRPC_PORT": str(INFERENCE_GRPC),

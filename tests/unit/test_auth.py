@@ -280,6 +280,7 @@ def test_run_service_exits_2_with_one_line_when_no_auth_source_is_set(monkeypatc
             monkeypatch.delenv(name)
     for name, value in REQUIRED_ENV.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CLASSFORGE_GRPC_PLAINTEXT", "true")  # so that only the missing auth source can refuse
     monkeypatch.setattr(runtime, "configure_logging", lambda *a: None)
     monkeypatch.setattr(runtime, "connect", lambda *a: pytest.fail("must refuse before connecting"))
     assert runtime.run_service("jobs", lambda context: None) == 2
@@ -295,7 +296,7 @@ def jobs(tmp_path):
     """The jobs service on loopback with the tokens file, and a channel per token (plus one with none)."""
     tokens = write_tokens(tmp_path / "tokens.yaml", TOKENS)
     bus = InProcessEventBus()
-    server = GrpcServer("jobs", port=0, host="127.0.0.1", grace_seconds=1,
+    server = GrpcServer("jobs", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True, warn_plaintext=False,
                         authenticator=Authenticator(tokens_file=str(tokens)))
     server.add_service(pb_grpc.add_JobsServiceServicer_to_server,
                        JobsServicer(JobsDomain(bus, LocalObjectStore(tmp_path / "store"))), SERVICE_NAME)
@@ -411,19 +412,19 @@ def test_the_cli_sends_the_token_from_a_file_or_the_environment_and_shows_the_ow
     (tmp_path / "token").write_text(VERA + "\n")
     monkeypatch.delenv("CLASSFORGE_TOKEN", raising=False)
     monkeypatch.delenv("CLASSFORGE_TOKEN_FILE", raising=False)
-    assert cli.main(["--jobs", jobs.address, "--token-file", str(tmp_path / "token"), "status", job_id]) == 0
+    assert cli.main(["--jobs", jobs.address, "--plaintext", "--token-file", str(tmp_path / "token"), "status", job_id]) == 0
     assert json.loads(capsys.readouterr().out)["owner"] == "alice"
 
-    assert cli.main(["--jobs", jobs.address, "list"]) == 1
+    assert cli.main(["--jobs", jobs.address, "--plaintext", "list"]) == 1
     assert "UNAUTHENTICATED" in capsys.readouterr().err
     monkeypatch.setenv("CLASSFORGE_TOKEN_FILE", str(tmp_path / "token"))
-    assert cli.main(["--jobs", jobs.address, "list"]) == 0
+    assert cli.main(["--jobs", jobs.address, "--plaintext", "list"]) == 0
     assert "alice" in capsys.readouterr().out
     monkeypatch.setenv("CLASSFORGE_TOKEN", BOB)  # the variable wins over the file
-    assert cli.main(["--jobs", jobs.address, "cancel", job_id]) == 1
+    assert cli.main(["--jobs", jobs.address, "--plaintext", "cancel", job_id]) == 1
     assert "PERMISSION_DENIED" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="the token file .*missing is empty|cannot read the token file"):
-        cli.main(["--jobs", jobs.address, "--token-file", str(tmp_path / "missing"), "list"])
+        cli.main(["--jobs", jobs.address, "--plaintext", "--token-file", str(tmp_path / "missing"), "list"])
 
 
 # --------------------------------------------------------------------------- REST

@@ -508,6 +508,7 @@ def test_healthcheck_module_reports_serving_not_serving_and_unreachable():
 
     from services.common import healthcheck
 
+    PLAINTEXT = {"CLASSFORGE_GRPC_PLAINTEXT": "true"}  # this server has no TLS; the TLS check is in test_tls.py
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -515,12 +516,12 @@ def test_healthcheck_module_reports_serving_not_serving_and_unreachable():
     server.start()
     try:
         servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        assert healthcheck.main(["--port", str(port), "--timeout", "5"]) == 1
+        assert healthcheck.main(["--port", str(port), "--timeout", "5"], environ=PLAINTEXT) == 1
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        assert healthcheck.main(["--port", str(port), "--timeout", "5"]) == 0
+        assert healthcheck.main(["--port", str(port), "--timeout", "5"], environ=PLAINTEXT) == 0
     finally:
         server.stop(None)
-    assert healthcheck.main(["--port", str(port), "--timeout", "1"]) == 1
+    assert healthcheck.main(["--port", str(port), "--timeout", "1"], environ=PLAINTEXT) == 1
     assert healthcheck.default_port("jobs", environ={}) == DEFAULT_PORTS["jobs"][0]
     assert healthcheck.default_port("jobs", environ={"CLASSFORGE_GRPC_PORT": "6000"}) == 6000
     result = subprocess.run([sys.executable, "-m", "services.common.healthcheck"], capture_output=True, text=True,

@@ -105,7 +105,7 @@ def test_compare_rpc_and_cli(world, capsys):  # noqa: F811
     store, bus, domain, seen, tmp_path = world
     run_job(store, bus, tmp_path, "job-a", common_pb2.EvaluationGates())
     run_job(store, bus, tmp_path, "job-b", common_pb2.EvaluationGates(), sharpness=-4.0)
-    server = GrpcServer("evaluator-test", port=0, host="127.0.0.1", grace_seconds=1)
+    server = GrpcServer("evaluator-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
     server.add_service(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(domain), SERVICE_NAME)
     server.start()
     try:

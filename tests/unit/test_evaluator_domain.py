@@ -125,7 +125,7 @@ def test_a_missing_model_fails_the_stage_and_the_handler_returns(world):
 
 def test_grpc_evaluate_and_get_report(world):
     store, bus, domain, seen, tmp_path = world
-    server = GrpcServer("evaluator-test", port=0, host="127.0.0.1", grace_seconds=1)
+    server = GrpcServer("evaluator-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
     server.add_service(pb_grpc.add_EvaluatorServiceServicer_to_server, EvaluatorServicer(domain), SERVICE_NAME)
     server.start()
     try:

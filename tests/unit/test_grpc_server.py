@@ -49,7 +49,7 @@ class Dependency:
 def running(tmp_path):
     bus = InProcessEventBus()
     dependency = Dependency()
-    server = GrpcServer("test", port=0, host="127.0.0.1", grace_seconds=5,
+    server = GrpcServer("test", port=0, host="127.0.0.1", grace_seconds=5, plaintext=True,
                         readiness_checks={"fake": dependency.check}, recheck_seconds=0.1)
     server.add_service(pb_grpc.add_JobsServiceServicer_to_server,
                        FlakyServicer(JobsDomain(bus, LocalObjectStore(tmp_path))), SERVICE_NAME)

@@ -316,7 +316,7 @@ def test_a_version_published_but_not_loaded_is_503_until_the_model_server_loads_
 
 
 def test_the_model_server_unavailable_or_the_service_not_ready_is_503(stack):
-    client = ModelServerClient("127.0.0.1:1")
+    client = ModelServerClient("127.0.0.1:1", plaintext=True)
     domain = InferenceDomain(Classifier(client, stack.repo), stack.publisher)
     http = HttpServer("down", build_app(domain, ready=lambda: False, max_body_bytes=MAX_BODY), port=0,
                       host="127.0.0.1", grace_seconds=1)
@@ -439,9 +439,10 @@ def test_the_service_starts_rest_once_ready_and_drains_it_on_stop(stack, monkeyp
         "CLASSFORGE_MODEL_BASE_PATH": str(stack.base),
         "CLASSFORGE_MODEL_SERVER": f"127.0.0.1:{stack.model_server.port}",
         "CLASSFORGE_HTTP_PORT": str(port), "CLASSFORGE_LISTEN_HOST": "127.0.0.1", "CLASSFORGE_RECONCILE_SECONDS": "0",
-        "CLASSFORGE_GRACE_SECONDS": "5"})
+        "CLASSFORGE_GRACE_SECONDS": "5", "CLASSFORGE_GRPC_PLAINTEXT": "true"})
     bus = InProcessEventBus()
-    server = GrpcServer("inference", port=0, host="127.0.0.1", grace_seconds=5, recheck_seconds=0.2)
+    server = GrpcServer("inference", port=0, host="127.0.0.1", grace_seconds=5, recheck_seconds=0.2,
+                        plaintext=True)
     main.build(ServiceContext("inference", settings, stack.store, bus, server, lambda: stack.store))
     url = f"http://127.0.0.1:{port}"
     with pytest.raises(urllib.error.URLError):  # nothing listens before the service is ready

@@ -207,7 +207,7 @@ def test_bad_rows_are_all_listed_with_line_numbers_and_nothing_is_written(domain
 
 
 def test_relabel_over_grpc_and_the_local_cli(domain, tmp_path, source, capsys):
-    server = GrpcServer("ingest-test", port=0, host="127.0.0.1", grace_seconds=1)
+    server = GrpcServer("ingest-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
     server.add_service(pb_grpc.add_IngestServiceServicer_to_server, IngestServicer(domain), SERVICE_NAME)
     server.start()
     address = f"127.0.0.1:{server.port}"
@@ -228,7 +228,8 @@ def test_relabel_over_grpc_and_the_local_cli(domain, tmp_path, source, capsys):
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         # the CLI against the service
         (tmp_path / "c.csv").write_bytes(text)
-        assert cli.main(["dataset", "relabel", PARENT, str(tmp_path / "c.csv"), "--ingest", address]) == 0
+        assert cli.main(["dataset", "relabel", PARENT, str(tmp_path / "c.csv"), "--ingest", address,
+                         "--plaintext"]) == 0
         assert f"dataset {reply.dataset.ref.dataset_id} (from {PARENT}): relabeled 1" in capsys.readouterr().out
         channel.close()
     finally:

@@ -40,7 +40,7 @@ def upload(data: bytes, chunk: int = 1000, **header_fields):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     store = LocalObjectStore(tmp_path_factory.mktemp("store"))
-    server = GrpcServer("ingest-test", port=0, host="127.0.0.1", grace_seconds=1)
+    server = GrpcServer("ingest-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
     domain = IngestDomain(store, limits=SourceLimits(max_upload_bytes=200_000))
     server.add_service(pb_grpc.add_IngestServiceServicer_to_server, IngestServicer(domain), SERVICE_NAME)
     server.start()
@@ -124,14 +124,14 @@ def test_the_cli_uploads_a_folder_and_reads_datasets_back(server, tmp_path, caps
     for name, data in GOOD.items():
         (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "photos" / name).write_bytes(data)
-    assert cli.main(["--json", "dataset", "upload", str(tmp_path / "photos"), "--ingest", address, "--seed", "4",
-                     "--request-id", "cli-1"]) == 0
+    assert cli.main(["--json", "dataset", "upload", str(tmp_path / "photos"), "--ingest", address, "--plaintext",
+                     "--seed", "4", "--request-id", "cli-1"]) == 0
     uploaded = json.loads(capsys.readouterr().out)
     dataset_id = uploaded["ref"]["dataset_id"]
     assert uploaded["image_count"] == "40" and uploaded["ref"]["tasks"] == ["label"]
-    assert cli.main(["dataset", "list", "--ingest", address]) == 0
+    assert cli.main(["dataset", "list", "--ingest", address, "--plaintext"]) == 0
     assert dataset_id in capsys.readouterr().out
-    assert cli.main(["dataset", "report", dataset_id, "--ingest", address]) == 0
+    assert cli.main(["dataset", "report", dataset_id, "--ingest", address, "--plaintext"]) == 0
     assert "| cat |" in capsys.readouterr().out
-    assert cli.main(["dataset", "show", "ds-none", "--ingest", address]) == 1
+    assert cli.main(["dataset", "show", "ds-none", "--ingest", address, "--plaintext"]) == 1
     assert "NOT_FOUND: dataset 'ds-none' not found" in capsys.readouterr().err

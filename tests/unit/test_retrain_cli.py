@@ -24,7 +24,7 @@ def jobs(tmp_path):
     bus = InProcessEventBus()
     domain = JobsDomain(bus, LocalObjectStore(tmp_path / "store"))
     bus.subscribe("jobs", domain.apply)
-    server = GrpcServer("cli-test", port=0, host="127.0.0.1", grace_seconds=1)
+    server = GrpcServer("cli-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
     server.add_service(pb_grpc.add_JobsServiceServicer_to_server, JobsServicer(domain), SERVICE_NAME)
     server.start()
     yield f"127.0.0.1:{server.port}", bus
@@ -51,27 +51,27 @@ def test_submit_from_an_earlier_job(jobs, tmp_path, capsys):
     first = tmp_path / "first.yaml"
     first.write_text("source: {object_prefix: uploads/shoes/}\n"
                      "training: {backbone: BACKBONE_SMALL_CNN, width_multiplier: 0.5, input_size: 28}\n")
-    assert main(["--jobs", address, "submit", str(first)]) == 0
+    assert main(["--plaintext", "--jobs", address, "submit", str(first)]) == 0
     earlier = capsys.readouterr().out.strip()
     second = tmp_path / "second.yaml"
     second.write_text("source: {dataset_id: ds-relabelled}\ntraining: {full_stage: {epochs: 3}}\n")
 
     with pytest.raises(SystemExit, match=f"--from {earlier}: that job has no model \\(status PENDING\\)"):
-        main(["--jobs", address, "submit", str(second), "--from", earlier])
+        main(["--plaintext", "--jobs", address, "submit", str(second), "--from", earlier])
 
     model = common_pb2.ModelRef(job_id=earlier, uri=f"s3://b/models/{earlier}/saved_model/")
     bus.publish(new_event(earlier, "trainer", training_completed=events_pb2.TrainingCompleted(model=model)))
     bus.drain(timeout=10)
-    assert main(["--jobs", address, "submit", str(second), "--from", earlier]) == 0
+    assert main(["--plaintext", "--jobs", address, "submit", str(second), "--from", earlier]) == 0
     job_id = capsys.readouterr().out.strip().splitlines()[-1]
-    assert main(["--jobs", address, "--json", "status", job_id]) == 0
+    assert main(["--plaintext", "--jobs", address, "--json", "status", job_id]) == 0
     training = json.loads(capsys.readouterr().out)["spec"]["training"]
     assert training["initial_weights_uri"] == f"job://{earlier}"
     assert (training["backbone"], training["width_multiplier"], training["input_size"]) == (
         "BACKBONE_SMALL_CNN", 0.5, 28)
     assert training["full_stage"] == {"epochs": 3}
 
-    assert main(["--jobs", address, "submit", str(second), "--from", "no-such-job"]) == 1
+    assert main(["--plaintext", "--jobs", address, "submit", str(second), "--from", "no-such-job"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
 
 

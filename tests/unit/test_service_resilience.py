@@ -7,6 +7,8 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.conftest import PLAINTEXT_NO_AUTH
+
 UNREACHABLE = {
     "CLASSFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:9",
     "CLASSFORGE_S3_ENDPOINT": "127.0.0.1:9",
@@ -15,7 +17,7 @@ UNREACHABLE = {
     "CLASSFORGE_GRPC_PORT": "50151",
     "CLASSFORGE_METRICS_PORT": "9151",
     "CLASSFORGE_GRACE_SECONDS": "2",
-    "CLASSFORGE_AUTH_DISABLED": "true",  # only health is called, which is open anyway
+    **PLAINTEXT_NO_AUTH,
 }
 
 

@@ -47,7 +47,7 @@ def domain(store, bus):
 
 @pytest.fixture
 def stub(domain):
-    server = GrpcServer("tfrecords-test", port=0, host="127.0.0.1", grace_seconds=1)
+    server = GrpcServer("tfrecords-test", port=0, host="127.0.0.1", grace_seconds=1, plaintext=True)
     server.add_service(pb_grpc.add_TFRecordsServiceServicer_to_server, TFRecordsServicer(domain), SERVICE_NAME)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
