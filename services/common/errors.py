@@ -68,6 +68,13 @@ class FailedPrecondition(ClassforgeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class PermissionDenied(ClassforgeError):
+    """The caller may not do this or read there (a path outside the folders a service may read …).
+    The message says what is refused and how an operator allows it, never what lies beyond."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(ClassforgeError):
     """A dependency (Kafka, object store, model server) cannot be reached right now; retry later.
     Its message names addresses and library errors for the log; a gRPC client gets a generic one."""

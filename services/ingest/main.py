@@ -6,6 +6,7 @@ import sys
 
 from classforge.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from services.common.runtime import ServiceContext, run_service
+from services.ingest.confine import parse_roots
 from services.ingest.domain import IngestDomain
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import IngestSettings
@@ -20,7 +21,7 @@ def build(context: ServiceContext) -> None:
         context.store, context.bus,
         limits=settings.limits(),
         workers=settings.workers or None, work_dir=settings.work_dir or None,
-        local_roots=[r for r in settings.local_roots.split(":") if r], heartbeat_seconds=settings.heartbeat_seconds)
+        local_roots=parse_roots(settings.local_roots), heartbeat_seconds=settings.heartbeat_seconds)
     context.server.add_service(ingest_service_pb2_grpc.add_IngestServiceServicer_to_server,
                                IngestServicer(domain), SERVICE_NAME)
     # Consuming needs Kafka and the object store (the dedup log); readiness covers both.

@@ -25,7 +25,8 @@ class IngestSettings(ServiceSettings):
     work_dir: str = env("CLASSFORGE_INGEST_WORK_DIR", "", "where uploads are spooled and extracted; "
                                                           "empty means the system temp folder")
     local_roots: str = env("CLASSFORGE_INGEST_LOCAL_ROOTS", "",
-                           "':'-separated folders a local_path source must lie in; empty allows any")
+                           "':'-separated folders a local_path source must lie in (links resolved); "
+                           "empty allows no local path at all")
 
     def limits(self) -> SourceLimits:
         return SourceLimits(self.max_upload_bytes, self.max_file_bytes, self.max_total_bytes, self.max_files)
