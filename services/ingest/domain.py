@@ -36,8 +36,7 @@ from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from services.common import artefacts
 from services.common.dataset_options import IngestOptions
-from services.common.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
-                                    ResourceExhausted)
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import JobCancelled, Stage, StageWork
 from services.common.storage import ObjectNotFound, ObjectStore

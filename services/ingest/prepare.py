@@ -36,8 +36,8 @@ from services.common.dataset_options import IngestOptions
 from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import ObjectStore
 from services.ingest import metrics
-from services.ingest.confine import LocalRoots
 from services.ingest.balance import Balance, Example, Splits, balance, class_counts, stratified_split
+from services.ingest.confine import LocalRoots
 from services.ingest.names import printable
 from services.ingest.options import DEFAULT_LIMITS
 from services.ingest.report import balance_section, render_markdown
