@@ -161,7 +161,7 @@ def job_source(source: str, out: Path, list_file: str = "") -> common_pb2.DataSo
     of local sources), or an object-store prefix `s3://HOST:PORT/BUCKET/PREFIX`, copied into `out`
     first. InvalidArgument("SOURCE") naming the path when it cannot be used, before anything starts."""
     if source.startswith("s3://"):
-        return common_pb2.DataSource(local_path=str(_download(source, out / "work" / "source")),
+        return common_pb2.DataSource(local_path=str(_download(source, out / "work" / "source").resolve()),
                                      list_file=list_file)
     path = Path(source).expanduser().resolve()
     kind = local_source_kind(path, "SOURCE")

@@ -80,6 +80,19 @@ def test_a_path_counts_by_its_real_path_whatever_the_spelling_of_root_or_path(tm
     assert parse_roots("") == [] and parse_roots(":/data::/srv/x:") == ["/data", "/srv/x"]
 
 
+def test_the_setting_takes_absolute_folders_and_defaults_to_none():
+    from services.common.settings import SettingsError
+    from services.ingest.settings import IngestSettings
+
+    base = {"CLASSFORGE_KAFKA_BOOTSTRAP": "k:9092", "CLASSFORGE_S3_ENDPOINT": "s:9000",
+            "CLASSFORGE_S3_ACCESS_KEY": "a", "CLASSFORGE_S3_SECRET_KEY": "b"}
+    assert IngestSettings.load(base).local_root_list() == []
+    assert IngestSettings.load({**base, "CLASSFORGE_INGEST_LOCAL_ROOTS": "/data/:/srv/images"}
+                               ).local_root_list() == ["/data/", "/srv/images"]
+    with pytest.raises(SettingsError, match=r"^CLASSFORGE_INGEST_LOCAL_ROOTS: 'data' is not an absolute path"):
+        IngestSettings.load({**base, "CLASSFORGE_INGEST_LOCAL_ROOTS": "/srv:data"})
+
+
 def test_no_roots_refuses_every_local_path_and_says_which_variable_allows_them(tmp_path, layout):
     root, _ = layout
     domain = IngestDomain(LocalObjectStore(tmp_path / "store"))
