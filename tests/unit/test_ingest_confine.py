@@ -6,6 +6,7 @@ about a refused path depends on what lies outside (no existence oracle, no names
 import io
 import json
 import os
+import tarfile
 
 import grpc
 import numpy as np
@@ -277,3 +278,32 @@ def test_embedded_mode_reads_the_users_folder_and_nothing_else(tmp_path, layout)
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         platform.stop()
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def test_an_uploaded_archives_links_are_left_out_each_with_its_reason_and_the_rest_kept(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for label, base in (("cats", 0), ("dogs", 100)):
+            for i in range(6):
+                data = png(base + i)
+                info = tarfile.TarInfo(f"{label}/{i}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for name, kind, target in (("cats/passwd.png", tarfile.SYMTYPE, "/etc/passwd"),
+                                   ("cats/up.png", tarfile.SYMTYPE, "../../../../outside.png"),
+                                   ("dogs/hard.png", tarfile.LNKTYPE, "cats/0.png")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    store = LocalObjectStore(tmp_path / "store")
+    dataset = IngestDomain(store).create(pb.CreateDatasetHeader(archive_format=pb.ARCHIVE_FORMAT_TAR_GZ),
+                                         [buffer.getvalue()])
+    assert dataset.image_count == 12 and dataset.rejected_count == 3
+    report = json.loads(store.get_bytes(f"datasets/{dataset.ref.dataset_id}/report.json"))
+    reasons = {r["path"]: r["reason"] for r in report["rejected"]}
+    assert reasons == {"cats/passwd.png": "link: symbolic link to '/etc/passwd' is not extracted",
+                       "cats/up.png": "link: symbolic link to '../../../../outside.png' is not extracted",
+                       "dogs/hard.png": "link: hard link to 'cats/0.png' is not extracted"}
