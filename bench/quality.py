@@ -69,7 +69,7 @@ def run_case(name: str, scratch: Path) -> dict:
 
     folder = scratch / name / "images"
     dataset, training = _write_case(name, folder)
-    platform = EmbeddedPlatform(scratch / name / "out")
+    platform = EmbeddedPlatform(scratch / name / "out", [folder])
     try:
         stub = jobs_grpc.JobsServiceStub(platform.channel)
         started = time.monotonic()

@@ -6,6 +6,10 @@ in-process event bus and a local-directory object store instead of Kafka and Min
 server hosts every servicer, and the model-server stand-in runs on a thread. The run itself is a
 client of that server: SubmitJob, then WatchJob until the job ends, exactly as `classforge submit`
 and `classforge watch` talk to a deployment.
+
+Ingest reads local files only under the folders the platform is given (CLASSFORGE_INGEST_LOCAL_ROOTS,
+as in a deployment): `run` gives it the user's SOURCE (its folder, for a list file) and nothing
+else, so a job's local_path, or a symbolic link inside SOURCE, cannot lead elsewhere on the machine.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,7 +36,7 @@ from services.common.grpc_server import GrpcServer, wait_until_serving
 from services.common.runtime import ServiceContext
 from services.common.settings import ServiceSettings
 from services.common.storage import LocalObjectStore, open_object_store
-from services.ingest.sources import download_prefix, local_source_kind
+from services.ingest.sources import archive_format_of, download_prefix, local_source_kind
 
 log = logging.getLogger("classforge.embedded")
 
@@ -58,9 +63,10 @@ def _settings_class(path: str) -> type[ServiceSettings]:
 
 
 class EmbeddedPlatform:
-    """Every service in this process; `address` is the one gRPC endpoint serving all of them."""
+    """Every service in this process; `address` is the one gRPC endpoint serving all of them. Ingest may
+    read local sources only under `local_roots` (none: no local path)."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, local_roots: Sequence[Path] = ()):
         from services.model_server.core import ModelServerCore
         from services.model_server.main import build_server
         from services.model_server.settings import ModelServerSettings
@@ -93,6 +99,7 @@ class EmbeddedPlatform:
             "CLASSFORGE_EVALUATOR_WORK_DIR": str(out / "work" / "evaluator"),
             "CLASSFORGE_TFRECORDS_SCRATCH_DIR": str(out / "work" / "tfrecords"),
             "CLASSFORGE_INGEST_WORK_DIR": str(out / "work" / "ingest"),
+            "CLASSFORGE_INGEST_LOCAL_ROOTS": _roots_setting(local_roots),
             # Embedded mode answers over its one gRPC endpoint; REST would claim a fixed port (8086) per run.
             "CLASSFORGE_HTTP_PORT": "-1",
             # Heartbeats and training progress move the bars; in one process they cost next to nothing.
@@ -113,6 +120,22 @@ class EmbeddedPlatform:
     def stop(self) -> None:
         self.channel.close()
         self.server.stop()
+
+
+def _roots_setting(roots: Sequence[Path]) -> str:
+    """CLASSFORGE_INGEST_LOCAL_ROOTS for `roots`; ':' separates them, so no root may contain one."""
+    for root in roots:
+        if ":" in str(root):
+            raise InvalidArgument("SOURCE", f"{root}: a folder whose path contains ':' cannot be read in embedded "
+                                            f"mode; move or rename it")
+    return ":".join(str(root) for root in roots)
+
+
+def allowed_root(source: common_pb2.DataSource) -> Path:
+    """The one folder (or archive) ingest may read for `source` (a job_source result): the folder or
+    archive itself, or the folder of a list file, whose paths are relative to it."""
+    path = Path(source.local_path)
+    return path if path.is_dir() or archive_format_of(path) else path.parent
 
 
 def _show_dataset_report(store: LocalObjectStore, dataset_id: str, show) -> None:
@@ -151,7 +174,7 @@ def job_source(source: str, out: Path, list_file: str = "") -> common_pb2.DataSo
     of local sources), or an object-store prefix `s3://HOST:PORT/BUCKET/PREFIX`, copied into `out`
     first. InvalidArgument("SOURCE") naming the path when it cannot be used, before anything starts."""
     if source.startswith("s3://"):
-        return common_pb2.DataSource(local_path=str(_download(source, out / "work" / "source")),
+        return common_pb2.DataSource(local_path=str(_download(source, out / "work" / "source").resolve()),
                                      list_file=list_file)
     path = Path(source).expanduser().resolve()
     kind = local_source_kind(path, "SOURCE")
@@ -188,7 +211,7 @@ def run(source: str | Path, out: Path, spec: common_pb2.JobSpec, *, list_file: s
     out.mkdir(parents=True, exist_ok=True)
     spec.source.CopyFrom(job_source(str(source), out, list_file or spec.source.list_file))
     spec.deploy.deploy = True
-    platform = EmbeddedPlatform(out.resolve())
+    platform = EmbeddedPlatform(out.resolve(), [allowed_root(spec.source)])
     try:
         stub = jobs_grpc.JobsServiceStub(platform.channel)
         job_id = stub.SubmitJob(jobs_pb.SubmitJobRequest(spec=spec)).job_id

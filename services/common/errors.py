@@ -76,7 +76,8 @@ class Unauthenticated(ClassforgeError):
 
 
 class PermissionDenied(ClassforgeError):
-    """The caller is known but its role (or ownership) does not allow the call; the message names what is needed."""
+    """The caller may not do this: its role or ownership does not allow the call, or the request names a place the
+    service may not read (a path outside the ingest roots). The message says what is needed, never what lies beyond."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
 

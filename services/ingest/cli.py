@@ -165,7 +165,7 @@ def _prepare(args) -> int:
                 store.delete(name)
         prepared = prepare_dataset(local.root, store, "", options, dataset_id=dataset_id, source=description,
                                    list_file=local.list_file, list_file_field="--list-file",
-                                   extra_rejects=local.rejected,
+                                   extra_rejects=local.rejected, roots=local.roots,
                                    workers=args.workers or None)
     if getattr(args, "json", False):
         print(json.dumps(prepared.manifest, indent=2))

@@ -36,11 +36,12 @@ from classforge.v1 import common_pb2, events_pb2
 from classforge.v1 import ingest_service_pb2 as pb
 from services.common import artefacts
 from services.common.dataset_options import IngestOptions
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from services.common.events import EventBus, new_event, payload_kind
 from services.common.stage_work import JobCancelled, Stage, StageWork
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.ingest import metrics
+from services.ingest.confine import LocalRoots
 from services.ingest.options import DEFAULT_LIMITS, SourceLimits
 from services.ingest.prepare import prepare_dataset, read_json
 from services.ingest.relabel import is_version_of, plan_relabel, write_version
@@ -56,7 +57,7 @@ JOBS_PREFIX = "state/ingest/jobs/"
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 _REQUEST_NAMESPACE = uuid.UUID("0b7d6c52-3f0e-4c1a-9e57-2a6f3c9d1e44")
 _ARCHIVE_FORMATS = {pb.ARCHIVE_FORMAT_ZIP: "zip", pb.ARCHIVE_FORMAT_TAR: "tar", pb.ARCHIVE_FORMAT_TAR_GZ: "tar.gz"}
-_USER_ERRORS = (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted)
+_USER_ERRORS = (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, PermissionDenied)
 _INDEX_CLOCK = 10**13  # index keys sort newest first: (10^13 - created ms)
 
 
@@ -85,7 +86,8 @@ class IngestDomain:
         self.limits = limits
         self.workers = workers
         self.work_dir = work_dir or None
-        self.local_roots = [Path(r).resolve() for r in local_roots]
+        # The folders a local_path source may name; none (the default) refuses every local path.
+        self.local_roots = LocalRoots(local_roots)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -334,9 +336,10 @@ class IngestDomain:
                 path = self._local_path(value, f"{field}.local_path")
                 with self._workspace() as scratch:  # where an archive is extracted
                     local = open_local_source(path, source.list_file, scratch, limits=self.limits,
-                                              field_name=f"{field}.local_path", list_file_field=f"{field}.list_file")
+                                              field_name=f"{field}.local_path", list_file_field=f"{field}.list_file",
+                                              roots=self.local_roots)
                     return self._build(dataset_id, local.root, options, description, local.list_file,
-                                       f"{field}.list_file", local.rejected, work)
+                                       f"{field}.list_file", local.rejected, work, local.roots)
             check_relative(f"{field}.object_prefix", value)
             prefix = value if value.endswith("/") else value + "/"
             if next(iter(self.store.list(prefix)), None) is None:
@@ -347,14 +350,9 @@ class IngestDomain:
                                    f"{field}.list_file", rejects, work)
 
     def _local_path(self, value: str, field: str) -> Path:
-        """A folder, list file or archive on this service's file system, inside the allowed roots."""
-        path = Path(value).resolve()
-        if self.local_roots and not any(path.is_relative_to(allowed) for allowed in self.local_roots):
-            raise InvalidArgument(field, f"{value!r} is outside the folders this service may read "
-                                         f"({', '.join(map(str, self.local_roots))})")
-        if not path.exists():
-            raise NotFound("folder, list file or archive", value)
-        return path
+        """A folder, list file or archive on this service's file system, inside the allowed roots (its
+        real path, links resolved). PermissionDenied when local paths are disabled or it lies outside."""
+        return self.local_roots.resolve(value, field)
 
     def _reuse(self, dataset_id: str, description: dict, options: IngestOptions, field: str) -> pb.Dataset | None:
         """The dataset already made under this id (a retry or a redelivery), or None. With `field` set
@@ -371,7 +369,8 @@ class IngestDomain:
         return self._dataset(manifest)
 
     def _build(self, dataset_id: str, root: Path, options: IngestOptions, description: dict, list_file: str,
-               list_field: str, rejects: list[Reject], work: StageWork | None = None) -> pb.Dataset:
+               list_field: str, rejects: list[Reject], work: StageWork | None = None,
+               roots: LocalRoots | None = None) -> pb.Dataset:
         prefix = f"{DATASETS_PREFIX}{dataset_id}/"
         removed = self.store.delete_prefix(prefix)  # leftovers of an interrupted build: no manifest there
         if removed:
@@ -383,7 +382,7 @@ class IngestDomain:
                                        extra_rejects=rejects, workers=self.workers,
                                        max_file_bytes=self.limits.max_file_bytes,
                                        stop_check=work.check if work else _no_stop,
-                                       progress=work.progress if work else None)
+                                       progress=work.progress if work else None, roots=roots)
         except BaseException:
             self._remove_incomplete(prefix)
             raise

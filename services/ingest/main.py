@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from classforge.v1 import ingest_service_pb2, ingest_service_pb2_grpc
@@ -9,6 +10,8 @@ from services.common.runtime import ServiceContext, run_service
 from services.ingest.domain import IngestDomain
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import IngestSettings
+
+log = logging.getLogger("classforge.ingest")
 
 SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
@@ -20,7 +23,12 @@ def build(context: ServiceContext) -> None:
         context.store, context.bus,
         limits=settings.limits(),
         workers=settings.workers or None, work_dir=settings.work_dir or None,
-        local_roots=[r for r in settings.local_roots.split(":") if r], heartbeat_seconds=settings.heartbeat_seconds)
+        local_roots=settings.local_root_list(), heartbeat_seconds=settings.heartbeat_seconds)
+    if domain.local_roots:
+        log.info("local paths allowed under these folders only", extra={"roots": list(domain.local_roots.roots)})
+    else:
+        log.info("local paths are disabled (CLASSFORGE_INGEST_LOCAL_ROOTS is empty): uploads and object "
+                 "prefixes only")
     context.server.add_service(ingest_service_pb2_grpc.add_IngestServiceServicer_to_server,
                                IngestServicer(domain), SERVICE_NAME)
     # Consuming needs Kafka and the object store (the dedup log); readiness covers both.

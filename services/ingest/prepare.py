@@ -37,6 +37,7 @@ from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import ObjectStore
 from services.ingest import metrics
 from services.ingest.balance import Balance, Example, Splits, balance, class_counts, stratified_split
+from services.ingest.confine import LocalRoots
 from services.ingest.names import printable
 from services.ingest.options import DEFAULT_LIMITS
 from services.ingest.report import balance_section, render_markdown
@@ -112,6 +113,7 @@ class _Request:
     write_threads: int  # concurrent uploads (0: chosen for the store)
     stop_check: Callable[[], None]
     progress: Progress
+    roots: LocalRoots | None  # what the walk may read (None: `root` itself)
 
     def __post_init__(self):
         if self.prefix and not self.prefix.endswith("/"):
@@ -167,11 +169,13 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
                     source: dict, list_file: str = "", list_file_field: str = "source.list_file",
                     extra_rejects: list[Reject] | tuple[Reject, ...] = (), workers: int | None = None,
                     write_threads: int = 0, max_file_bytes: int = DEFAULT_LIMITS.max_file_bytes,
-                    stop_check: Callable[[], None] = lambda: None, progress: Progress | None = None) -> Prepared:
+                    stop_check: Callable[[], None] = lambda: None, progress: Progress | None = None,
+                    roots: LocalRoots | None = None) -> Prepared:
     """Prepares the dataset found in `root` and writes it under `prefix` ("" or ending in '/'),
     manifest.json last. Raises FailedPrecondition when the data allows no dataset. `stop_check` is called
     between batches of files and before every image upload; whatever it raises (a cancel) stops the work.
-    `progress(activity, done, total, unit)` hears what is being done, and how far the counted parts are."""
+    `progress(activity, done, total, unit)` hears what is being done, and how far the counted parts are.
+    Nothing outside `roots` (default: `root` itself) is read; symbolic links leading out are rejected."""
     started = time.perf_counter()
     # Names from outside (rejects of an extraction or a download, a local path) as text: a name that is
     # not valid UTF-8 must not reach report.md or a protobuf field (names.py). The collection's own
@@ -181,7 +185,7 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
         dataset_id=printable(dataset_id),  # checked by the service; the CLI takes any --dataset-id
         source={k: printable(v) if isinstance(v, str) else v for k, v in source.items()},
         options=options, max_file_bytes=max_file_bytes, workers=workers, write_threads=write_threads,
-        stop_check=stop_check, progress=progress or _unheard)
+        stop_check=stop_check, progress=progress or _unheard, roots=roots)
     rejects = _Rejects([Reject(printable(r.path), printable(r.reason)) for r in extra_rejects])
     try:
         prepared = _prepare(request, rejects, started)
@@ -248,7 +252,8 @@ def _collect_and_validate(request: _Request, rejects: _Rejects) -> _Validated:
             request.progress(f"validating images ({found} found so far)")
             pool.add(batch)
 
-        collection = collect(request.root, request.list_file, request.list_file_field, on_batch=add)
+        collection = collect(request.root, request.list_file, request.list_file_field, on_batch=add,
+                             roots=request.roots)
         checks = pool.results()
     rejects.items.extend(collection.rejected)
     rejects.labels.update(collection.rejected_labels)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import ServiceSettings, env
+from services.common.settings import ServiceSettings, SettingsError, env
+from services.ingest.confine import ROOTS_VARIABLE, parse_roots
 from services.ingest.options import SourceLimits
 
 _DEFAULT_LIMITS = SourceLimits()
@@ -25,7 +26,20 @@ class IngestSettings(ServiceSettings):
     work_dir: str = env("CLASSFORGE_INGEST_WORK_DIR", "", "where uploads are spooled and extracted; "
                                                           "empty means the system temp folder")
     local_roots: str = env("CLASSFORGE_INGEST_LOCAL_ROOTS", "",
-                           "':'-separated folders a local_path source must lie in; empty allows any")
+                           "':'-separated folders a local_path source must lie in (links resolved); "
+                           "empty allows no local path at all")
+
+    def __post_init__(self) -> None:
+        if (base := getattr(super(), "__post_init__", None)) is not None:
+            base()
+        # A relative root would mean the service's working folder, which no operator means.
+        for root in parse_roots(self.local_roots):
+            if not root.startswith("/"):
+                raise SettingsError(f"{ROOTS_VARIABLE}: {root!r} is not an absolute path; give ':'-separated "
+                                    f"absolute folders, or leave it empty to allow no local path")
+
+    def local_root_list(self) -> list[str]:
+        return parse_roots(self.local_roots)
 
     def limits(self) -> SourceLimits:
         return SourceLimits(self.max_upload_bytes, self.max_file_bytes, self.max_total_bytes, self.max_files)

@@ -9,6 +9,13 @@ Two layouts:
   line per image: its path relative to the list file's folder and one label per task, `-` where a
   task's label is unknown. Columns are separated by tabs if the line has any, else by whitespace.
 
+Confinement (confine.py): a walk reads only inside its roots (the configured
+CLASSFORGE_INGEST_LOCAL_ROOTS for a service's local source, the source itself otherwise). A symbolic
+link, to a file or a folder, whose real target lies outside every root is rejected (`link`) under its
+own name, never followed or read, and its target is never shown; one that stays inside is followed,
+a folder at most once (a link loop ends). A list-file line whose path leads outside is rejected the
+same way, and a list file that does is refused.
+
 Hidden entries (a name starting with '.') and macOS archive debris (`__MACOSX`, `Thumbs.db`,
 `desktop.ini`) are skipped and only counted.
 
@@ -46,8 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 from services.common.storage import ObjectCorrupted, ObjectStore
+from services.ingest.confine import LocalRoots
 from services.ingest.names import is_text, name_problem, printable
 from services.ingest.options import DEFAULT_LIMITS, SourceLimits
 from services.ingest.validation import Reject
@@ -99,27 +107,41 @@ def _is_junk(name: str) -> bool:
 OnBatch = Callable[[list[str]], None]
 
 
+LINK_OUTSIDE = f"{LINK}: a symbolic link leading outside the folders ingest may read is not followed"
+
+
 def collect(root: Path, list_file: str = "", field_name: str = "source.list_file",
-            on_batch: OnBatch | None = None) -> Collection:
+            on_batch: OnBatch | None = None, roots: LocalRoots | None = None) -> Collection:
     """The candidates of `root`. `on_batch` (if given) receives the candidates' paths as they are
-    found, in the order of `candidates`, so that validation can start before the walk ends."""
+    found, in the order of `candidates`, so that validation can start before the walk ends. Nothing
+    outside `roots` (default: `root` itself) is read."""
     if list_file:
-        found = collect_list_file(root, list_file, field_name)
+        found = collect_list_file(root, list_file, field_name, roots)
         if on_batch is not None:
             on_batch([c.path for c in found.candidates])
         return found
-    return collect_folders(root, on_batch)
+    return collect_folders(root, on_batch, roots)
 
 
-def collect_folders(root: Path, on_batch: OnBatch | None = None) -> Collection:
+def collect_folders(root: Path, on_batch: OnBatch | None = None, roots: LocalRoots | None = None) -> Collection:
     """Folder-per-label layout; labels are '/'-joined folder paths relative to `root`. Plain strings
-    and os.scandir throughout: the walk is the one part of ingest that is not spread over workers."""
+    and os.scandir throughout: the walk is the one part of ingest that is not spread over workers.
+    Symbolic links are followed only inside `roots` (default: `root` itself), each folder once."""
     found = Collection(tasks=("label",))
-    _walk(found, os.fspath(root), "", on_batch)
+    top = os.fspath(root)
+    _walk(found, top, "", on_batch, roots if roots is not None else LocalRoots([top]), set())
     return found
 
 
-def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | None) -> None:
+def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | None, roots: LocalRoots,
+          walked: set[str]) -> None:
+    real = os.path.realpath(directory)
+    # Checked again as each folder is entered: a folder swapped for a link to outside after its parent
+    # was listed is refused here rather than read.
+    if not roots.contains(real):
+        found.rejected.append(Reject(printable(label) or ".", LINK_OUTSIDE))
+        return
+    walked.add(real)
     try:
         with os.scandir(directory) as scan:
             entries = sorted(scan, key=lambda e: e.name)
@@ -138,11 +160,23 @@ def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | Non
             found.ignored += 1
             continue
         shown = f"{label}/{name}" if label else name
-        if entry.is_dir(follow_symlinks=False):
-            subdirs.append((entry.path, shown))  # walked with the raw label: its files are judged by it
-        elif entry.is_symlink() and entry.is_dir():
-            rejected.append(Reject(printable(shown), f"{LINK}: a symbolic link to a folder is not followed"))
-        elif not entry.is_file():  # a FIFO, socket or device (reading a FIFO would block), or a broken link
+        path = entry.path
+        if entry.is_symlink():
+            # Judged by where it really leads, and only that: a link leading outside reads the same whether
+            # its target exists or not, and the target is never named.
+            path = os.path.realpath(path)
+            if not roots.contains(path):
+                rejected.append(Reject(printable(shown), LINK_OUTSIDE))
+                continue
+            if os.path.isdir(path):
+                subdirs.append((path, shown, True))
+                continue
+            is_file = os.path.isfile(path)
+        else:
+            is_file = entry.is_file(follow_symlinks=False)
+        if not is_file and entry.is_dir(follow_symlinks=False):
+            subdirs.append((path, shown, False))  # walked with the raw label: its files are judged by it
+        elif not is_file:  # a FIFO, socket or device (reading a FIFO would block), or a broken link
             rejected.append(Reject(printable(shown), f"{SPECIAL_FILE}: not a regular file"))
         elif not label:
             rejected.append(Reject(printable(shown), f"{UNLABELLED}: a file at the top level has no label folder; "
@@ -153,12 +187,18 @@ def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | Non
                 found.declared.setdefault((0, label), label)
                 found.rejected_labels[printable(shown)] = (label,)
         else:
-            candidates.append(Candidate(entry.path, shown, (label,)))
+            candidates.append(Candidate(path, shown, (label,)))
             found.declared.setdefault((0, label), label)
     if on_batch is not None and len(candidates) > first:
         on_batch([c.path for c in candidates[first:]])
-    for path, shown in subdirs:
-        _walk(found, path, shown, on_batch)
+    for path, shown, linked in subdirs:
+        # A real folder tree has no cycles; a link is followed only to a folder not walked yet, so that a
+        # link to an ancestor (a loop) ends, and each link followed walks a new folder.
+        if linked and path in walked:
+            found.rejected.append(Reject(printable(shown), f"{LINK}: a symbolic link to a folder walked already "
+                                                           f"(a loop or a second way in) is not followed"))
+            continue
+        _walk(found, path, shown, on_batch, roots, walked)
 
 
 def _split_columns(line: str) -> list[str]:
@@ -184,12 +224,18 @@ def _utf8_or_none(line: bytes) -> str | None:
         return None
 
 
-def collect_list_file(root: Path, list_file: str, field_name: str = "source.list_file") -> Collection:
-    """List-file layout; raises InvalidArgument(field_name, …) when the list file itself is unusable."""
+def collect_list_file(root: Path, list_file: str, field_name: str = "source.list_file",
+                      roots: LocalRoots | None = None) -> Collection:
+    """List-file layout; raises InvalidArgument(field_name, …) when the list file itself is unusable,
+    PermissionDenied when it leads outside `roots` (default: `root`)."""
     problem = _unsafe(list_file)
     if problem:
         raise InvalidArgument(field_name, f"{list_file!r}: {problem.split(': ', 1)[1]}")
+    roots = roots if roots is not None else LocalRoots([root])
     path = root / list_file
+    if not roots.contains(path):
+        raise PermissionDenied(f"{field_name}: {list_file!r} leads outside the folders ingest may read "
+                               f"(through a symbolic link)")
     if not path.is_file():
         raise InvalidArgument(field_name, f"{list_file!r} is not a file in the source")
     try:
@@ -243,6 +289,11 @@ def collect_list_file(root: Path, list_file: str, field_name: str = "source.list
             found.rejected_labels[name] = labels
             continue
         file = base / name.replace("\\", "/")
+        if not roots.contains(file):  # before looking at it: whether it exists out there is not said
+            found.rejected.append(Reject(name, f"{LINK}: listed at {where} but leads outside the folders ingest "
+                                               f"may read (through a symbolic link)"))
+            found.rejected_labels[name] = labels
+            continue
         if not file.is_file():
             found.rejected.append(Reject(name, f"{MISSING}: listed at {where} but not a file in the source"))
             found.rejected_labels[name] = labels
@@ -638,25 +689,32 @@ class LocalSource:
     kind: str  # "folder", "archive" or "list"
     archive_format: str = ""
     rejected: list[Reject] = field(default_factory=list)  # archive entries left out
+    # The folders the walk may read: the allowed roots for a folder or list file, the extraction folder
+    # for an archive (whose links were never extracted).
+    roots: LocalRoots = field(default_factory=lambda: LocalRoots([]))
 
 
 def open_local_source(path: Path, list_file: str, work: Path, *, limits: SourceLimits = DEFAULT_LIMITS,
-                      field_name: str = "source", list_file_field: str = "source.list_file") -> LocalSource:
+                      field_name: str = "source", list_file_field: str = "source.list_file",
+                      roots: LocalRoots | None = None) -> LocalSource:
     """A folder per label (or holding `list_file`), a list file, or a .zip/.tar/.tar.gz archive of
     either, as a folder to collect from. Archives are extracted (safely, see extract_archive) under
     `work`, which must outlive the use of the result. The one way every entry point (`dataset prepare`,
-    `run`, a job's local_path) reads a local source."""
+    `run`, a job's local_path) reads a local source. Symbolic links in a folder are followed only inside
+    `roots` (default: the source's own folder); the caller has checked that `path` lies in them."""
     kind = local_source_kind(path, field_name)
     if kind == "folder":
-        return LocalSource(path, list_file, kind)
+        return LocalSource(path, list_file, kind, roots=roots if roots is not None else LocalRoots([path]))
     if kind == "archive":
         fmt = archive_format_of(path)
         extracted = extract_archive(path, fmt, work / "files", limits, field_name=field_name)
-        return LocalSource(archive_root(work / "files", list_file), list_file, kind, fmt, extracted.rejected)
+        return LocalSource(archive_root(work / "files", list_file), list_file, kind, fmt, extracted.rejected,
+                           roots=LocalRoots([work / "files"]))
     if list_file:
         raise InvalidArgument(list_file_field, f"{path} is itself a list file; name a list file only inside a "
                                                f"folder or archive source (got {list_file!r})")
-    return LocalSource(path.parent, path.name, kind)  # a list file's paths are relative to its folder
+    # a list file's paths are relative to its folder
+    return LocalSource(path.parent, path.name, kind, roots=roots if roots is not None else LocalRoots([path.parent]))
 
 
 # --------------------------------------------------------------------------- object store

@@ -63,7 +63,8 @@ class Platform:
                     "CLASSFORGE_TFRECORDS_SCRATCH_DIR": str(root / "tfrecords"),
                     "CLASSFORGE_HEARTBEAT_SECONDS": "2", "CLASSFORGE_JOBS_WATCHDOG_SECONDS": "1",
                     "CLASSFORGE_JOBS_STAGE_DEADLINE_SECONDS": "90", "CLASSFORGE_JOBS_CANCEL_GRACE_SECONDS": "60",
-                    "CLASSFORGE_OUTAGE_WINDOW_SECONDS": "150", **env}
+                    "CLASSFORGE_OUTAGE_WINDOW_SECONDS": "150",
+                    "CLASSFORGE_INGEST_LOCAL_ROOTS": str(self.data), **env}
         self.services: dict[str, ServiceProcess] = {}
         self.logs = root / "logs"
         self.logs.mkdir()

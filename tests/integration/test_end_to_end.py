@@ -35,7 +35,7 @@ def start_pipeline(infra, start_service, tmp_path) -> tuple[dict, dict, str, obj
               "CLASSFORGE_TRAINER_WORK_DIR": str(tmp_path / "trainer"),
               "CLASSFORGE_EVALUATOR_WORK_DIR": str(tmp_path / "evaluator"),
               "CLASSFORGE_TFRECORDS_SCRATCH_DIR": str(tmp_path / "tfrecords"),
-              "CLASSFORGE_TRAINER_PROGRESS_SECONDS": "1"}
+              "CLASSFORGE_TRAINER_PROGRESS_SECONDS": "1", "CLASSFORGE_INGEST_LOCAL_ROOTS": str(data)}
     services = {"model_server": start_service("model_server", common)}
     for name in PIPELINE:
         services[name] = start_service(name, common)

@@ -41,7 +41,7 @@ def loop(tmp_path_factory):
                                          full_stage=common_pb2.TrainingStage(epochs=1, learning_rate=0.05))
     gates = common_pb2.EvaluationGates(max_regression=1.0, max_class_regression=1.0)  # both get served
     out = root / "out"
-    platform = EmbeddedPlatform(out)
+    platform = EmbeddedPlatform(out, [root / "images"])
     try:
         stub = jobs_grpc.JobsServiceStub(platform.channel)
         first = run_job(stub, common_pb2.JobSpec(
