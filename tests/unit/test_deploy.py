@@ -60,7 +60,8 @@ OLD_CREDENTIALS = ["classforge-secret", "change-me", "change-me-too", "change-me
                    "GF_SECURITY_ADMIN_PASSWORD: ${GRAFANA_ADMIN_PASSWORD:-", "MINIO_ROOT_PASSWORD:-",
                    "MINIO_ROOT_USER:-", "CLASSFORGE_S3_SECRET_KEY=classforge"]
 CUSTOM_KINDS = {("kafka.strimzi.io/v1beta2", "Kafka"), ("kafka.strimzi.io/v1beta2", "KafkaNodePool"),
-                ("kafka.strimzi.io/v1beta2", "KafkaTopic"), ("minio.min.io/v2", "Tenant")}
+                ("kafka.strimzi.io/v1beta2", "KafkaTopic"), ("minio.min.io/v2", "Tenant"),
+                ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
 # The classforge services that run in containers (the model-server stand-in is replaced by TF Serving).
 SERVICES = ["jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference"]
 
@@ -751,11 +752,22 @@ def test_kubernetes_services_mount_tls_and_auth_secrets(overlay):
         expected = "request" if name in ("jobs", "ingest", "inference") else "require"
         assert env["CLASSFORGE_TLS_CLIENT_AUTH"] == expected, name
         assert "CLASSFORGE_GRPC_PLAINTEXT" not in env and "CLASSFORGE_AUTH_DISABLED" not in env, name
-    rendered_secrets = {n.rsplit("-", 1)[0] if overlay != "gpu" else n for n in _by_kind(docs, "Secret")}
-    if overlay in ("dev", "operators"):
-        assert set(EXTERNAL_SECRETS) <= rendered_secrets, rendered_secrets
+    secrets = _by_kind(docs, "Secret")
+    generated = set(secrets) | {n.rsplit("-", 1)[0] for n in secrets}  # kustomize appends -<hash>
+    if overlay == "dev":
+        assert set(EXTERNAL_SECRETS) <= generated, generated
         tls = next(d for n, d in _by_kind(docs, "Secret").items() if n.startswith("classforge-tls"))
         assert tls["type"] == "kubernetes.io/tls" and set(tls["data"]) == EXTERNAL_SECRETS["classforge-tls"]
+    if overlay == "operators":  # classforge-tls from cert-manager, issued by the generated CA
+        assert set(EXTERNAL_SECRETS) - {"classforge-tls"} <= generated, generated
+        certificate = _by_kind(docs, "Certificate")["classforge-tls"]["spec"]
+        issuer = _by_kind(docs, "Issuer")[certificate["issuerRef"]["name"]]["spec"]
+        ca = _by_kind(docs, "Secret")[issuer["ca"]["secretName"]]
+        assert certificate["secretName"] == "classforge-tls" and ca["type"] == "kubernetes.io/tls"
+        assert {"server auth", "client auth"} <= set(certificate["usages"])
+        for name in (*SERVICES, "tf-serving"):
+            assert name in certificate["dnsNames"], name
+        assert "127.0.0.1" in certificate["ipAddresses"]
 
 
 def _selected(policy: dict, labels: dict) -> bool:
