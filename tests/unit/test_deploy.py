@@ -54,13 +54,16 @@ EXTERNAL_SECRETS = {"classforge-s3": {"CLASSFORGE_S3_ACCESS_KEY", "CLASSFORGE_S3
 # are merged these names count as read; once the settings classes define them this set adds nothing.
 ISSUE_16_SETTINGS = {"CLASSFORGE_TLS_CERT", "CLASSFORGE_TLS_KEY", "CLASSFORGE_TLS_CA", "CLASSFORGE_TLS_CLIENT_AUTH",
                      "CLASSFORGE_GRPC_PLAINTEXT", "CLASSFORGE_AUTH_TOKENS_FILE", "CLASSFORGE_AUTH_MTLS_IDENTITIES",
-                     "CLASSFORGE_AUTH_DISABLED"}
+                     "CLASSFORGE_AUTH_DISABLED", "CLASSFORGE_KAFKA_SECURITY_PROTOCOL", "CLASSFORGE_KAFKA_SSL_CA",
+                     "CLASSFORGE_KAFKA_SASL_MECHANISM", "CLASSFORGE_KAFKA_SASL_USERNAME",
+                     "CLASSFORGE_KAFKA_SASL_PASSWORD", "CLASSFORGE_S3_CA_BUNDLE"}
 # Credentials that were once committed or defaulted: none may appear in a deployment file again.
 OLD_CREDENTIALS = ["classforge-secret", "change-me", "change-me-too", "change-me-please",
                    "GF_SECURITY_ADMIN_PASSWORD: ${GRAFANA_ADMIN_PASSWORD:-", "MINIO_ROOT_PASSWORD:-",
                    "MINIO_ROOT_USER:-", "CLASSFORGE_S3_SECRET_KEY=classforge"]
 CUSTOM_KINDS = {("kafka.strimzi.io/v1beta2", "Kafka"), ("kafka.strimzi.io/v1beta2", "KafkaNodePool"),
                 ("kafka.strimzi.io/v1beta2", "KafkaTopic"), ("minio.min.io/v2", "Tenant"),
+                ("kafka.strimzi.io/v1beta2", "KafkaUser"),
                 ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
 # The classforge services that run in containers (the model-server stand-in is replaced by TF Serving).
 SERVICES = ["jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference"]
@@ -427,7 +430,22 @@ def test_operators_overlay_points_classforge_at_its_clusters():
     topics = {d["metadata"]["name"] for d in docs if d["kind"] == "KafkaTopic"}
     assert topics == {"classforge.events", "classforge.events.dlq"}
     (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("classforge-config")]
-    assert config["data"]["CLASSFORGE_KAFKA_BOOTSTRAP"].startswith("classforge-kafka-bootstrap:")
+    assert config["data"]["CLASSFORGE_KAFKA_BOOTSTRAP"] == "classforge-kafka-bootstrap:9093"
+    # Kafka: TLS + SCRAM only, the password Strimzi generates; MinIO: HTTPS with the classforge CA
+    (kafka,) = _by_kind(docs, "Kafka").values()
+    assert [(listener["tls"], listener["authentication"]["type"]) for listener in kafka["spec"]["kafka"]["listeners"]] \
+        == [(True, "scram-sha-512")]
+    assert config["data"]["CLASSFORGE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["data"]["CLASSFORGE_S3_SECURE"] == "true" and config["data"]["CLASSFORGE_S3_ENDPOINT"] == "minio:443"
+    (tenant,) = _by_kind(docs, "Tenant").values()
+    certificate = _by_kind(docs, "Certificate")[tenant["spec"]["externalCertSecret"][0]["name"]]["spec"]
+    assert "minio" in certificate["dnsNames"]
+    for name in SERVICES:
+        container = _by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+        password = {e["name"]: e for e in container["env"]}["CLASSFORGE_KAFKA_SASL_PASSWORD"]
+        assert password["valueFrom"]["secretKeyRef"] == {"name": "classforge", "key": "password"}, name
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert config["data"]["CLASSFORGE_KAFKA_SSL_CA"].rsplit("/", 1)[0] in mounts, name
     assert all(d["metadata"].get("namespace") == "classforge" for d in docs if d["kind"] != "Namespace")
 
 
@@ -844,12 +862,13 @@ def test_network_policies_limit_egress_to_dns_kafka_minio_and_tf_serving(overlay
         assert egress, f"{overlay}: {name} has unrestricted egress"
         ports = {port["port"] for p in egress for rule in p["spec"].get("egress", []) for port in rule.get("ports", [])}
         assert all(rule.get("ports") for p in egress for rule in p["spec"].get("egress", [])), name
+        kafka = 9093 if overlay == "operators" else 9092  # Strimzi's TLS + SCRAM listener
         if name == "tf-serving":
             assert ports == set(), f"{overlay}: tf-serving opens connections to {ports}"
         elif name == "inference":
-            assert ports == {53, 9092, 9000, 8500}, ports
+            assert ports == {53, kafka, 9000, 8500}, ports
         else:
-            assert ports == {53, 9092, 9000}, f"{overlay}: {name} reaches {ports}"
+            assert ports == {53, kafka, 9000}, f"{overlay}: {name} reaches {ports}"
     kafka_peer = policies["classforge-egress"]["spec"]["egress"][1]["to"][0]
     expected = {"base": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kafka"}}},
                 "dev": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "infra"}}},
