@@ -874,3 +874,55 @@ def test_network_policies_limit_egress_to_dns_kafka_minio_and_tf_serving(overlay
                 "dev": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "infra"}}},
                 "operators": {"podSelector": {"matchLabels": {"strimzi.io/cluster": "classforge"}}}}
     assert kafka_peer == expected.get(overlay, expected["base"]), kafka_peer
+
+
+def test_generated_certificates_serve_grpc_mutual_tls_on_loopback():
+    """The certificates secrets.sh makes work as Compose uses them: a server with its own certificate that
+    requires client certificates from the CA; a client that trusts the CA and presents its own, dialling
+    127.0.0.1 (the health check) or the Compose name (service to service). Plaintext, an unknown CA and a
+    missing client certificate are refused."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    folder = compose_secrets()
+    tls = folder / "tls"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    credentials = grpc.ssl_server_credentials([((tls / "tf-serving" / "tls.key").read_bytes(),
+                                                (tls / "tf-serving" / "tls.crt").read_bytes())],
+                                              root_certificates=(folder / "ca" / "ca.crt").read_bytes(),
+                                              require_client_auth=True)
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+
+    def check(channel: grpc.Channel) -> grpc.StatusCode:
+        with channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                return exc.code()
+
+    def client(ca: Path, cert: str | None = "inference") -> grpc.ChannelCredentials:
+        pair = {} if cert is None else {"private_key": (tls / cert / "tls.key").read_bytes(),
+                                        "certificate_chain": (tls / cert / "tls.crt").read_bytes()}
+        return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes(), **pair)
+
+    try:
+        ca = folder / "ca" / "ca.crt"
+        assert check(grpc.secure_channel(f"127.0.0.1:{port}", client(ca))) == grpc.StatusCode.OK
+        by_name = grpc.secure_channel(f"127.0.0.1:{port}", client(ca),
+                                      options=[("grpc.ssl_target_name_override", "tf-serving")])
+        assert check(by_name) == grpc.StatusCode.OK
+        wrong_name = grpc.secure_channel(f"127.0.0.1:{port}", client(ca),
+                                         options=[("grpc.ssl_target_name_override", "jobs")])
+        assert check(wrong_name) == grpc.StatusCode.UNAVAILABLE, "a certificate must name only its own service"
+        assert check(grpc.insecure_channel(f"127.0.0.1:{port}")) == grpc.StatusCode.UNAVAILABLE
+        assert check(grpc.secure_channel(f"127.0.0.1:{port}", client(ca, cert=None))) == grpc.StatusCode.UNAVAILABLE
+        foreign = Path(tempfile.mkdtemp()) / "s"
+        subprocess.run(["bash", str(DEPLOY / "compose" / "secrets.sh"), str(foreign)], check=True, capture_output=True)
+        assert check(grpc.secure_channel(f"127.0.0.1:{port}", client(foreign / "ca" / "ca.crt"))) == \
+            grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(None)
