@@ -7,27 +7,33 @@ COMPOSE ?= docker compose
 # docker-compose.override.yml publishes the host ports. With no registry (nothing can be pulled), add the
 # infrastructure images built from deploy/local's sources: make up COMPOSE_FILES="... deploy/compose/local-images.yml"
 COMPOSE_FILES ?= docker-compose.yml docker-compose.override.yml
-COMPOSE_FILE_ARGS = $(addprefix -f ,$(COMPOSE_FILES))
+# Every credential, certificate and token of the stack, generated once by deploy/compose/secrets.sh (git-ignored;
+# no credential has a default). The env file sets CLASSFORGE_COMPOSE_SECRETS, MinIO's and Grafana's passwords.
+COMPOSE_SECRETS ?= deploy/compose/.secrets
+COMPOSE_FILE_ARGS = --env-file $(COMPOSE_SECRETS)/compose.env $(addprefix -f ,$(COMPOSE_FILES))
 
-.PHONY: up up-gpu down down-volumes compose-config compose-logs compose-ps
+.PHONY: up up-gpu down down-volumes compose-config compose-logs compose-ps compose-secrets
 
-up: images ## build the images and start the whole stack (Kafka, MinIO, TF Serving, Prometheus, Grafana, services)
+compose-secrets: ## generate the stack's passwords, CA, certificates and tokens once (kept on later runs)
+	deploy/compose/secrets.sh $(COMPOSE_SECRETS) >/dev/null
+
+up: images compose-secrets ## build the images and start the whole stack (Kafka, MinIO, TF Serving, Prometheus, Grafana, services)
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) up -d
 
-up-gpu: images ## the same, with the trainer on an NVIDIA GPU (profile gpu; the CPU trainer scaled to 0)
+up-gpu: images compose-secrets ## the same, with the trainer on an NVIDIA GPU (profile gpu; the CPU trainer scaled to 0)
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --profile gpu up -d --build --scale trainer=0
 
-down: ## stop the stack (volumes kept)
+down: compose-secrets ## stop the stack (volumes kept)
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --profile gpu down --remove-orphans
 
-down-volumes: ## stop the stack and delete its volumes (Kafka, MinIO, models, Prometheus, Grafana data)
+down-volumes: compose-secrets ## stop the stack and delete its volumes (Kafka, MinIO, models, Prometheus, Grafana data)
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --profile gpu down --remove-orphans --volumes
 
-compose-config: ## print the resolved Compose file
+compose-config: compose-secrets ## print the resolved Compose file
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --profile gpu config
 
-compose-ps: ## show the containers and their health
+compose-ps: compose-secrets ## show the containers and their health
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --profile gpu ps
 
-compose-logs: ## follow every container's logs
+compose-logs: compose-secrets ## follow every container's logs
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --profile gpu logs -f --tail=100

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # `make test-compose`: the whole stack in a real Docker engine, then tests/compose against it.
 #   1. engine (installed and started if missing: deploy/docker/engine.sh), images (make images);
-#   2. `docker-compose up` of docker-compose.yml + deploy/compose/local-images.yml + deploy/compose/test.yml
-#      (loopback only, no published ports), then every container waited on to be healthy;
-#   3. pytest tests/compose (submit + watch a digits job with the CLI, classify, Prometheus `up`);
+#   2. fresh secrets (deploy/compose/secrets.sh into .build/compose-secrets: passwords, CA, certificates,
+#      tokens), then `docker-compose --env-file …/compose.env up` of docker-compose.yml +
+#      deploy/compose/local-images.yml + deploy/compose/test.yml (loopback only, no published ports), then
+#      every container waited on to be healthy;
+#   3. pytest tests/compose over TLS with tokens (submit + watch a digits job with the CLI, classify,
+#      Prometheus `up`; a call without a token, with the wrong role, in plaintext are refused);
 #   4. `docker-compose down -v`, also on failure.
 # Any failure says why in one line; a container that never becomes healthy has its log tail printed.
 set -euo pipefail
@@ -12,7 +15,10 @@ COMPONENT=test-compose
 HEALTHY_TIMEOUT=${CLASSFORGE_HEALTHY_TIMEOUT:-300}
 export COMPOSE_PROJECT_NAME=classforge-test
 export CLASSFORGE_COMPOSE_DATA="$REPO_ROOT/.build/compose-data"
-COMPOSE=(docker-compose -f "$REPO_ROOT/docker-compose.yml" -f "$REPO_ROOT/deploy/compose/local-images.yml"
+SECRETS="$REPO_ROOT/.build/compose-secrets"
+rm -rf "$SECRETS"  # every run gets new credentials: nothing of a previous run is trusted
+"$REPO_ROOT/deploy/compose/secrets.sh" "$SECRETS" >/dev/null 2>&1 || die "deploy/compose/secrets.sh failed"
+COMPOSE=(docker-compose --env-file "$SECRETS/compose.env" -f "$REPO_ROOT/docker-compose.yml" -f "$REPO_ROOT/deploy/compose/local-images.yml"
          -f "$REPO_ROOT/deploy/compose/test.yml")
 PY="$REPO_ROOT/.venv/bin/python"
 SERVICES=(jobs ingest tfrecords trainer evaluator inference tf-serving)
@@ -73,7 +79,9 @@ log "stack healthy $((SECONDS - t1)) s after up"
 
 t2=$SECONDS
 rc=0
-(cd "$REPO_ROOT" && "$PY" -m pytest -p no:cacheprovider tests/compose -m compose "$@") || rc=$?
+# The tests are clients on the host: the stack's CA, the operator's tokens (tests/compose/test_stack.py).
+(cd "$REPO_ROOT" && set -a && source "$SECRETS/operator.env" && set +a &&
+ CLASSFORGE_TOKEN=$CLASSFORGE_TOKEN_SUBMITTER "$PY" -m pytest -p no:cacheprovider tests/compose -m compose "$@") || rc=$?
 log "tests/compose finished in $((SECONDS - t2)) s (exit $rc)"
 if ((rc)); then
   for service in "${SERVICES[@]}"; do

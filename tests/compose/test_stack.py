@@ -4,6 +4,11 @@ in its own image, against Kafka, MinIO and Prometheus in containers, on loopback
 The script brings the stack up and down; these tests only talk to it, through the published CLI and
 gRPC APIs, like a user would: `classforge submit` + `classforge watch` a small digits job to SUCCEEDED,
 classify one image through the containerized inference service, and read the stack's own Prometheus.
+
+Every gRPC call goes over TLS, verified with the stack's CA, with a bearer token (issue #16): the script
+exports CLASSFORGE_TLS_CA and the operator's tokens from the secrets it generated (CLASSFORGE_TOKEN is the
+submitter's; CLASSFORGE_TOKEN_VIEWER the viewer's). A call without a token, a viewer submitting and a
+plaintext client are refused.
 """
 
 import json
@@ -30,6 +35,24 @@ JOBS = "127.0.0.1:50051"
 INFERENCE = "127.0.0.1:50056"
 PROMETHEUS = "http://127.0.0.1:9090"
 SERVICES = ("jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference")
+CA = Path(os.environ.get("CLASSFORGE_TLS_CA", ".build/compose-secrets/ca/ca.crt"))
+
+
+def token(name: str = "CLASSFORGE_TOKEN") -> str:
+    value = os.environ.get(name, "")
+    assert value, f"{name} is not set: run these tests with deploy/compose/test-stack.sh"
+    return value
+
+
+def tls_channel(address: str) -> grpc.Channel:
+    """A TLS channel that trusts only the stack's CA (the server certificates name 127.0.0.1)."""
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=CA.read_bytes()))
+
+
+def bearer(name: str = "CLASSFORGE_TOKEN") -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token(name)}")]
+
+
 SPEC = """
 display_name: compose digits
 source: {local_path: /data/digits}
@@ -45,9 +68,10 @@ deploy: {deploy: true, model_name: compose-digits}
 
 
 def classforge(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    # Plaintext, as the Compose test stack serves (CLASSFORGE_GRPC_PLAINTEXT=true there).
-    return subprocess.run([sys.executable, "-m", "services.cli", "--plaintext", "--jobs", JOBS, *args],
-                          capture_output=True, text=True, timeout=timeout)
+    """The CLI as a user runs it: the CA and CLASSFORGE_TOKEN from the environment."""
+    env = {**os.environ, "CLASSFORGE_TLS_CA": str(CA.resolve()), "CLASSFORGE_TOKEN": token()}
+    return subprocess.run([sys.executable, "-m", "services.cli", "--jobs", JOBS, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +87,8 @@ def job(tmp_path_factory):
     job_id = submitted.stdout.strip().splitlines()[-1]
     watched = classforge("watch", job_id, "--no-progress")
     assert watched.returncode == 0, f"{watched.stdout[-3000:]}\n{watched.stderr[-3000:]}"
-    stub = jobs_grpc.JobsServiceStub(grpc.insecure_channel(JOBS))
-    return stub.GetJob(jobs_pb.GetJobRequest(job_id=job_id), timeout=30).job
+    stub = jobs_grpc.JobsServiceStub(tls_channel(JOBS))
+    return stub.GetJob(jobs_pb.GetJobRequest(job_id=job_id), timeout=30, metadata=bearer()).job
 
 
 def test_a_job_submitted_with_the_cli_succeeds_in_containers(job):
@@ -75,12 +99,13 @@ def test_a_job_submitted_with_the_cli_succeeds_in_containers(job):
 def test_the_containerized_inference_service_classifies_an_image(job):
     _, _, names = load_digits()
     one = next((DATA / "digits").rglob("*.png"))
-    stub = inference_service_pb2_grpc.InferenceServiceStub(grpc.insecure_channel(INFERENCE))
+    stub = inference_service_pb2_grpc.InferenceServiceStub(tls_channel(INFERENCE))
     deadline = time.monotonic() + 120
     while True:  # the served version becomes AVAILABLE a moment after the job ends
         try:
             reply = stub.Classify(inference_service_pb2.ClassifyRequest(
-                model_name="compose-digits", image=one.read_bytes(), top_k=3), timeout=30)
+                model_name="compose-digits", image=one.read_bytes(), top_k=3), timeout=30,
+                metadata=bearer("CLASSFORGE_TOKEN_VIEWER"))  # classify is a viewer's right
             break
         except grpc.RpcError as exc:
             if time.monotonic() > deadline or exc.code() not in (grpc.StatusCode.UNAVAILABLE,
@@ -103,3 +128,52 @@ def test_the_stacks_prometheus_sees_every_classforge_service_up(job):
             break
         time.sleep(2)
     assert {s: up.get(s) for s in SERVICES} == {s: "1" for s in SERVICES}
+
+
+def test_a_job_records_its_owner(job):
+    """GetJob shows who submitted: the subject of the submitter's token in the generated tokens.yaml."""
+    assert "operator-submitter" in str(job), job
+
+
+def test_a_call_without_a_token_is_unauthenticated():
+    jobs = jobs_grpc.JobsServiceStub(tls_channel(JOBS))
+    with pytest.raises(grpc.RpcError) as refused:
+        jobs.ListJobs(jobs_pb.ListJobsRequest(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    inference = inference_service_pb2_grpc.InferenceServiceStub(tls_channel(INFERENCE))
+    with pytest.raises(grpc.RpcError) as refused:
+        inference.ListModels(inference_service_pb2.ListModelsRequest(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as refused:  # a token that is not in tokens.yaml
+        jobs.ListJobs(jobs_pb.ListJobsRequest(), timeout=30, metadata=[("authorization", "Bearer not-a-token")])
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_wrong_role_is_permission_denied():
+    jobs = jobs_grpc.JobsServiceStub(tls_channel(JOBS))
+    jobs.ListJobs(jobs_pb.ListJobsRequest(), timeout=30, metadata=bearer("CLASSFORGE_TOKEN_VIEWER"))  # may list
+    with pytest.raises(grpc.RpcError) as refused:  # viewers may look, not submit
+        jobs.SubmitJob(jobs_pb.SubmitJobRequest(), timeout=30, metadata=bearer("CLASSFORGE_TOKEN_VIEWER"))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    inference = inference_service_pb2_grpc.InferenceServiceStub(tls_channel(INFERENCE))
+    with pytest.raises(grpc.RpcError) as refused:  # only an admin rolls back
+        inference.Rollback(inference_service_pb2.RollbackRequest(model_name="compose-digits"), timeout=30,
+                           metadata=bearer())
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("address", [JOBS, INFERENCE])
+def test_a_plaintext_client_is_refused(address):
+    """The public ports speak TLS only: a plaintext client (even with a valid token) never gets an answer."""
+    stub = jobs_grpc.JobsServiceStub(grpc.insecure_channel(address))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ListJobs(jobs_pb.ListJobsRequest(), timeout=10, metadata=bearer())
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+
+
+def test_a_client_that_does_not_trust_the_stacks_ca_is_refused():
+    """The default trust store (the system's CAs) does not know the stack's private CA: the handshake fails."""
+    stub = jobs_grpc.JobsServiceStub(grpc.secure_channel(JOBS, grpc.ssl_channel_credentials()))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ListJobs(jobs_pb.ListJobsRequest(), timeout=10, metadata=bearer())
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

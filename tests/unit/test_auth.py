@@ -412,7 +412,8 @@ def test_the_cli_sends_the_token_from_a_file_or_the_environment_and_shows_the_ow
     (tmp_path / "token").write_text(VERA + "\n")
     monkeypatch.delenv("CLASSFORGE_TOKEN", raising=False)
     monkeypatch.delenv("CLASSFORGE_TOKEN_FILE", raising=False)
-    assert cli.main(["--jobs", jobs.address, "--plaintext", "--token-file", str(tmp_path / "token"), "status", job_id]) == 0
+    token_file = str(tmp_path / "token")
+    assert cli.main(["--jobs", jobs.address, "--plaintext", "--token-file", token_file, "status", job_id]) == 0
     assert json.loads(capsys.readouterr().out)["owner"] == "alice"
 
     assert cli.main(["--jobs", jobs.address, "--plaintext", "list"]) == 1
