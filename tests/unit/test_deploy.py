@@ -50,13 +50,6 @@ EXTERNAL_SECRETS = {"classforge-s3": {"CLASSFORGE_S3_ACCESS_KEY", "CLASSFORGE_S3
                     "classforge-tls": {"tls.crt", "tls.key", "ca.crt"},
                     "classforge-auth": {"tokens.yaml", "identities.yaml"},
                     "tf-serving-tls": {"ssl.config"}}
-# The settings of issue #16's fixed interface (TLS, auth), added to services/ by other branches. Until those
-# are merged these names count as read; once the settings classes define them this set adds nothing.
-ISSUE_16_SETTINGS = {"CLASSFORGE_TLS_CERT", "CLASSFORGE_TLS_KEY", "CLASSFORGE_TLS_CA", "CLASSFORGE_TLS_CLIENT_AUTH",
-                     "CLASSFORGE_GRPC_PLAINTEXT", "CLASSFORGE_AUTH_TOKENS_FILE", "CLASSFORGE_AUTH_MTLS_IDENTITIES",
-                     "CLASSFORGE_AUTH_DISABLED", "CLASSFORGE_KAFKA_SECURITY_PROTOCOL", "CLASSFORGE_KAFKA_SSL_CA",
-                     "CLASSFORGE_KAFKA_SASL_MECHANISM", "CLASSFORGE_KAFKA_SASL_USERNAME",
-                     "CLASSFORGE_KAFKA_SASL_PASSWORD", "CLASSFORGE_S3_CA_BUNDLE"}
 # Credentials that were once committed or defaulted: none may appear in a deployment file again.
 OLD_CREDENTIALS = ["classforge-secret", "change-me", "change-me-too", "change-me-please",
                    "GF_SECURITY_ADMIN_PASSWORD: ${GRAFANA_ADMIN_PASSWORD:-", "MINIO_ROOT_PASSWORD:-",
@@ -89,14 +82,14 @@ def settings_vars() -> dict[str, tuple[set[str], set[str]]]:
     result = {}
     for service in SERVICES:
         rows = _settings_class(service).describe()
-        result[service] = ({r[0] for r in rows} | ISSUE_16_SETTINGS, {r[0] for r in rows if r[1] == "(required)"})
+        result[service] = ({r[0] for r in rows}, {r[0] for r in rows if r[1] == "(required)"})
     return result
 
 
 def all_settings_vars() -> set[str]:
     names = set().union(*(v[0] for v in settings_vars().values()))
     from services.model_server.settings import ModelServerSettings
-    return names | {r[0] for r in ModelServerSettings.describe()} | ISSUE_16_SETTINGS
+    return names | {r[0] for r in ModelServerSettings.describe()}
 
 
 def test_settings_classes_are_found():
