@@ -244,8 +244,6 @@ class GrpcServer:
         if self._warn_plaintext:
             log.warning(f"gRPC without TLS ({PLAINTEXT_VARIABLE}=true): anyone on the network can read and send "
                         f"calls; set CLASSFORGE_TLS_CERT and CLASSFORGE_TLS_KEY", extra={"port": self.port})
-        if self.tls is not None and self.tls.client_auth_warning():
-            log.warning(self.tls.client_auth_warning(), extra={"port": self.port})
         log.info("gRPC server listening", extra={
             "port": self.port, "services": self._service_names,
             "tls": "off" if self.tls is None else f"on, client certificates: {self.tls.client_auth}"})

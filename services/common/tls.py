@@ -4,9 +4,9 @@
                                               serves them, a client presents them (mutual TLS)
     CLASSFORGE_TLS_CA                         CA bundle: clients verify servers with it, servers verify
                                               client certificates with it
-    CLASSFORGE_TLS_CLIENT_AUTH                none | request | require (require = mutual TLS); grpcio can
-                                              only ask for a client certificate it then requires, so
-                                              `request` serves like `none` and says so in a warning
+    CLASSFORGE_TLS_CLIENT_AUTH                none | require (require = mutual TLS). There is no "request"
+                                              (ask for an optional certificate): grpcio can only ask for
+                                              one it then requires
     CLASSFORGE_GRPC_PLAINTEXT                 allows a process without TLS files to serve and call in
                                               plaintext; without it such a process refuses to start
 
@@ -35,7 +35,7 @@ from services.common.settings import SettingsError
 
 log = logging.getLogger("classforge.tls")
 
-CLIENT_AUTH_MODES = ("none", "request", "require")
+CLIENT_AUTH_MODES = ("none", "require")
 PLAINTEXT_VARIABLE = "CLASSFORGE_GRPC_PLAINTEXT"
 CERT_VARIABLE, KEY_VARIABLE, CA_VARIABLE = "CLASSFORGE_TLS_CERT", "CLASSFORGE_TLS_KEY", "CLASSFORGE_TLS_CA"
 CLIENT_AUTH_VARIABLE = "CLASSFORGE_TLS_CLIENT_AUTH"
@@ -96,6 +96,9 @@ class TlsConfig:
     @classmethod
     def checked(cls, cert: str = "", key: str = "", ca: str = "", client_auth: str = "none", *,
                 for_server: bool) -> TlsConfig:
+        if client_auth == "request":
+            raise SettingsError(f"{CLIENT_AUTH_VARIABLE}=request is not supported: grpcio cannot ask for an optional "
+                                f"client certificate; use none (callers bring tokens) or require (mutual TLS)")
         if client_auth not in CLIENT_AUTH_MODES:
             raise SettingsError(f"{CLIENT_AUTH_VARIABLE}={client_auth!r} is not one of {', '.join(CLIENT_AUTH_MODES)}")
         if bool(cert) != bool(key):
@@ -114,13 +117,6 @@ class TlsConfig:
             path = {CERT_VARIABLE: cert, KEY_VARIABLE: key, CA_VARIABLE: ca}[exc.variable]
             raise SettingsError(f"{exc.variable}={path!r}: {exc}") from None
         return config
-
-    def client_auth_warning(self) -> str:
-        """What a server logs at start about its client-certificate mode; empty when nothing to say."""
-        if self.client_auth == "request":
-            return (f"{CLIENT_AUTH_VARIABLE}=request: grpcio cannot ask for an optional client certificate, so no "
-                    f"client is identified by one; set it to require for mutual TLS")
-        return ""
 
     def read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
         """(certificate chain, private key, CA bundle) as bytes, None for a file not given."""
@@ -173,7 +169,7 @@ class CertificateReloader:
             log.warning("the TLS certificate has expired; clients will refuse it", extra={
                 "cert": self.config.cert, "not_after": leaf.not_valid_after_utc.isoformat()})
         # The CA goes in only where client certificates are required; grpcio's Python API never asks for an
-        # optional one (see client_auth_warning).
+        # optional one.
         roots = ca if self.config.client_auth == "require" else None
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=roots)
 

@@ -251,7 +251,7 @@ def test_a_verified_certificate_common_name_maps_to_its_role(tmp_path):
 
 def test_mtls_identities_need_verified_client_certificates():
     settings = types.SimpleNamespace(auth_disabled=False, auth_tokens_file="", auth_jwt_key_file="",
-                                     auth_mtls_identities="/etc/mtls.yaml", tls_client_auth="request")
+                                     auth_mtls_identities="/etc/mtls.yaml", tls_client_auth="none")
     with pytest.raises(SettingsError, match="CLASSFORGE_TLS_CLIENT_AUTH=require"):
         Authenticator.from_settings(settings)
 

@@ -665,14 +665,17 @@ def test_compose_services_serve_tls_with_auth_from_read_only_mounts():
             continue
         env = spec["environment"]
         mounts = {v.split(":")[-2]: v for v in spec["volumes"] if v.count(":") >= 2}
+        # Certificate identities only where client certificates are verified (auth refuses them otherwise).
+        expected = "none" if service in ("jobs", "ingest", "inference") else "require"
+        assert env["CLASSFORGE_TLS_CLIENT_AUTH"] == expected, name
+        assert ("CLASSFORGE_AUTH_MTLS_IDENTITIES" in env) == (expected == "require"), name
         for variable in ("CLASSFORGE_TLS_CERT", "CLASSFORGE_TLS_KEY", "CLASSFORGE_TLS_CA",
                          "CLASSFORGE_AUTH_TOKENS_FILE", "CLASSFORGE_AUTH_MTLS_IDENTITIES"):
-            path = env[variable]
-            assert path in mounts and mounts[path].endswith(":ro"), f"{name}: {variable}={path} is not mounted ro"
+            path = env.get(variable)
+            assert path is None or (path in mounts and mounts[path].endswith(":ro")), \
+                f"{name}: {variable}={path} is not mounted ro"
         # each container its own certificate: CN = its Compose name
         assert f"/tls/{name}/tls.key:" in mounts[env["CLASSFORGE_TLS_KEY"]], name
-        expected = "request" if service in ("jobs", "ingest", "inference") else "require"
-        assert env["CLASSFORGE_TLS_CLIENT_AUTH"] == expected, name
         assert "CLASSFORGE_GRPC_PLAINTEXT" not in env and "CLASSFORGE_AUTH_DISABLED" not in env, name
         assert spec.get("read_only") is True and spec["security_opt"] == ["no-new-privileges:true"], name
     tfs = services["tf-serving"]
@@ -761,8 +764,9 @@ def test_kubernetes_services_mount_tls_and_auth_secrets(overlay):
         env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
         assert env["CLASSFORGE_TLS_CERT"] == f"{mounts['tls']['mountPath']}/tls.crt", name
         assert env["CLASSFORGE_AUTH_TOKENS_FILE"] == f"{mounts['auth']['mountPath']}/tokens.yaml", name
-        expected = "request" if name in ("jobs", "ingest", "inference") else "require"
+        expected = "none" if name in ("jobs", "ingest", "inference") else "require"
         assert env["CLASSFORGE_TLS_CLIENT_AUTH"] == expected, name
+        assert ("CLASSFORGE_AUTH_MTLS_IDENTITIES" in env) == (expected == "require"), name
         assert "CLASSFORGE_GRPC_PLAINTEXT" not in env and "CLASSFORGE_AUTH_DISABLED" not in env, name
     secrets = _by_kind(docs, "Secret")
     generated = set(secrets) | {n.rsplit("-", 1)[0] for n in secrets}  # kustomize appends -<hash>

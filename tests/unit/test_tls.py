@@ -134,11 +134,9 @@ def test_mutual_tls_refuses_clients_without_a_certificate_or_with_a_foreign_one(
         server.stop()
 
 
-def test_request_mode_serves_tls_and_says_no_client_is_identified_by_a_certificate(tmp_path, ca, serve, caplog):
-    caplog.set_level(logging.WARNING, logger="classforge.grpc")
-    address = serve(server_config(tmp_path, ca, client_auth="request"))
-    call(address, TlsConfig.checked(ca=write_ca(tmp_path, ca), for_server=False))  # no client certificate needed
-    assert any("CLASSFORGE_TLS_CLIENT_AUTH=request" in r.getMessage() for r in caplog.records)
+def test_request_mode_is_refused_because_grpcio_cannot_ask_for_an_optional_certificate(tmp_path, ca):
+    with pytest.raises(SettingsError, match="CLASSFORGE_TLS_CLIENT_AUTH=request is not supported"):
+        server_config(tmp_path, ca, client_auth="request")
 
 
 def test_rotated_certificate_files_are_served_to_new_connections_without_a_restart(tmp_path, ca, serve, caplog):
