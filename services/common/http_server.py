@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 
@@ -74,8 +75,11 @@ def error_response(exc: BaseException, method: str) -> JSONResponse:
 class HttpServer:
     """An ASGI app served by uvicorn from its own thread; start() binds and returns the port."""
 
-    def __init__(self, name: str, app, *, port: int, host: str = "0.0.0.0", grace_seconds: float = 10.0):
+    def __init__(self, name: str, app, *, port: int, host: str = "0.0.0.0", grace_seconds: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None):
+        """`ssl_context`: HTTPS (tls.TlsConfig.https_context, the gRPC port's certificate); None: plain HTTP."""
         self.name, self.app, self.host, self.requested_port = name, app, host, port
+        self.ssl_context = ssl_context
         self.grace_seconds = grace_seconds
         self.port = 0
         self._server: uvicorn.Server | None = None
@@ -94,6 +98,8 @@ class HttpServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", http="h11", ws="none",
                                 timeout_graceful_shutdown=self.grace_seconds, server_header=False)
+        config.load()
+        config.ssl = self.ssl_context  # after load(), which would otherwise build its own from file settings
         server = self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, args=(server, sock), name=f"{self.name}-http", daemon=True)
         self._thread.start()
@@ -105,7 +111,7 @@ class HttpServer:
                 self._server = self._thread = None  # a later start() tries again from scratch
                 raise RuntimeError(f"{self.name}: the HTTP server on port {self.port} did not start")
             time.sleep(0.01)
-        log.info("HTTP server listening", extra={"port": self.port})
+        log.info("HTTP server listening", extra={"port": self.port, "tls": self.ssl_context is not None})
         return self.port
 
     def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:

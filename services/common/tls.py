@@ -23,9 +23,12 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -126,9 +129,40 @@ class TlsConfig:
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials that follow the files: see CertificateReloader."""
-        reloader = CertificateReloader(self)
+        reloader = CertificateReloader(self, self._grpc_configuration)
         return grpc.dynamic_ssl_server_credentials(
             reloader.initial, reloader.fetch, require_client_authentication=self.client_auth == "require")
+
+    def _grpc_configuration(self, cert: bytes, key: bytes, ca: bytes | None):
+        # The CA goes in only where client certificates are required; grpcio's Python API never asks for an
+        # optional one.
+        roots = ca if self.client_auth == "require" else None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=roots)
+
+    def _https_configuration(self, cert: bytes, key: bytes, ca: bytes | None) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)  # ssl reads keys from files only; checked just before
+        if self.client_auth == "require":
+            context.load_verify_locations(cadata=ca.decode())
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def https_context(self) -> ssl.SSLContext:
+        """The same TLS for an HTTPS server (the REST port), following the files like the gRPC credentials:
+        Python calls the listening context's sni_callback at every ClientHello (with or without SNI), and it
+        moves the connection to the context of the newest valid files."""
+        reloader = CertificateReloader(self, self._https_configuration)
+        listening = current = reloader.initial
+
+        def newest(ssl_object: ssl.SSLObject, _server_name, _context) -> None:
+            nonlocal current
+            current = reloader.fetch() or current
+            if current is not listening:
+                ssl_object.context = current
+
+        listening.sni_callback = newest
+        return listening
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """Verifies the server with the CA bundle (the system's roots when none is given); presents this
@@ -142,11 +176,13 @@ class CertificateReloader:
     file's size or mtime changed and the new set of files is valid. Existing connections keep the
     certificate they were made with."""
 
-    def __init__(self, config: TlsConfig):
-        self.config = config
+    def __init__(self, config: TlsConfig, build: Callable[[bytes, bytes, bytes | None], Any]):
+        """`build(cert, key, ca)` makes what the server is given (a gRPC certificate configuration, an
+        SSLContext) from a valid set of files."""
+        self.config, self.build = config, build
         self._lock = threading.Lock()
         self._seen = self._signature()
-        self.initial = self._configuration(*config.read())
+        self.initial = self._checked(*config.read())
         self._rejected: tuple | None = None
 
     def _paths(self) -> list[str]:
@@ -162,16 +198,13 @@ class CertificateReloader:
                 signature.append(None)
         return tuple(signature)
 
-    def _configuration(self, cert: bytes, key: bytes, ca: bytes | None):
+    def _checked(self, cert: bytes, key: bytes, ca: bytes | None):
         leaf = x509.load_pem_x509_certificates(cert)[0]
         if leaf.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
             # Served anyway (refusing to start would not help the clients): they will refuse it.
             log.warning("the TLS certificate has expired; clients will refuse it", extra={
                 "cert": self.config.cert, "not_after": leaf.not_valid_after_utc.isoformat()})
-        # The CA goes in only where client certificates are required; grpcio's Python API never asks for an
-        # optional one.
-        roots = ca if self.config.client_auth == "require" else None
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=roots)
+        return self.build(cert, key, ca)
 
     def fetch(self):
         try:
@@ -191,7 +224,7 @@ class CertificateReloader:
                     return None
                 self._seen, self._rejected = signature, None
                 log.info("TLS certificate reloaded", extra={"cert": self.config.cert})
-                return self._configuration(cert, key, ca)
+                return self._checked(cert, key, ca)
         except Exception:  # noqa: BLE001 - an exception here would fail the handshake; keep serving instead
             log.exception("TLS certificate reload failed; still serving the previous certificate")
             return None

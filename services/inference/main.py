@@ -68,7 +68,10 @@ def build(context: ServiceContext) -> None:
     if settings.rest_port >= 0:
         http = HttpServer(context.name, build_app(domain, ready=ready, max_body_bytes=settings.max_message_bytes,
                                                     authenticator=context.authenticator),
-                          port=settings.rest_port, host=settings.listen_host, grace_seconds=settings.grace_seconds)
+                          port=settings.rest_port, host=settings.listen_host, grace_seconds=settings.grace_seconds,
+                          # HTTPS with the gRPC port's certificate, reloaded the same way; plain HTTP only where
+                          # gRPC is plaintext too (CLASSFORGE_GRPC_PLAINTEXT=true).
+                          ssl_context=context.server.tls.https_context() if context.server.tls else None)
         # Its own start-up step, so that a port in use is retried alone. Stop hooks run last-registered first:
         # REST drains before the domain closes the classifier and the model server channel.
         context.server.on_ready(http.start)

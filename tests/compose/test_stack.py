@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.compose]
 DATA = Path(os.environ.get("CLASSFORGE_COMPOSE_DATA", ".build/compose-data"))
 JOBS = "127.0.0.1:50051"
 INFERENCE = "127.0.0.1:50056"
+REST = "127.0.0.1:8086"
 PROMETHEUS = "http://127.0.0.1:9090"
 SERVICES = ("jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference")
 CA = Path(os.environ.get("CLASSFORGE_TLS_CA", ".build/compose-secrets/ca/ca.crt"))
@@ -115,6 +117,31 @@ def test_the_containerized_inference_service_classifies_an_image(job):
     (task,) = reply.predictions
     assert len(task.top) == 3 and {score.label for score in task.top} <= set(names)
     assert reply.version == job.model.version
+
+
+def test_the_rest_port_classifies_over_https_with_a_token_and_refuses_without_one(job):
+    """REST (TF Serving-style :classify) on the inference service: HTTPS with the gRPC port's certificate,
+    the same tokens and roles; 401 without a token."""
+    import base64
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(CA))
+    one = next((DATA / "digits").rglob("*.png"))
+    body = json.dumps({"instances": [{"b64": base64.b64encode(one.read_bytes()).decode()}]}).encode()
+    url = f"https://{REST}/v1/models/compose-digits:classify"
+
+    def post(headers: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=context) as reply:
+                return reply.status, json.load(reply)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    status, answer = post({"Authorization": f"Bearer {token('CLASSFORGE_TOKEN_VIEWER')}"})
+    assert status == 200 and answer["results"], answer
+    status, answer = post({})
+    assert status == 401 and answer["code"] == "UNAUTHENTICATED", answer
 
 
 def test_the_stacks_prometheus_sees_every_classforge_service_up(job):

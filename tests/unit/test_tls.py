@@ -356,3 +356,52 @@ def test_the_plaintext_health_port_answers_health_and_nothing_else(tmp_path, ca)
         assert refused(f"127.0.0.1:{server.port}", None) == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop()
+
+
+def test_the_rest_port_serves_https_with_the_same_files_and_follows_a_rotation(tmp_path, ca):
+    """The inference service's REST port (services.common.http_server) takes TlsConfig.https_context: the
+    gRPC port's certificate, refused to plain HTTP and to clients that do not trust the CA, and rotated files
+    are served to new connections without a restart."""
+    import http.client
+    import ssl
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from services.common.http_server import HttpServer
+
+    config = server_config(tmp_path, ca)
+    app = Starlette(routes=[Route("/ping", lambda request: PlainTextResponse("pong"))])
+    server = HttpServer("tls-test", app, port=0, host="127.0.0.1", grace_seconds=0.2,
+                        ssl_context=config.https_context())
+    port = server.start()
+
+    def get(trusted: trustme.CA | None) -> str:
+        context = ssl.create_default_context()
+        if trusted is not None:
+            trusted.configure_trust(context)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        try:
+            connection.request("GET", "/ping")
+            return connection.getresponse().read().decode()
+        finally:
+            connection.close()
+
+    try:
+        assert get(ca) == "pong"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            get(None)  # the system's roots do not know the test CA
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.request("GET", "/ping")
+            plain.getresponse()  # the TLS server answers no plain HTTP
+        plain.close()
+
+        new_ca = trustme.CA()
+        write_leaf(Path(config.cert).parent, new_ca.issue_cert("127.0.0.1"), "server")
+        assert get(new_ca) == "pong"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            get(ca)  # new connections get the rotated certificate
+    finally:
+        server.stop()
