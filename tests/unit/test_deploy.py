@@ -23,6 +23,7 @@ import functools
 import hashlib
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -924,3 +925,54 @@ def test_generated_certificates_serve_grpc_mutual_tls_on_loopback():
             grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(None)
+
+
+def _requirement_closure(names: set[str]) -> set[str]:
+    """The distributions `names` install, their requirements included (markers for extras skipped)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[str] = set()
+    todo = [norm(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(norm(requirement.name))
+    return seen
+
+
+@pytest.mark.parametrize("service", ["jobs", "ingest", "tfrecords"])
+def test_light_images_install_every_distribution_their_service_imports(service):
+    """A light image installs a hand-picked list (deploy/docker/Dockerfile, light-deps): every third-party
+    module the service loads, started as its image starts it (and its health check), must come from that
+    list or what it requires, or the container dies at start with ModuleNotFoundError."""
+    from importlib import metadata
+
+    stage = _dockerfile_stages((DEPLOY / "docker" / "Dockerfile").read_text())["light-deps"].replace("\\\n", " ")
+    (install,) = re.findall(r"pip install [^\n]*", stage)
+    listed = {w for w in install.split()[3:] if not w.startswith(("-", "/"))}
+    installed = _requirement_closure(listed)
+    probe = (f"import sys, services.{service}.main, services.common.healthcheck, services.cli; "
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'gen' / 'python'}"})
+    assert loaded.returncode == 0, loaded.stderr
+    owners = metadata.packages_distributions()
+    # Loaded here but not needed in an image: grpcio tries `import grpc_tools` and goes on without it, and
+    # _distutils_hack is setuptools' .pth hook in this venv.
+    optional = {"grpc_tools", "_distutils_hack"}
+    missing = {}
+    for module in set(loaded.stdout.split()) - optional:
+        for dist in owners.get(module, []):
+            if re.sub(r"[-_.]+", "-", dist).lower() not in installed and dist.lower() != "classforge":
+                missing[module] = dist
+    assert not missing, f"{service} imports modules its image does not install: {missing}"
