@@ -19,9 +19,8 @@ from services.common.storage.interface import (
 from services.common.storage.local import LocalObjectStore
 
 __all__ = [
-    "PART_SIZE", "LocalObjectStore", "ObjectCorrupted", "ObjectInfo", "ObjectNotFound", "ObjectStore", "VersionMismatch",
-    "check_key",
-    "open_object_store",
+    "PART_SIZE", "LocalObjectStore", "ObjectCorrupted", "ObjectInfo", "ObjectNotFound", "ObjectStore",
+    "VersionMismatch", "check_key", "open_object_store",
 ]
 
 
