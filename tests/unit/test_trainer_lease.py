@@ -238,3 +238,53 @@ def test_waiting_jobs_publish_their_queue_position(tmp_path, store):
         replica.gate.set()
         replica.domain.close(5)
         bus.close()
+
+
+# ------------------------------------------------------------------------------- a real run, two replicas
+
+
+def test_a_paused_replica_is_fenced_and_the_job_completes_once_on_the_other(tmp_path, store):
+    """Replica a trains; its lease renewals stop (a long pause, a partition from the store) while its
+    training thread goes on. Once its lease is too close to expiry its writes are refused and it stops
+    without reporting anything; replica b takes the job over from a's last checkpoint and completes it.
+    One training_completed, and the checkpoints left are in order, each written by the lease holder of
+    its time."""
+    from services.demo_data import load_digits
+    from services.trainer.backbones import Task
+    from services.trainer.data import ArrayData
+    from tests.unit.test_trainer_domain import World, config
+
+    images, labels, names = load_digits(24)
+    data = ArrayData({"train": (images[:640], labels[:640]), "val": (images[640:800], labels[640:800])},
+                     (Task("label", names),))
+    world = World(tmp_path, data, slow=0.15)
+    world.store = store
+
+    def replica(name):
+        return TrainerDomain(world.bus, store, work_root=tmp_path / f"work-{name}", progress_seconds=0.0,
+                             open_data=world.open_data, replica_id=name, lease_seconds=1.5)
+
+    a, b = replica("a"), replica("b")
+    try:
+        a.start("job-z", "records/job-z/", config(epochs=6, steps=4))
+        world.wait_for(lambda: store.exists("models/job-z/checkpoints/latest.json"), timeout=120)
+        a._keeper_stop.set()  # a stops renewing, but its worker trains on
+        b.resume()  # b's sweep takes the job over once a's lease expired
+        done = b.wait("job-z", {Status.TRAINING_STATUS_SUCCEEDED, Status.TRAINING_STATUS_FAILED}, timeout=180)
+        assert done.status == Status.TRAINING_STATUS_SUCCEEDED, done.error
+        world.wait_for(lambda: not a.worker.holds("job-z"), timeout=60)
+        kinds = world.kinds("job-z")
+        assert kinds.count("training_completed") == 1 and "stage_failed" not in kinds, kinds
+        world.wait_for(lambda: b.leases.read("job-z").done, timeout=30)  # released once the run ended
+        lease = b.leases.read("job-z")
+        assert lease.holder == "b" and lease.token >= 2
+        names = sorted({info.key.split("/")[3] for info in store.list("models/job-z/checkpoints/")
+                        if info.key.count("/") == 4})
+        writers = [json.loads(store.get_bytes(f"models/job-z/checkpoints/{n}/writer.json")) for n in names]
+        tokens = [w["token"] for w in writers]
+        assert tokens == sorted(tokens) and writers[-1]["holder"] == "b", list(zip(names, writers))
+        assert store.exists("models/job-z/manifest.json")
+    finally:
+        a.close(30)
+        b.close(30)
+        world.bus.close()
