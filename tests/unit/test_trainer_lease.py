@@ -282,7 +282,7 @@ def test_a_paused_replica_is_fenced_and_the_job_completes_once_on_the_other(tmp_
                         if info.key.count("/") == 4})
         writers = [json.loads(store.get_bytes(f"models/job-z/checkpoints/{n}/writer.json")) for n in names]
         tokens = [w["token"] for w in writers]
-        assert tokens == sorted(tokens) and writers[-1]["holder"] == "b", list(zip(names, writers))
+        assert tokens == sorted(tokens) and writers[-1]["holder"] == "b", (names, writers)
         assert store.exists("models/job-z/manifest.json")
     finally:
         a.close(30)
