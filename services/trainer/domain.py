@@ -221,6 +221,9 @@ class TrainerDomain:
         """Stops the worker: a running job stops at the next step with a checkpoint and stays RUNNING,
         and every lease is released, so another replica (or the next process) takes the jobs over at once."""
         self._keeper_stop.set()
+        keeper = self._keeper
+        if keeper is not None:  # a round in flight must not renew (or take) a lease after its release
+            keeper.join(min(timeout, 30.0))
         self.worker.close(timeout)
         for job_id in self.leases.held_jobs():
             self.leases.release(job_id, done=False)
@@ -266,6 +269,15 @@ class TrainerDomain:
         if existing is not None and existing.status in ACTIVE:  # left by a replica that is gone: continue it
             self.worker.requeue([job_id])
             return copy_of(existing)
+        try:
+            return self._queue_new(job_id, records_uri, config, from_event, existing)
+        except BaseException:
+            if not self.worker.holds(job_id):  # not queued after all (the store failed): free it for a retry
+                self.leases.release(job_id, done=False)
+            raise
+
+    def _queue_new(self, job_id: str, records_uri: str, config: common_pb2.TrainingConfig | None,
+                   from_event: bool, existing: Training | None) -> Training:
         stored = self.trainings.config(job_id)
         if config is not None:
             self.trainings.save_config(job_id, config)

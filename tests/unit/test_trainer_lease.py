@@ -273,6 +273,7 @@ def test_a_paused_replica_is_fenced_and_the_job_completes_once_on_the_other(tmp_
         done = b.wait("job-z", {Status.TRAINING_STATUS_SUCCEEDED, Status.TRAINING_STATUS_FAILED}, timeout=180)
         assert done.status == Status.TRAINING_STATUS_SUCCEEDED, done.error
         world.wait_for(lambda: not a.worker.holds("job-z"), timeout=60)
+        world.bus.drain(30)  # every event published so far has reached the observer
         kinds = world.kinds("job-z")
         assert kinds.count("training_completed") == 1 and "stage_failed" not in kinds, kinds
         world.wait_for(lambda: b.leases.read("job-z").done, timeout=30)  # released once the run ended
