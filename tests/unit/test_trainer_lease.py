@@ -289,3 +289,46 @@ def test_a_paused_replica_is_fenced_and_the_job_completes_once_on_the_other(tmp_
         a.close(30)
         b.close(30)
         world.bus.close()
+
+
+def test_a_cancel_consumed_by_a_replica_that_does_not_hold_the_job_reaches_the_holder(tmp_path, store):
+    from services.common.stage_work import Cancellations
+
+    bus = InProcessEventBus()
+    cancelled: list[events_pb2.Event] = []
+    bus.subscribe("observer", cancelled.append, kinds=["job_cancelled"])
+    clock = Clock(time.time())
+    holder, other = Replica(tmp_path, store, bus, "a", clock), Replica(tmp_path, store, bus, "b", clock)
+    try:
+        holder.domain.start("busy", "records/busy/")
+        holder.domain.start("waiting", "records/waiting/")
+        wait_until(lambda: holder.ran == ["busy"])
+        Cancellations(store).request("waiting", "not needed")
+        # The partition's consumer (b) gets the event; a holds the job, so b leaves it alone.
+        other.domain.handle(new_event("waiting", "jobs", cancel_requested=events_pb2.CancelRequested(
+            reason="not needed")))
+        assert Training.FromString(store.get_bytes("state/trainer/waiting/training.pb")).status == \
+            Status.TRAINING_STATUS_QUEUED
+        holder.domain.keep_leases()  # a's renewal round sees the cancel marker
+        assert holder.domain.get("waiting").status == Status.TRAINING_STATUS_STOPPED
+        assert not holder.domain.worker.holds("waiting") and holder.domain.leases.read("waiting").done
+        bus.drain(10)
+        assert [e.job_id for e in cancelled] == ["waiting"]
+    finally:
+        holder.gate.set()
+        holder.domain.close(5)
+        other.domain.close(5)
+        bus.close()
+
+
+@pytest.mark.parametrize("seconds", ["1", "0", "-5"])
+def test_a_lease_too_short_to_renew_is_a_settings_error_naming_the_variable(seconds):
+    from services.common.settings import SettingsError
+    from services.trainer.settings import TrainerSettings
+    from tests.unit.test_settings import REQUIRED
+
+    env = {**REQUIRED, "CLASSFORGE_TRAINER_LEASE_SECONDS": seconds, "CLASSFORGE_GRPC_PLAINTEXT": "true",
+           "CLASSFORGE_AUTH_DISABLED": "true"}
+    with pytest.raises(SettingsError, match="CLASSFORGE_TRAINER_LEASE_SECONDS"):
+        TrainerSettings.load(env)
+    assert TrainerSettings.load({**env, "CLASSFORGE_TRAINER_LEASE_SECONDS": "4"}).lease_seconds == 4
