@@ -106,8 +106,20 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def shown_status(job) -> str:
+    """The job's status for a person: a job waiting in its stage's queue (a busy trainer replica) is
+    QUEUED with its place there, though its JobStatus stays RUNNING."""
+    if job.queue_position > 0 and job.status == common_pb2.JOB_STATUS_RUNNING:
+        return f"QUEUED #{job.queue_position}"
+    return common_pb2.JobStatus.Name(job.status)[11:]
+
+
 def cmd_status(args) -> int:
     reply = _jobs_stub(args).GetJob(jobs_pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout)
+    if not args.json:
+        job = reply.job
+        why = job.queue_reason or job.error
+        print(f"job {job.job_id} {shown_status(job)}" + (f": {why}" if why else ""))
     _print(reply.job, args.json)
     return 0
 
@@ -159,7 +171,7 @@ def cmd_list(args) -> int:
         _print(reply, True)
         return 0
     for job in reply.jobs:
-        print(f"{job.job_id}  {common_pb2.JobStatus.Name(job.status)[11:]:<10} "
+        print(f"{job.job_id}  {shown_status(job):<10} "
               f"{common_pb2.JobStage.Name(job.stage)[10:]:<11} {job.owner or '-':<16} {job.spec.display_name}")
     return 0
 

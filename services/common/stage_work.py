@@ -147,11 +147,14 @@ class Stage:
     def is_cancelled(self, job_id: str) -> bool:
         return self.cancellations.reason(job_id) is not None
 
-    def heartbeat(self, job_id: str, activity: str, done: int = 0, total: int = 0, unit: str = "") -> None:
-        """Best effort: a broker outage must not fail the work; the deadline is long enough to ride it out."""
+    def heartbeat(self, job_id: str, activity: str, done: int = 0, total: int = 0, unit: str = "",
+                  queue_position: int = 0) -> None:
+        """Best effort: a broker outage must not fail the work; the deadline is long enough to ride it out.
+        `queue_position` > 0: the job waits in the stage's queue at that place (the job shows QUEUED)."""
         try:
             self.bus.publish(new_event(job_id, self.producer, stage_heartbeat=events_pb2.StageHeartbeat(
-                stage=self.stage, activity=activity, done=done, total=total, unit=unit)))
+                stage=self.stage, activity=activity, done=done, total=total, unit=unit,
+                queue_position=queue_position)))
         except Exception as exc:  # noqa: BLE001 - heartbeats are advisory
             log.warning("could not publish a heartbeat (%s)", exc, extra={"job_id": job_id, "stage": self.name})
 

@@ -405,3 +405,8 @@ def _fold(job: Job, event: events_pb2.Event, kind: str) -> None:
         beat = event.stage_heartbeat
         if beat.stage >= job.stage:  # a late beat of an earlier stage must not move the job back
             job.stage, job.status, job.activity = beat.stage, running, beat.activity
+            # Waiting in the stage's queue (a busy trainer replica), or working on it (0: cleared).
+            job.queue_position = max(beat.queue_position, 0)
+            job.queue_reason = beat.activity if beat.queue_position > 0 else ""
+    if kind not in ("stage_heartbeat", "cancel_requested"):  # the stage moved on, or the job ended
+        job.queue_position, job.queue_reason = 0, ""

@@ -21,6 +21,7 @@ from services.common.storage import ObjectStore
 from services.trainer import export, metrics
 from services.trainer.config import to_json
 from services.trainer.data import TrainingData
+from services.trainer.lease import FencedStore, LeaseLost, Leases
 from services.trainer.loop import RunResult, Trainer
 from services.trainer.progress_events import RunHooks, TrainingEvents
 from services.trainer.recipe import Hardware, chosen_fields, detect_hardware, facts_of, plan_training
@@ -50,7 +51,9 @@ class _OutageWindow:
 class JobRunner:
     def __init__(self, trainings: TrainingStore, events: TrainingEvents, stage: Stage, store: ObjectStore, *,
                  work_root: Path, progress_seconds: float, outage_window_s: float, retry_seconds: float,
-                 open_data: DataOpener, hardware: Hardware | None, is_closing: Callable[[], bool]):
+                 open_data: DataOpener, hardware: Hardware | None, is_closing: Callable[[], bool],
+                 leases: Leases):
+        self.leases = leases  # every write of a run to the model prefix checks the job's lease first
         self.trainings = trainings
         self.events = events
         self.stage = stage
@@ -78,7 +81,7 @@ class JobRunner:
         metrics.RUNNING.labels(job_id).set(1)
         workdir = self.work_root / job_id
         result = self._train(job_id, training, stop, workdir)
-        if result is None:  # failed, or stopped while waiting out an outage: already reported
+        if result is None or stop.fenced:  # failed, stopped waiting out an outage, or taken over: reported
             return
         if result.status == "stopped" or stop.cancelled:
             # A cancel that came with the last step still wins: a cancelled job is never completed.
@@ -98,7 +101,8 @@ class JobRunner:
                     training = self._plan(job_id, data)
                 # A plan already sized by the budget (a resumed run) keeps its epochs.
                 budget = 0.0 if training.plan.planned_epochs else parse_duration(training.config.time_budget)
-                trainer = Trainer(training.config, data, self.store, model_prefix(job_id), workdir / "run",
+                fenced = FencedStore(self.store, job_id, self.leases)
+                trainer = Trainer(training.config, data, fenced, model_prefix(job_id), workdir / "run",
                                   hooks=RunHooks(self.trainings, self.events, job_id), stop_event=stop.event,
                                   progress_seconds=self.progress_seconds, time_budget_seconds=budget,
                                   budget_started=started, recipe_fields=chosen_fields(training.plan.choices))
@@ -107,8 +111,11 @@ class JobRunner:
                 training = self.trainings.update(
                     job_id, lambda t, s=seconds: setattr(t.plan, "actual_training_seconds", s), persist=False)
                 if result.status == "succeeded" and not stop.cancelled:  # no export once cancelled
-                    self._export(job_id, training, result, data, workdir)
+                    self._export(job_id, training, result, data, workdir, fenced)
                 return result
+            except LeaseLost as exc:  # another replica has the job now: it reports, this one writes nothing
+                log.warning("stopped: %s", exc.message, extra={"job_id": job_id})
+                return None
             except Unavailable as exc:
                 # Ride out an outage of up to outage_window_s; one that ends with progress starts a new window.
                 down_for = outage.down_for(self.trainings.load(job_id).last_checkpoint_uri)
@@ -127,7 +134,8 @@ class JobRunner:
                 self.fail(job_id, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
                 return None
 
-    def _export(self, job_id: str, training: Training, result: RunResult, data: TrainingData, workdir: Path) -> None:
+    def _export(self, job_id: str, training: Training, result: RunResult, data: TrainingData, workdir: Path,
+                store: ObjectStore) -> None:
         """The model and what the evaluator and the model server read beside it, under models/<job>/
         (export.py); the manifest says where the run came from and what it planned."""
         prefix = model_prefix(job_id)
@@ -136,7 +144,7 @@ class JobRunner:
                  "initial_weights": result.initial_weights,
                  "plan": json_format.MessageToDict(training.plan, preserving_proto_field_name=True)}
         export.publish(result.network, data.label_map(), to_json(training.config), result.history,
-                       training.config.input_size, self.store, prefix, workdir / "run", extra)
+                       training.config.input_size, store, prefix, workdir / "run", extra)
 
     def _plan(self, job_id: str, data: TrainingData) -> Training:
         """Chooses the effective config (services/trainer/recipe.py) from the spec's config, the data and
@@ -171,6 +179,7 @@ class JobRunner:
             log.info("training paused for shutdown", extra={"job_id": job_id, "checkpoint": checkpoint_uri})
 
     def _complete(self, job_id: str, training: Training, prefix: str) -> None:
+        self.leases.verify(job_id)  # a replica that lost the job never announces it
         model = common_pb2.ModelRef(job_id=job_id, uri=self.store.uri(prefix + "saved_model") + "/")
         history_uri = self.store.uri(prefix + "history.json")
         self.events.completed(job_id, model, history_uri, training.records_uri)
@@ -191,6 +200,9 @@ class JobRunner:
             t.status = Status.TRAINING_STATUS_FAILED
             t.error = message
 
+        if self.leases.lost(job_id):  # the failure is this replica's: the job lives on elsewhere
+            log.warning("not failing a job another replica took over: %s", message, extra={"job_id": job_id})
+            return
         metrics.RUNS.labels("failed").inc()
         try:
             self.stage.fail(job_id, message)

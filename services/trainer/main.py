@@ -17,13 +17,16 @@ def build(context: ServiceContext) -> None:
     settings: TrainerSettings = context.settings  # type: ignore[assignment]
     domain = TrainerDomain(context.bus, context.store, work_root=settings.work_dir,
                            progress_seconds=settings.progress_seconds, outage_window_s=settings.outage_window_seconds,
-                           heartbeat_seconds=settings.heartbeat_seconds)
+                           heartbeat_seconds=settings.heartbeat_seconds, replica_id=settings.replica_id,
+                           lease_seconds=settings.lease_seconds)
     context.server.readiness_checks["training_worker"] = domain.check_worker
     context.server.add_service(trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server,
                                TrainerServicer(domain), SERVICE_NAME)
 
     def resume_then_follow() -> None:
-        domain.resume()  # jobs a previous process left queued or running continue from their checkpoint
+        # Jobs left queued or running with no live lease (a previous process, a dead replica) continue from
+        # their checkpoint; from then on the leases are renewed and swept for replicas that die later.
+        domain.resume()
         context.bus.subscribe("trainer", domain.handle, kinds=KINDS)
 
     context.server.on_ready(resume_then_follow)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from classforge.v1 import common_pb2, trainer_service_pb2
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.storage import ObjectNotFound, ObjectStore, check_key
 
 Training = trainer_service_pb2.Training
@@ -24,11 +24,15 @@ def copy_of(training: Training) -> Training:
 
 
 class TrainingStore:
-    def __init__(self, store: ObjectStore, lock: threading.Condition):
+    def __init__(self, store: ObjectStore, lock: threading.Condition,
+                 guard: Callable[[str], None] | None = None):
         # `lock` guards the cache and is notified on every change (wait). The worker's queue shares it,
         # so that a start or a cancel sees a job's state and its place in the queue at once.
+        # `guard(job_id)` runs before every save and raises to refuse it: a replica that lost the job's
+        # lease must not write its state (lease.Leases.check_writable).
         self.store = store
         self.lock = lock
+        self.guard = guard
         self._trainings: dict[str, Training] = {}
 
     def _key(self, job_id: str, name: str) -> str:
@@ -42,6 +46,8 @@ class TrainingStore:
             raise InvalidArgument("job_id", f"{job_id!r} must not contain '/'")
 
     def save(self, training: Training) -> None:
+        if self.guard is not None:
+            self.guard(training.job_id)
         self.store.put_bytes(self._key(training.job_id, "training.pb"), training.SerializeToString())
         with self.lock:
             self._trainings[training.job_id] = training
@@ -58,6 +64,30 @@ class TrainingStore:
             return None
         with self.lock:
             return self._trainings.setdefault(job_id, training)
+
+    def load_fresh(self, job_id: str) -> Training | None:
+        """The stored state, not the cache: with several replicas, another one may have changed it. The
+        cached copy answers while the store is unavailable."""
+        try:
+            training = Training.FromString(self.store.get_bytes(self._key(job_id, "training.pb")))
+        except ObjectNotFound:
+            with self.lock:
+                return self._trainings.get(job_id)
+        except Unavailable:
+            with self.lock:
+                cached = self._trainings.get(job_id)
+            if cached is None:
+                raise
+            return cached
+        with self.lock:
+            self._trainings[job_id] = training
+            self.lock.notify_all()
+        return training
+
+    def evict(self, job_id: str) -> None:
+        """Forgets the cached state (another replica owns the job now)."""
+        with self.lock:
+            self._trainings.pop(job_id, None)
 
     def load_all(self) -> list[Training]:
         """Every training in the store, into the cache (start-up)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.storage import PART_SIZE, ObjectInfo, ObjectNotFound, ObjectStore
+from services.common.storage import PART_SIZE, ObjectInfo, ObjectNotFound, ObjectStore, VersionMismatch
 
 ALL_BYTE_VALUES = bytes(range(256)) * 4
 
@@ -267,3 +267,54 @@ class ObjectStoreContract:
         store.ping()
         assert store.put_bytes("after/ping", b"ok").size == 2
         assert store.get_bytes("after/ping") == b"ok"
+
+    # ------------------------------------------------------------------ compare-and-set (leases)
+
+    def test_put_bytes_if_absent_creates_once_then_refuses(self, store):
+        version = store.put_bytes_if("state/lease", b"first", None)
+        assert store.get_versioned("state/lease") == (b"first", version)
+        with pytest.raises(VersionMismatch):
+            store.put_bytes_if("state/lease", b"second", None)
+        assert store.get_bytes("state/lease") == b"first"
+
+    def test_put_bytes_if_replaces_only_the_version_read(self, store):
+        first = store.put_bytes_if("state/lease", b"one", None)
+        second = store.put_bytes_if("state/lease", b"two", first)
+        assert second != first
+        with pytest.raises(VersionMismatch):  # a writer still holding the old version is refused
+            store.put_bytes_if("state/lease", b"stale", first)
+        assert store.get_versioned("state/lease") == (b"two", second)
+        assert store.get_bytes("state/lease") == b"two"  # the sha256 is recorded like any write's
+
+    def test_put_bytes_if_sees_a_plain_write_as_a_new_version(self, store):
+        version = store.put_bytes_if("state/lease", b"one", None)
+        store.put_bytes("state/lease", b"two")
+        with pytest.raises(VersionMismatch):
+            store.put_bytes_if("state/lease", b"three", version)
+        assert store.get_bytes("state/lease") == b"two"
+
+    def test_put_bytes_if_with_a_version_of_a_missing_object_is_refused(self, store):
+        version = store.put_bytes_if("state/lease", b"one", None)
+        store.delete("state/lease")
+        with pytest.raises(VersionMismatch):
+            store.put_bytes_if("state/lease", b"two", version)
+        assert not store.exists("state/lease")
+
+    def test_get_versioned_of_a_missing_object_is_not_found(self, store):
+        with pytest.raises(ObjectNotFound):
+            store.get_versioned("state/none")
+
+    def test_only_one_of_racing_creators_wins(self, store):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def create(i: int) -> bool:
+            try:
+                store.put_bytes_if("state/race", str(i).encode(), None)
+                return True
+            except VersionMismatch:
+                return False
+
+        with ThreadPoolExecutor(8) as pool:
+            won = list(pool.map(create, range(8)))
+        assert won.count(True) == 1
+        assert store.get_bytes("state/race") == str(won.index(True)).encode()

@@ -190,6 +190,20 @@ def test_compose_runs_every_service_with_health_checks_and_dependencies():
     assert "profiles" not in services["trainer"]
 
 
+def test_compose_trainer_scales_out_without_sharing_scratch():
+    """`docker compose up --scale trainer=N`: no fixed container name or host port, and each replica's
+    scratch is its own (an anonymous volume), as replicas take over each other's jobs (job leases)."""
+    services = compose()["services"]
+    named = set(compose().get("volumes") or {})
+    for name in ("trainer", "trainer-gpu"):
+        spec = services[name]
+        assert "container_name" not in spec and "ports" not in spec, name
+        scratch = [v for v in spec["volumes"] if str(v).split(":")[-1] == "/var/lib/classforge/trainer"
+                   or str(v) == "/var/lib/classforge/trainer"]
+        assert scratch == ["/var/lib/classforge/trainer"], (name, spec["volumes"])
+    assert not {v for v in named if v.startswith("trainer")}, named
+
+
 def test_compose_sets_every_required_variable_and_nothing_unknown():
     problems = []
     known = all_settings_vars()

@@ -169,3 +169,26 @@ def test_a_redelivered_event_is_recorded_once(bus, store):
     restarted = JobsDomain(bus, store)
     restarted.load()
     assert restarted.get(job_id).stage == Stage.JOB_STAGE_RECORDS
+
+
+def test_a_job_waiting_for_a_busy_trainer_shows_its_queue_position_until_training_starts(bus, store):
+    from services.cli import shown_status
+
+    domain = JobsDomain(bus, store)
+    job_id = domain.submit(spec()).job_id
+    domain.apply(new_event(job_id, "tfrecords", records_built=events_pb2.RecordsBuilt(records_uri="s3://b/r")))
+    domain.apply(new_event(job_id, "trainer", stage_heartbeat=events_pb2.StageHeartbeat(
+        stage=Stage.JOB_STAGE_TRAINING, activity="queued for training on trainer t-1: position 2 of 2",
+        queue_position=2)))
+    job = domain.get(job_id)
+    assert (job.queue_position, job.queue_reason) == (2, "queued for training on trainer t-1: position 2 of 2")
+    assert shown_status(job) == "QUEUED #2" and job.status == Status.JOB_STATUS_RUNNING
+    assert [j.queue_position for j in domain.list()[0]] == [2]  # ListJobs carries it too
+    domain.apply(new_event(job_id, "trainer", stage_heartbeat=events_pb2.StageHeartbeat(
+        stage=Stage.JOB_STAGE_TRAINING, activity="training")))
+    job = domain.get(job_id)
+    assert (job.queue_position, job.queue_reason) == (0, "") and shown_status(job) == "RUNNING"
+    domain.apply(new_event(job_id, "trainer", stage_heartbeat=events_pb2.StageHeartbeat(
+        stage=Stage.JOB_STAGE_TRAINING, activity="queued", queue_position=1)))  # taken over, waits again
+    domain.apply(new_event(job_id, "trainer", training_progress=events_pb2.TrainingProgress(epoch=1)))
+    assert domain.get(job_id).queue_position == 0

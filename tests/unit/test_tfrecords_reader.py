@@ -36,6 +36,12 @@ class RemoteStore(ObjectStore):
     def put_stream(self, key, stream, content_type=""):
         return self.local.put_stream(key, stream)
 
+    def get_versioned(self, key):
+        return self.local.get_versioned(key)
+
+    def put_bytes_if(self, key, data, version, content_type=""):
+        return self.local.put_bytes_if(key, data, version)
+
     def stat(self, key):
         return self.local.stat(key)
 

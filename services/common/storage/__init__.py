@@ -13,13 +13,14 @@ from services.common.storage.interface import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    VersionMismatch,
     check_key,
 )
 from services.common.storage.local import LocalObjectStore
 
 __all__ = [
-    "PART_SIZE", "LocalObjectStore", "ObjectCorrupted", "ObjectInfo", "ObjectNotFound", "ObjectStore", "check_key",
-    "open_object_store",
+    "PART_SIZE", "LocalObjectStore", "ObjectCorrupted", "ObjectInfo", "ObjectNotFound", "ObjectStore",
+    "VersionMismatch", "check_key", "open_object_store",
 ]
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.errors import DataLoss, InvalidArgument, NotFound
+from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 
 #: Multipart part size of network stores: bounds the memory one upload holds per part (the contract
 #: writes streams longer than one part, so it is known here).
@@ -59,6 +59,17 @@ class ObjectCorrupted(DataLoss):
         super().__init__(f"object {key!r} is corrupted: its content has sha256 {actual} but {recorded} was "
                          f"recorded when it was written; write it again")
         self.key = key
+
+
+class VersionMismatch(FailedPrecondition):
+    """A conditional write found the object other than expected: present when it had to be absent,
+    or replaced (or removed) since the version the writer read."""
+
+    def __init__(self, key: str, expected: str | None, found: str | None):
+        want = "no object" if expected is None else f"version {expected}"
+        have = "none" if found is None else f"version {found}"
+        super().__init__(f"object {key!r} changed: the write expected {want} but found {have}")
+        self.key, self.expected, self.found = key, expected, found
 
 
 def check_key(key: str, field: str = "key") -> str:
@@ -122,6 +133,18 @@ class ObjectStore(ABC):
     @abstractmethod
     def put_stream(self, key: str, stream: BinaryIO, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
         """Uploads a stream of unknown length, read to its end in parts."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's content and its version: an opaque tag that changes with every write of the
+        key (the ETag on S3), for put_bytes_if. Small objects only (not checked against the sha256)."""
+
+    @abstractmethod
+    def put_bytes_if(self, key: str, data: bytes, version: str | None,
+                     content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        """Compare-and-set: writes the object only if it is absent (`version` None) or still at
+        `version`, atomically against every other writer of the key, and returns the new version;
+        else raises VersionMismatch and writes nothing. Leases and other single-writer records rely on it."""
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from services.common.storage.interface import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    VersionMismatch,
     atomic_file,
     check_key,
     copy_stream,
@@ -69,6 +71,32 @@ class LocalObjectStore(ObjectStore):
             raise InvalidArgument("key", f"{key!r} clashes with an existing object or prefix: a local store "
                                          f"cannot hold both 'a' and 'a/b'") from exc
         return ObjectInfo(key, size, sha)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            with self._path(key).open("rb") as stream:
+                return stream.read(), _version(os.fstat(stream.fileno()))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    def put_bytes_if(self, key: str, data: bytes, version: str | None,
+                     content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        """The compare and the write happen under an exclusive lock file of the key (flock: every
+        process on this machine that writes conditionally takes it). Each write renames a new file into
+        place, so the version (inode, mtime, size) of the replaced object never comes back."""
+        path = self._path(key)
+        lock = self.root / RESERVED_PREFIX / "locks" / key
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "ab") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+            try:
+                found = _version(path.stat())
+            except (FileNotFoundError, NotADirectoryError):
+                found = None
+            if found != version:
+                raise VersionMismatch(key, version, found)
+            self.put_bytes(key, data, content_type)
+            return _version(path.stat())
 
     def stat(self, key: str) -> ObjectInfo:
         try:
@@ -159,6 +187,10 @@ class LocalObjectStore(ObjectStore):
             except OSError:  # not empty
                 return
             directory = directory.parent
+
+
+def _version(st: os.stat_result) -> str:
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
 
 
 def _identity(st: os.stat_result) -> dict[str, int]:

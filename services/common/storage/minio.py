@@ -25,6 +25,7 @@ from services.common.storage.interface import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    VersionMismatch,
     check_key,
     copy_stream,
 )
@@ -123,6 +124,38 @@ class MinioObjectStore(ObjectStore):
                 if exc.code != "PreconditionFailed":
                     raise
         return ObjectInfo(key, hashing.size, hashing.hexdigest())
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        check_key(key)
+        self._ensure_bucket()
+        with self._calls(key):
+            response = self._client.get_object(self.bucket, key)
+            try:
+                return response.read(), response.headers.get("etag", "").strip('"')
+            finally:
+                response.close()
+                response.release_conn()
+
+    def put_bytes_if(self, key: str, data: bytes, version: str | None,
+                     content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        """S3's conditional PUT: `If-None-Match: *` (create only) or `If-Match: <ETag>` (replace only
+        that version); the server refuses with 412 PreconditionFailed (or 409 when two conditional writes
+        race). The locked minio-py (7.2) turns put_object's extra headers into user metadata, so this
+        sends the single PUT through its low-level `_put_object`."""
+        check_key(key)
+        self._ensure_bucket()
+        headers = {"Content-Type": content_type, "x-amz-meta-sha256": hashlib.sha256(data).hexdigest()}
+        headers.update({"If-None-Match": "*"} if version is None else {"If-Match": f'"{version}"'})
+        try:
+            with self._calls(key):
+                written = self._client._put_object(self.bucket, key, data, headers=headers)  # noqa: SLF001
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict") or exc.code == "NoSuchKey":
+                raise VersionMismatch(key, version, None if exc.code == "NoSuchKey" else "another") from None
+            raise
+        except ObjectNotFound:  # If-Match on a missing object
+            raise VersionMismatch(key, version, None) from None
+        return written.etag
 
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)

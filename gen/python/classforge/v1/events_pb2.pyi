@@ -162,15 +162,17 @@ class JobCancelled(_message.Message):
     def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., checkpoint_uri: _Optional[str] = ...) -> None: ...
 
 class StageHeartbeat(_message.Message):
-    __slots__ = ("stage", "activity", "done", "total", "unit")
+    __slots__ = ("stage", "activity", "done", "total", "unit", "queue_position")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     stage: _common_pb2.JobStage
     activity: str
     done: int
     total: int
     unit: str
-    def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., activity: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
+    queue_position: int
+    def __init__(self, stage: _Optional[_Union[_common_pb2.JobStage, str]] = ..., activity: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ..., queue_position: _Optional[int] = ...) -> None: ...

@@ -27,7 +27,7 @@ from classforge.v1 import events_pb2 as classforge_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n classforge/v1/jobs_service.proto\x12\rclassforge.v1\x1a\x1a\x63lassforge/v1/common.proto\x1a\x1a\x63lassforge/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.classforge.v1.JobSpec\x12&\n\x05stage\x18\x03 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.classforge.v1.JobStatus\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x08progress\x18\x07 \x01(\x0b\x32\x1f.classforge.v1.TrainingProgress\x12*\n\x07\x64\x61taset\x18\x08 \x01(\x0b\x32\x19.classforge.v1.DatasetRef\x12\x13\n\x0brecords_uri\x18\t \x01(\t\x12&\n\x05model\x18\n \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x12\n\nreport_uri\x18\x0b \x01(\t\x12\x0f\n\x07\x62lessed\x18\x0c \x01(\x08\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x34\n\x10last_activity_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61\x63tivity\x18\x0f \x01(\t\x12\x37\n\x13\x63\x61ncel_requested_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcancel_reason\x18\x11 \x01(\t\x12\r\n\x05owner\x18\x12 \x01(\t\"L\n\x10SubmitJobRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.classforge.v1.JobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.classforge.v1.Job\"b\n\x0fListJobsRequest\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.classforge.v1.JobStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.classforge.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\x12include_heartbeats\x18\x02 \x01(\x08\"X\n\x10WatchJobResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.classforge.v1.Event\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.classforge.v1.Job\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.classforge.v1.Job2\x90\x03\n\x0bJobsService\x12N\n\tSubmitJob\x12\x1f.classforge.v1.SubmitJobRequest\x1a .classforge.v1.SubmitJobResponse\x12\x45\n\x06GetJob\x12\x1c.classforge.v1.GetJobRequest\x1a\x1d.classforge.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.classforge.v1.ListJobsRequest\x1a\x1f.classforge.v1.ListJobsResponse\x12M\n\x08WatchJob\x12\x1e.classforge.v1.WatchJobRequest\x1a\x1f.classforge.v1.WatchJobResponse0\x01\x12N\n\tCancelJob\x12\x1f.classforge.v1.CancelJobRequest\x1a .classforge.v1.CancelJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n classforge/v1/jobs_service.proto\x12\rclassforge.v1\x1a\x1a\x63lassforge/v1/common.proto\x1a\x1a\x63lassforge/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.classforge.v1.JobSpec\x12&\n\x05stage\x18\x03 \x01(\x0e\x32\x17.classforge.v1.JobStage\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.classforge.v1.JobStatus\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x08progress\x18\x07 \x01(\x0b\x32\x1f.classforge.v1.TrainingProgress\x12*\n\x07\x64\x61taset\x18\x08 \x01(\x0b\x32\x19.classforge.v1.DatasetRef\x12\x13\n\x0brecords_uri\x18\t \x01(\t\x12&\n\x05model\x18\n \x01(\x0b\x32\x17.classforge.v1.ModelRef\x12\x12\n\nreport_uri\x18\x0b \x01(\t\x12\x0f\n\x07\x62lessed\x18\x0c \x01(\x08\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x34\n\x10last_activity_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61\x63tivity\x18\x0f \x01(\t\x12\x37\n\x13\x63\x61ncel_requested_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcancel_reason\x18\x11 \x01(\t\x12\r\n\x05owner\x18\x12 \x01(\t\x12\x16\n\x0equeue_position\x18\x13 \x01(\x05\x12\x14\n\x0cqueue_reason\x18\x14 \x01(\t\"L\n\x10SubmitJobRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.classforge.v1.JobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.classforge.v1.Job\"b\n\x0fListJobsRequest\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.classforge.v1.JobStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.classforge.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\x12include_heartbeats\x18\x02 \x01(\x08\"X\n\x10WatchJobResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.classforge.v1.Event\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.classforge.v1.Job\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.classforge.v1.Job2\x90\x03\n\x0bJobsService\x12N\n\tSubmitJob\x12\x1f.classforge.v1.SubmitJobRequest\x1a .classforge.v1.SubmitJobResponse\x12\x45\n\x06GetJob\x12\x1c.classforge.v1.GetJobRequest\x1a\x1d.classforge.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.classforge.v1.ListJobsRequest\x1a\x1f.classforge.v1.ListJobsResponse\x12M\n\x08WatchJob\x12\x1e.classforge.v1.WatchJobRequest\x1a\x1f.classforge.v1.WatchJobResponse0\x01\x12N\n\tCancelJob\x12\x1f.classforge.v1.CancelJobRequest\x1a .classforge.v1.CancelJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'classforge.v1.jobs_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB']._serialized_start=141
-  _globals['_JOB']._serialized_end=753
-  _globals['_SUBMITJOBREQUEST']._serialized_start=755
-  _globals['_SUBMITJOBREQUEST']._serialized_end=831
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=833
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=868
-  _globals['_GETJOBREQUEST']._serialized_start=870
-  _globals['_GETJOBREQUEST']._serialized_end=901
-  _globals['_GETJOBRESPONSE']._serialized_start=903
-  _globals['_GETJOBRESPONSE']._serialized_end=952
-  _globals['_LISTJOBSREQUEST']._serialized_start=954
-  _globals['_LISTJOBSREQUEST']._serialized_end=1052
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1054
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1131
-  _globals['_WATCHJOBREQUEST']._serialized_start=1133
-  _globals['_WATCHJOBREQUEST']._serialized_end=1194
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1196
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1284
-  _globals['_CANCELJOBREQUEST']._serialized_start=1286
-  _globals['_CANCELJOBREQUEST']._serialized_end=1336
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1338
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1390
-  _globals['_JOBSSERVICE']._serialized_start=1393
-  _globals['_JOBSSERVICE']._serialized_end=1793
+  _globals['_JOB']._serialized_end=799
+  _globals['_SUBMITJOBREQUEST']._serialized_start=801
+  _globals['_SUBMITJOBREQUEST']._serialized_end=877
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=879
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=914
+  _globals['_GETJOBREQUEST']._serialized_start=916
+  _globals['_GETJOBREQUEST']._serialized_end=947
+  _globals['_GETJOBRESPONSE']._serialized_start=949
+  _globals['_GETJOBRESPONSE']._serialized_end=998
+  _globals['_LISTJOBSREQUEST']._serialized_start=1000
+  _globals['_LISTJOBSREQUEST']._serialized_end=1098
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1100
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1177
+  _globals['_WATCHJOBREQUEST']._serialized_start=1179
+  _globals['_WATCHJOBREQUEST']._serialized_end=1240
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1242
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1330
+  _globals['_CANCELJOBREQUEST']._serialized_start=1332
+  _globals['_CANCELJOBREQUEST']._serialized_end=1382
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1384
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1436
+  _globals['_JOBSSERVICE']._serialized_start=1439
+  _globals['_JOBSSERVICE']._serialized_end=1839
 # @@protoc_insertion_point(module_scope)
