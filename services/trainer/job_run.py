@@ -1,6 +1,10 @@
 """One queued job's run, on the worker's thread: plan it (once, when its data is known), train it
 (riding out an outage of the store or the bus from the last checkpoint), export the model, then end it
-as completed, stopped (cancel), paused (shutdown: it stays RUNNING) or failed."""
+as completed, stopped (cancel), paused (shutdown: it stays RUNNING) or failed.
+
+A job with `workers: N > 1` is trained by N worker processes (services/trainer/multiworker.py): this
+replica plans it, starts them, and restarts the whole group from the chief's last checkpoint when one
+dies (up to `worker_restarts` times) before the job fails."""
 
 from __future__ import annotations
 
@@ -17,11 +21,12 @@ from services.common.artefacts import model_prefix
 from services.common.durations import parse_duration
 from services.common.errors import Unavailable
 from services.common.stage_work import Stage
-from services.common.storage import ObjectStore
+from services.common.storage import LocalObjectStore, ObjectStore
 from services.trainer import export, metrics
 from services.trainer.config import to_json
 from services.trainer.data import TrainingData
-from services.trainer.loop import RunResult, Trainer
+from services.trainer.loop import CheckpointStore, RunResult, Trainer
+from services.trainer.multiworker import STORE_DIR_ENV, WorkerGroup, check_worker_count
 from services.trainer.progress_events import RunHooks, TrainingEvents
 from services.trainer.recipe import Hardware, chosen_fields, detect_hardware, facts_of, plan_training
 from services.trainer.training_store import Training, TrainingStore
@@ -50,7 +55,10 @@ class _OutageWindow:
 class JobRunner:
     def __init__(self, trainings: TrainingStore, events: TrainingEvents, stage: Stage, store: ObjectStore, *,
                  work_root: Path, progress_seconds: float, outage_window_s: float, retry_seconds: float,
-                 open_data: DataOpener, hardware: Hardware | None, is_closing: Callable[[], bool]):
+                 open_data: DataOpener, hardware: Hardware | None, is_closing: Callable[[], bool],
+                 max_workers: int = 4, worker_restarts: int = 1):
+        self.max_workers = max_workers
+        self.worker_restarts = worker_restarts
         self.trainings = trainings
         self.events = events
         self.stage = stage
@@ -96,6 +104,9 @@ class JobRunner:
                 data = self.open_data(training.records_uri, training.config, workdir / "cache")
                 if not training.plan.recipe:  # the first start: the data is known now, the plan is made once
                     training = self._plan(job_id, data)
+                workers = check_worker_count(training.config.workers, self.max_workers)
+                if workers > 1:
+                    return self._train_group(job_id, stop, workdir, workers)
                 # A plan already sized by the budget (a resumed run) keeps its epochs.
                 budget = 0.0 if training.plan.planned_epochs else parse_duration(training.config.time_budget)
                 trainer = Trainer(training.config, data, self.store, model_prefix(job_id), workdir / "run",
@@ -128,15 +139,36 @@ class JobRunner:
                 return None
 
     def _export(self, job_id: str, training: Training, result: RunResult, data: TrainingData, workdir: Path) -> None:
-        """The model and what the evaluator and the model server read beside it, under models/<job>/
-        (export.py); the manifest says where the run came from and what it planned."""
-        prefix = model_prefix(job_id)
-        extra = {"job_id": job_id, "records_uri": training.records_uri,
-                 "resumed_from": result.resumed_from, "early_stopped": result.early_stopped,
-                 "initial_weights": result.initial_weights,
-                 "plan": json_format.MessageToDict(training.plan, preserving_proto_field_name=True)}
-        export.publish(result.network, data.label_map(), to_json(training.config), result.history,
-                       training.config.input_size, self.store, prefix, workdir / "run", extra)
+        export_run(self.store, job_id, training, result, data, workdir)
+
+    def _train_group(self, job_id: str, stop: StopSignal, workdir: Path, workers: int) -> RunResult | None:
+        """Trains on `workers` local processes (services/trainer/mwms_worker.py), which export the model
+        themselves. A worker that dies ends the group; it is started again from the chief's last
+        checkpoint up to `worker_restarts` times, then the job fails with the worker's reason."""
+        env = {STORE_DIR_ENV: str(self.store.local_path())} if isinstance(self.store, LocalObjectStore) else {}
+        env["CLASSFORGE_TRAINER_WORK_DIR"] = str(workdir / "workers")
+        failures: list[str] = []
+        while True:
+            group = WorkerGroup(job_id, workers, env=env, log_dir=workdir / "worker-logs")
+            outcome = group.wait(stop.event)
+            checkpoint = CheckpointStore(self.store, model_prefix(job_id), workdir).latest()
+            checkpoint_uri = (self.store.uri(checkpoint["key"].rstrip("/")) + "/") if checkpoint else ""
+            if checkpoint_uri:
+                self.trainings.update(job_id, lambda t, u=checkpoint_uri: setattr(t, "last_checkpoint_uri", u))
+            if outcome.status == "succeeded":
+                if not self.store.exists(model_prefix(job_id) + "manifest.json"):
+                    self.fail(job_id, f"the {workers} workers ended without the chief's export "
+                                      f"({model_prefix(job_id)}manifest.json is missing)")
+                    return None
+                return RunResult("succeeded", None, [], checkpoint_uri)  # type: ignore[arg-type]
+            if outcome.status == "stopped":
+                return RunResult("stopped", None, [], checkpoint_uri)  # type: ignore[arg-type]
+            failures.append(outcome.message)
+            if len(failures) > self.worker_restarts:
+                self.fail(job_id, f"multi-worker training failed {len(failures)} time(s); last: {outcome.message}")
+                return None
+            log.warning("a worker failed; restarting the group from the chief's last checkpoint",
+                        extra={"job_id": job_id, "error": outcome.message, "checkpoint": checkpoint_uri})
 
     def _plan(self, job_id: str, data: TrainingData) -> Training:
         """Chooses the effective config (services/trainer/recipe.py) from the spec's config, the data and
@@ -200,3 +232,17 @@ class JobRunner:
                 self.trainings.save(training)
             except Exception:  # noqa: BLE001 - reported above; the job has ended either way
                 log.warning("could not save the failed training's state", extra={"job_id": job_id}, exc_info=True)
+
+
+def export_run(store: ObjectStore, job_id: str, training: Training, result: RunResult, data: TrainingData,
+               workdir: Path) -> None:
+    """The model and what the evaluator and the model server read beside it, under models/<job>/
+    (export.py); the manifest says where the run came from and what it planned. Also run by every
+    worker of a multi-worker job (the non-chief ones into a store that is discarded)."""
+    prefix = model_prefix(job_id)
+    extra = {"job_id": job_id, "records_uri": training.records_uri,
+             "resumed_from": result.resumed_from, "early_stopped": result.early_stopped,
+             "initial_weights": result.initial_weights, "workers": max(training.config.workers, 1),
+             "plan": json_format.MessageToDict(training.plan, preserving_proto_field_name=True)}
+    export.publish(result.network, data.label_map(), to_json(training.config), result.history,
+                   training.config.input_size, store, prefix, workdir / "run", extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import ServiceSettings, env
+from services.common.settings import ServiceSettings, Settings, env
 
 
 @dataclass(frozen=True)
@@ -16,3 +16,29 @@ class TrainerSettings(ServiceSettings):
                                   "(plus one per epoch)")
     stop_timeout: float = env("CLASSFORGE_TRAINER_STOP_TIMEOUT", 120.0,
                               "on SIGTERM, how long the running job may take to reach a step and checkpoint")
+    max_workers: int = env("CLASSFORGE_TRAINER_MAX_WORKERS", 4,
+                           "most worker processes one job may train on (TrainingConfig.workers); the jobs "
+                           "service refuses more at submit")
+    worker_restarts: int = env("CLASSFORGE_TRAINER_WORKER_RESTARTS", 1,
+                               "a multi-worker job whose worker dies is restarted from the chief's last "
+                               "checkpoint this many times before it fails")
+
+
+@dataclass(frozen=True)
+class WorkerSettings(Settings):
+    """One worker process of a multi-worker job (services/trainer/mwms_worker.py). Its object store comes
+    from the deployment's CLASSFORGE_S3_* settings, or CLASSFORGE_MWMS_STORE_DIR for a local directory."""
+
+    job_id: str = env("CLASSFORGE_MWMS_JOB_ID", help="the job this worker trains (its state/trainer/<job>/ "
+                                                     "training.pb holds the config and the records)")
+    store_dir: str = env("CLASSFORGE_MWMS_STORE_DIR", "",
+                         "a local directory as the object store (local runs, tests); empty: MinIO/S3")
+    work_dir: str = env("CLASSFORGE_TRAINER_WORK_DIR", "/tmp/classforge-trainer",
+                        "local scratch: shard cache, checkpoints and exports before upload")
+    startup_timeout: float = env("CLASSFORGE_MWMS_STARTUP_TIMEOUT", 120.0,
+                                 "a worker that cannot reach every peer of TF_CONFIG within this many seconds "
+                                 "fails, naming the address")
+    collective_timeout: float = env("CLASSFORGE_MWMS_COLLECTIVE_TIMEOUT", 300.0,
+                                    "a collective operation (a gradient all-reduce) waiting this long for a "
+                                    "peer fails the worker instead of hanging")
+    log_level: str = env("CLASSFORGE_LOG_LEVEL", "INFO", "logging level")
