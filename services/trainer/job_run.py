@@ -59,6 +59,7 @@ class JobRunner:
                  max_workers: int = 4, worker_restarts: int = 1):
         self.max_workers = max_workers
         self.worker_restarts = worker_restarts
+        self.active_group: WorkerGroup | None = None  # the worker processes of the job training now, if any
         self.trainings = trainings
         self.events = events
         self.stage = stage
@@ -149,8 +150,11 @@ class JobRunner:
         env["CLASSFORGE_TRAINER_WORK_DIR"] = str(workdir / "workers")
         failures: list[str] = []
         while True:
-            group = WorkerGroup(job_id, workers, env=env, log_dir=workdir / "worker-logs")
-            outcome = group.wait(stop.event)
+            self.active_group = group = WorkerGroup(job_id, workers, env=env, log_dir=workdir / "worker-logs")
+            try:
+                outcome = group.wait(stop.event)
+            finally:
+                self.active_group = None
             checkpoint = CheckpointStore(self.store, model_prefix(job_id), workdir).latest()
             checkpoint_uri = (self.store.uri(checkpoint["key"].rstrip("/")) + "/") if checkpoint else ""
             if checkpoint_uri:

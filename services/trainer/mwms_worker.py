@@ -9,8 +9,9 @@ within a start-up timeout, then runs the ordinary training loop (services/traine
 strategy: the chief writes checkpoints and exports the model; the others do the same into a directory
 that is discarded. Every worker resumes from the chief's latest checkpoint.
 
-Exit status 0: trained and exported; 2: misconfigured (one line naming the variable); 3: a peer was
-unreachable; 1: training failed. The last log line of a failure is JSON with `worker_error`.
+Exit status 0: trained and exported; 2: misconfigured (one line naming the variable); 1: training
+failed; killed (SIGKILL) by its watcher: a peer was unreachable. The last log line of a failure is JSON
+with `worker_error`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
-import threading
 from pathlib import Path
 
 from classforge.v1 import trainer_service_pb2
@@ -42,12 +43,14 @@ def report_failure(message: str) -> None:
 def make_strategy(startup_timeout: float, collective_timeout: float):
     """MultiWorkerMirroredStrategy from TF_CONFIG. Its constructor waits for the whole cluster: bounded by
     `startup_timeout` (TensorFlow waits forever by default). Every collective fails after
-    `collective_timeout` instead of hanging on a dead peer, and the peer health check runs every 5 s."""
+    `collective_timeout` instead of hanging on a dead peer, and the peer health check runs every 5 s.
+    The cluster wait gets a margin over `startup_timeout`, so that `watch_peers` reports first, naming
+    the address."""
     import tensorflow as tf
     from tensorflow.python.distribute import collective_all_reduce_strategy as collective
 
     extended = collective.CollectiveAllReduceExtended
-    extended._check_health_initial_timeout = max(int(startup_timeout), 1)
+    extended._check_health_initial_timeout = max(int(startup_timeout), 1) + 30
     extended._check_health_interval = 5
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING,
@@ -56,16 +59,21 @@ def make_strategy(startup_timeout: float, collective_timeout: float):
 
 
 def watch_peers(config: dict, timeout: float) -> None:
-    """In a thread, beside the strategy's wait for its cluster (which names no address): a peer not
-    reachable within `timeout` ends this process with a message naming it."""
-    def check() -> None:
-        try:
-            wait_reachable(peers_of(config), timeout)
-        except Exception as exc:  # noqa: BLE001 - this thread's only job is to report it and exit
-            report_failure(getattr(exc, "message", str(exc)))
-            os._exit(EXIT_UNREACHABLE)
-
-    threading.Thread(target=check, name="peer-check", daemon=True).start()
+    """Beside the strategy's wait for its cluster (which names no address): a peer not reachable within
+    `timeout` ends this process with a message naming it. A forked process watches, not a thread: the
+    strategy's constructor waits inside TensorFlow holding the GIL, so no thread of ours would run.
+    Called before TensorFlow is imported (forking after it is unsafe)."""
+    parent = os.getpid()
+    if os.fork():
+        return
+    try:  # the watcher: exits quietly once every peer answered
+        wait_reachable(peers_of(config), timeout)
+        os._exit(0)
+    except Exception as exc:  # noqa: BLE001 - its only job is to report it and end the worker
+        report_failure(getattr(exc, "message", str(exc)))
+        if os.getppid() == parent:  # still ours (not a reused pid)
+            os.kill(parent, signal.SIGKILL)
+        os._exit(EXIT_UNREACHABLE)
 
 
 def open_store(settings: WorkerSettings):
@@ -88,11 +96,10 @@ def train(settings: WorkerSettings, config: dict) -> None:
 
     chief = is_chief(config)
     task = f"{config['task']['type']}-{config['task']['index']}"
+    strategy = make_strategy(settings.startup_timeout, settings.collective_timeout)
     store = open_store(settings)
     training = trainer_service_pb2.Training.FromString(store.get_bytes(STATE_KEY.format(job_id=settings.job_id)))
     workdir = Path(settings.work_dir) / f"{settings.job_id}-{task}"
-    watch_peers(config, settings.startup_timeout)
-    strategy = make_strategy(settings.startup_timeout, settings.collective_timeout)
     log.info("multi-worker cluster ready", extra={"job_id": settings.job_id, "task": task, "chief": chief,
                                                   "replicas": strategy.num_replicas_in_sync})
     data = open_records(store, training.records_uri, training.config, workdir / "cache")
@@ -119,6 +126,7 @@ def main(environ=None) -> int:
     from services.common.logs import configure_logging
 
     configure_logging("trainer-worker", settings.log_level)
+    watch_peers(config, settings.startup_timeout)
     try:
         train(settings, config)
     except Exception as exc:  # noqa: BLE001 - the launcher reads the reason from the last line
