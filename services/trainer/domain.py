@@ -53,7 +53,8 @@ class TrainerDomain:
     def __init__(self, bus: EventBus, store: ObjectStore, *, work_root: str | Path, progress_seconds: float = 10.0,
                  producer: str = "trainer", open_data: DataOpener | None = None, outage_window_s: float = 180.0,
                  retry_seconds: float = 5.0, heartbeat_seconds: float = 30.0, hardware: Hardware | None = None,
-                 max_workers: int = 4, worker_restarts: int = 1):
+                 max_workers: int = 4, worker_restarts: int = 1, worker_launch: str = "local",
+                 external_workers_timeout: float = 86400.0):
         self.stage = Stage(bus, store, common_pb2.JOB_STAGE_TRAINING, producer, heartbeat_seconds=heartbeat_seconds)
         self._lock = threading.Condition()  # one lock for the jobs' state and the queue (TrainingStore)
         self.trainings = TrainingStore(store, self._lock)
@@ -63,7 +64,8 @@ class TrainerDomain:
             progress_seconds=progress_seconds, outage_window_s=outage_window_s, retry_seconds=retry_seconds,
             open_data=open_data or (lambda uri, config, cache: open_records(store, uri, config, cache)),
             hardware=hardware, is_closing=lambda: self.worker.closing, max_workers=max_workers,
-            worker_restarts=worker_restarts)
+            worker_restarts=worker_restarts, worker_launch=worker_launch,
+            external_workers_timeout=external_workers_timeout)
         self.worker = TrainingWorker(self._lock, self.stage, self.runner.run, self.runner.fail)
 
     # ------------------------------------------------------------------ events

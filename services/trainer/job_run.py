@@ -56,7 +56,10 @@ class JobRunner:
     def __init__(self, trainings: TrainingStore, events: TrainingEvents, stage: Stage, store: ObjectStore, *,
                  work_root: Path, progress_seconds: float, outage_window_s: float, retry_seconds: float,
                  open_data: DataOpener, hardware: Hardware | None, is_closing: Callable[[], bool],
-                 max_workers: int = 4, worker_restarts: int = 1):
+                 max_workers: int = 4, worker_restarts: int = 1, worker_launch: str = "local",
+                 external_workers_timeout: float = 86400.0):
+        self.worker_launch = worker_launch
+        self.external_workers_timeout = external_workers_timeout
         self.max_workers = max_workers
         self.worker_restarts = worker_restarts
         self.active_group: WorkerGroup | None = None  # the worker processes of the job training now, if any
@@ -145,7 +148,10 @@ class JobRunner:
     def _train_group(self, job_id: str, stop: StopSignal, workdir: Path, workers: int) -> RunResult | None:
         """Trains on `workers` local processes (services/trainer/mwms_worker.py), which export the model
         themselves. A worker that dies ends the group; it is started again from the chief's last
-        checkpoint up to `worker_restarts` times, then the job fails with the worker's reason."""
+        checkpoint up to `worker_restarts` times, then the job fails with the worker's reason. With
+        external workers (a TFJob or indexed Job started for this job), waits for the chief's export."""
+        if self.worker_launch == "external":
+            return self._wait_for_external_workers(job_id, stop, workers)
         env = {STORE_DIR_ENV: str(self.store.local_path())} if isinstance(self.store, LocalObjectStore) else {}
         env["CLASSFORGE_TRAINER_WORK_DIR"] = str(workdir / "workers")
         failures: list[str] = []
@@ -173,6 +179,21 @@ class JobRunner:
                 return None
             log.warning("a worker failed; restarting the group from the chief's last checkpoint",
                         extra={"job_id": job_id, "error": outcome.message, "checkpoint": checkpoint_uri})
+
+    def _wait_for_external_workers(self, job_id: str, stop: StopSignal, workers: int) -> RunResult | None:
+        manifest = model_prefix(job_id) + "manifest.json"
+        log.info("waiting for the job's external workers (TFJob or indexed Job with CLASSFORGE_MWMS_JOB_ID=%s)",
+                 job_id, extra={"job_id": job_id, "workers": workers})
+        deadline = time.monotonic() + self.external_workers_timeout
+        while not self.store.exists(manifest):
+            if time.monotonic() >= deadline:
+                self.fail(job_id, f"no export from the job's {workers} external workers within "
+                                  f"{self.external_workers_timeout:.0f}s: is a TFJob or indexed Job running with "
+                                  f"CLASSFORGE_MWMS_JOB_ID={job_id}?")
+                return None
+            if stop.event.wait(min(self.retry_seconds, 5.0)):
+                return RunResult("stopped", None, [], "")  # type: ignore[arg-type]
+        return RunResult("succeeded", None, [], "")  # type: ignore[arg-type]
 
     def _plan(self, job_id: str, data: TrainingData) -> Training:
         """Chooses the effective config (services/trainer/recipe.py) from the spec's config, the data and

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import ServiceSettings, Settings, env
+from services.common.settings import ServiceSettings, Settings, SettingsError, env
+
+WORKER_LAUNCHES = ("local", "external")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,19 @@ class TrainerSettings(ServiceSettings):
     worker_restarts: int = env("CLASSFORGE_TRAINER_WORKER_RESTARTS", 1,
                                "a multi-worker job whose worker dies is restarted from the chief's last "
                                "checkpoint this many times before it fails")
+
+    worker_launch: str = env("CLASSFORGE_TRAINER_WORKER_LAUNCH", "local",
+                             "who starts a multi-worker job's processes: `local` (this replica, on loopback "
+                             "ports) or `external` (a TFJob or indexed Job on Kubernetes; this replica waits "
+                             "for the chief's export)")
+    external_workers_timeout: float = env("CLASSFORGE_TRAINER_EXTERNAL_WORKERS_TIMEOUT", 86400.0,
+                                          "with external workers: a job whose chief has not exported within "
+                                          "this many seconds fails")
+
+    def __post_init__(self):
+        if self.worker_launch not in WORKER_LAUNCHES:
+            raise SettingsError(f"CLASSFORGE_TRAINER_WORKER_LAUNCH={self.worker_launch!r}: use one of "
+                                f"{', '.join(WORKER_LAUNCHES)}")
 
 
 @dataclass(frozen=True)

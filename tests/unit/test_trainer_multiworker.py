@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from classforge.v1 import common_pb2, events_pb2, trainer_service_pb2
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 from services.common.events import InProcessEventBus, new_event
 from services.common.settings import SettingsError
 from services.common.storage import LocalObjectStore
@@ -222,7 +222,11 @@ class World:
         deadline = time.monotonic() + timeout
         while not self.store.exists(f"models/{job_id}/checkpoints/latest.json"):
             assert time.monotonic() < deadline, "the chief wrote no checkpoint"
-            assert self.domain.get(job_id).status not in ENDED, self.domain.get(job_id).error
+            try:
+                training = self.domain.get(job_id)
+            except NotFound:  # the events are still on their way
+                training = None
+            assert training is None or training.status not in ENDED, training.error
             time.sleep(0.1)
         group = self.domain.runner.active_group
         assert group is not None
