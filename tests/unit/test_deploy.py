@@ -1001,6 +1001,8 @@ def test_indexed_job_workers_compute_a_tf_config_that_names_each_pod():
         assert config == {"cluster": {"worker": expected}, "task": {"type": "worker", "index": index}}
         assert is_chief(config) == (index == 0)
     _check_collective_policy(docs, labels, port)
+    trainer_env = _by_kind(docs, "Deployment")["trainer"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "CLASSFORGE_TRAINER_WORKER_LAUNCH", "value": "external"} in trainer_env  # waits for the Job
 
 
 def test_tfjob_workers_accept_the_tf_config_the_operator_sets():
