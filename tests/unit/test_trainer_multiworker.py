@@ -260,3 +260,35 @@ def test_a_killed_worker_without_restarts_fails_the_job_naming_it(tmp_path):
     done = world.domain.wait("job-2", ENDED, timeout=60)  # the watchdog ends the group at once
     assert done.status == Status.TRAINING_STATUS_FAILED
     assert "worker 1 (127.0.0.1:" in done.error and "SIGKILL" in done.error, done.error
+
+
+def test_with_external_workers_the_replica_waits_for_the_chiefs_export(tmp_path):
+    """CLASSFORGE_TRAINER_WORKER_LAUNCH=external (a TFJob or indexed Job runs the workers): the job
+    completes when the chief's manifest appears, and fails naming the job id when none appears in time."""
+    world = World(tmp_path, worker_launch="external", external_workers_timeout=600.0, retry_seconds=0.1)
+    world.submit("job-3", unstructured(digits_config(2, 1)))
+    world.domain.wait("job-3", {Status.TRAINING_STATUS_RUNNING}, timeout=60)
+    assert world.domain.runner.active_group is None  # nothing started locally
+    world.store.put_bytes("models/job-3/manifest.json", b"{}")  # what the external chief writes last
+    done = world.domain.wait("job-3", ENDED, timeout=60)
+    assert done.status == Status.TRAINING_STATUS_SUCCEEDED, done.error
+
+    late = World(tmp_path / "late", worker_launch="external", external_workers_timeout=0.5, retry_seconds=0.1)
+    late.submit("job-4", unstructured(digits_config(2, 1)))
+    done = late.domain.wait("job-4", ENDED, timeout=60)
+    assert done.status == Status.TRAINING_STATUS_FAILED
+    assert "CLASSFORGE_MWMS_JOB_ID=job-4" in done.error, done.error
+
+
+def test_worker_misconfiguration_is_one_line_naming_the_variable(capsys):
+    from services.trainer import mwms_worker
+    from services.trainer.settings import TrainerSettings
+
+    assert mwms_worker.main({"TF_CONFIG": json.dumps(tf_config(["127.0.0.1:1"], 0))}) == mwms_worker.EXIT_SETTINGS
+    assert "CLASSFORGE_MWMS_JOB_ID" in json.loads(capsys.readouterr().out.strip())["worker_error"]
+    assert mwms_worker.main({"CLASSFORGE_MWMS_JOB_ID": "j"}) == mwms_worker.EXIT_SETTINGS
+    assert "JOB_COMPLETION_INDEX" in json.loads(capsys.readouterr().out.strip())["worker_error"]
+    required = {"CLASSFORGE_KAFKA_BOOTSTRAP": "k:9092", "CLASSFORGE_S3_ENDPOINT": "s:9000",
+                "CLASSFORGE_S3_ACCESS_KEY": "a", "CLASSFORGE_S3_SECRET_KEY": "b"}
+    with pytest.raises(SettingsError, match="CLASSFORGE_TRAINER_WORKER_LAUNCH"):
+        TrainerSettings.load(required | {"CLASSFORGE_TRAINER_WORKER_LAUNCH": "kubernetes"})
