@@ -219,6 +219,10 @@ class World:
 
     def kill_a_worker_after_the_first_checkpoint(self, job_id: str, timeout: float = 180.0) -> None:
         """kill -9 of worker 1 once the chief has written a checkpoint (mid-run: more epochs follow)."""
+        group = self.wait_for_the_first_checkpoint(job_id, timeout)
+        os.kill(group.processes[1].pid, signal.SIGKILL)
+
+    def wait_for_the_first_checkpoint(self, job_id: str, timeout: float) -> WorkerGroup:
         deadline = time.monotonic() + timeout
         while not self.store.exists(f"models/{job_id}/checkpoints/latest.json"):
             assert time.monotonic() < deadline, "the chief wrote no checkpoint"
@@ -230,7 +234,7 @@ class World:
             time.sleep(0.1)
         group = self.domain.runner.active_group
         assert group is not None
-        os.kill(group.processes[1].pid, signal.SIGKILL)
+        return group
 
 
 def unstructured(config: common_pb2.TrainingConfig) -> common_pb2.TrainingConfig:
@@ -260,6 +264,18 @@ def test_a_killed_worker_without_restarts_fails_the_job_naming_it(tmp_path):
     done = world.domain.wait("job-2", ENDED, timeout=60)  # the watchdog ends the group at once
     assert done.status == Status.TRAINING_STATUS_FAILED
     assert "worker 1 (127.0.0.1:" in done.error and "SIGKILL" in done.error, done.error
+
+
+def test_a_cancel_ends_every_worker_and_keeps_the_chiefs_checkpoint(tmp_path):
+    world = World(tmp_path)
+    world.submit("job-5", unstructured(digits_config(2, 20, max_steps_per_epoch=6)))
+    group = world.wait_for_the_first_checkpoint("job-5", timeout=180)
+    world.bus.publish(new_event("job-5", "jobs", cancel_requested=events_pb2.CancelRequested(reason="test")))
+    done = world.domain.wait("job-5", ENDED | {Status.TRAINING_STATUS_STOPPED}, timeout=60)
+    assert done.status == Status.TRAINING_STATUS_STOPPED, done.error
+    assert all(p.poll() is not None for p in group.processes)  # no worker left behind
+    assert "models/job-5/checkpoints/" in done.last_checkpoint_uri
+    assert not world.store.exists("models/job-5/manifest.json")
 
 
 def test_with_external_workers_the_replica_waits_for_the_chiefs_export(tmp_path):
