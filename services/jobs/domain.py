@@ -33,6 +33,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import DeadLetter, EventBus, new_event, payload_kind
 from services.common.stage_work import Cancellations
 from services.common.storage import ObjectStore
+from services.common.training_options import DEFAULT_MAX_WORKERS
 from services.jobs.spec_validation import validate_job_spec
 
 log = logging.getLogger("classforge.jobs")
@@ -63,7 +64,8 @@ def _seconds(ts: Timestamp) -> float:
 class JobsDomain:
     def __init__(self, bus: EventBus, store: ObjectStore, producer: str = "jobs", *,
                  stage_deadline_s: float = 600.0, cancel_grace_s: float = 120.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_workers: int = DEFAULT_MAX_WORKERS):
+        self.max_workers = max_workers  # TrainingConfig.workers above this is INVALID_ARGUMENT at submit
         self.bus = bus
         self.store = store
         self.producer = producer
@@ -102,7 +104,7 @@ class JobsDomain:
 
     def submit(self, spec: common_pb2.JobSpec, request_id: str = "", owner: str = "") -> Job:
         """`owner`: the submitter's authenticated subject, recorded on the job ("" without authentication)."""
-        validate_job_spec(spec)
+        validate_job_spec(spec, max_workers=self.max_workers)
         # Each owner has its own request ids: one user's request_id never returns another user's job.
         job_id = str(uuid.uuid5(_REQUEST_NAMESPACE, f"{owner}\0{request_id}" if owner else request_id)) \
             if request_id else str(uuid.uuid4())

@@ -18,7 +18,7 @@ GROUP, DEAD_LETTER_GROUP = "jobs", "jobs-dead-letters"
 def build(context: ServiceContext) -> None:
     settings: JobsSettings = context.settings  # type: ignore[assignment]
     domain = JobsDomain(context.bus, context.store, stage_deadline_s=settings.stage_deadline_seconds,
-                        cancel_grace_s=settings.cancel_grace_seconds)
+                        cancel_grace_s=settings.cancel_grace_seconds, max_workers=settings.trainer_max_workers)
     context.server.add_service(jobs_service_pb2_grpc.add_JobsServiceServicer_to_server,
                                JobsServicer(domain), SERVICE_NAME)
     stopping = threading.Event()

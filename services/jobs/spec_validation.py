@@ -23,7 +23,14 @@ from services.common.dataset_options import IngestOptions
 from services.common.durations import parse_duration
 from services.common.errors import InvalidArgument, shown
 from services.common.job_uri import job_from_uri
-from services.common.training_options import DEFAULT_BACKBONE, DEFAULT_CROP_ASPECT, PROJECT_BACKBONES, RECIPES
+from services.common.training_options import (
+    DEFAULT_BACKBONE,
+    DEFAULT_CROP_ASPECT,
+    DEFAULT_MAX_WORKERS,
+    PROJECT_BACKBONES,
+    RECIPES,
+    check_workers,
+)
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: '$' would let a trailing newline in
 
@@ -101,7 +108,11 @@ def validate_dataset_options(options: common_pb2.DatasetOptions, field: str = "s
     IngestOptions.from_proto(options, field)
 
 
-def validate_training(config: common_pb2.TrainingConfig, field: str = "spec.training") -> None:
+def validate_training(config: common_pb2.TrainingConfig, field: str = "spec.training",
+                      max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+    problem = check_workers(config, max_workers)
+    if problem:
+        raise InvalidArgument(f"{field}.workers", problem)
     if config.recipe.strip().lower() not in ("", *RECIPES):
         raise InvalidArgument(f"{field}.recipe", f"unknown recipe {shown(config.recipe)}; use one of "
                                                  f"{', '.join(RECIPES)} (or leave it empty: auto unless training "
@@ -208,8 +219,9 @@ def validate_gates(gates: common_pb2.EvaluationGates, field: str = "spec.gates")
         _in_range(f"{where}.max_rate", bound.max_rate, 0, 1)
 
 
-def validate_job_spec(spec: common_pb2.JobSpec) -> None:
-    """Raises InvalidArgument for the first problem found in the spec."""
+def validate_job_spec(spec: common_pb2.JobSpec, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+    """Raises InvalidArgument for the first problem found in the spec; `max_workers` is the deployment's
+    CLASSFORGE_TRAINER_MAX_WORKERS."""
     size = spec.ByteSize()  # first, so that nothing huge is walked or quoted
     if size > MAX_SPEC_BYTES:
         raise InvalidArgument("spec", f"is {size} bytes serialized; at most {MAX_SPEC_BYTES} are allowed "
@@ -219,7 +231,7 @@ def validate_job_spec(spec: common_pb2.JobSpec) -> None:
         raise InvalidArgument("spec.source", "is required: say where the images come from")
     validate_source(spec.source)
     validate_dataset_options(spec.dataset)
-    validate_training(spec.training)
+    validate_training(spec.training, max_workers=max_workers)
     validate_gates(spec.gates)
     if spec.deploy.model_name and not MODEL_NAME.fullmatch(spec.deploy.model_name):
         raise InvalidArgument("spec.deploy.model_name",

@@ -42,7 +42,13 @@ from classforge.v1 import common_pb2
 from services.common.durations import parse_duration
 from services.common.errors import InvalidArgument
 from services.common.job_uri import job_from_uri
-from services.common.training_options import DEFAULT_BACKBONE, DEFAULT_CROP_ASPECT, PROJECT_BACKBONES, RECIPES
+from services.common.training_options import (
+    DEFAULT_BACKBONE,
+    DEFAULT_CROP_ASPECT,
+    PROJECT_BACKBONES,
+    RECIPES,
+    check_workers,
+)
 
 TrainingConfig = common_pb2.TrainingConfig
 Backbone = common_pb2.Backbone
@@ -114,6 +120,9 @@ def validate(c: TrainingConfig, prefix: str = "config") -> None:
     if c.recipe.strip().lower() not in ("", *RECIPES):
         raise bad("recipe", f"unknown recipe {c.recipe!r}; use one of {', '.join(RECIPES)}")
     parse_duration(c.time_budget, f"{prefix}.time_budget")
+    problem = check_workers(c, max_workers=c.workers)  # the deployment's limit is applied at submit
+    if problem:
+        raise bad("workers", problem)
     if not 16 <= c.input_size <= 1024:
         raise bad("input_size", f"{c.input_size} is outside 16..1024 pixels")
     if not 1 <= c.batch_size <= 4096:

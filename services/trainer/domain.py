@@ -68,7 +68,9 @@ class TrainerDomain:
     def __init__(self, bus: EventBus, store: ObjectStore, *, work_root: str | Path, progress_seconds: float = 10.0,
                  producer: str = "trainer", open_data: DataOpener | None = None, outage_window_s: float = 180.0,
                  retry_seconds: float = 5.0, heartbeat_seconds: float = 30.0, hardware: Hardware | None = None,
-                 replica_id: str = "", lease_seconds: float = 30.0, clock: Callable[[], float] = time.time):
+                 replica_id: str = "", lease_seconds: float = 30.0, clock: Callable[[], float] = time.time,
+                 max_workers: int = 4, worker_restarts: int = 1, worker_launch: str = "local",
+                 external_workers_timeout: float = 86400.0):
         self.stage = Stage(bus, store, common_pb2.JOB_STAGE_TRAINING, producer, heartbeat_seconds=heartbeat_seconds)
         self.store = store
         self.leases = Leases(store, replica_id or default_replica_id(), lease_seconds, clock)
@@ -79,7 +81,9 @@ class TrainerDomain:
             self.trainings, self.events, self.stage, store, work_root=Path(work_root),
             progress_seconds=progress_seconds, outage_window_s=outage_window_s, retry_seconds=retry_seconds,
             open_data=open_data or (lambda uri, config, cache: open_records(store, uri, config, cache)),
-            hardware=hardware, is_closing=lambda: self.worker.closing, leases=self.leases)
+            hardware=hardware, is_closing=lambda: self.worker.closing, leases=self.leases,
+            max_workers=max_workers, worker_restarts=worker_restarts, worker_launch=worker_launch,
+            external_workers_timeout=external_workers_timeout)
         self.worker = TrainingWorker(self._lock, self.stage, self.runner.run, self.runner.fail,
                                      may_run=self._may_run, ran=self._ran, replica=self.leases.holder)
         self._settled: set[str] = set()  # jobs seen ended: the sweep never reads them again

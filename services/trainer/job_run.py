@@ -1,6 +1,10 @@
 """One queued job's run, on the worker's thread: plan it (once, when its data is known), train it
 (riding out an outage of the store or the bus from the last checkpoint), export the model, then end it
-as completed, stopped (cancel), paused (shutdown: it stays RUNNING) or failed."""
+as completed, stopped (cancel), paused (shutdown: it stays RUNNING) or failed.
+
+A job with `workers: N > 1` is trained by N worker processes (services/trainer/multiworker.py): this
+replica plans it, starts them, and restarts the whole group from the chief's last checkpoint when one
+dies (up to `worker_restarts` times) before the job fails."""
 
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ from services.common.artefacts import model_prefix
 from services.common.durations import parse_duration
 from services.common.errors import Unavailable
 from services.common.stage_work import Stage
-from services.common.storage import ObjectStore
+from services.common.storage import LocalObjectStore, ObjectStore
 from services.trainer import export, metrics
 from services.trainer.config import to_json
 from services.trainer.data import TrainingData
 from services.trainer.lease import FencedStore, LeaseLost, Leases
-from services.trainer.loop import RunResult, Trainer
+from services.trainer.loop import CheckpointStore, RunResult, Trainer
+from services.trainer.multiworker import STORE_DIR_ENV, WorkerGroup, check_worker_count
 from services.trainer.progress_events import RunHooks, TrainingEvents
 from services.trainer.recipe import Hardware, chosen_fields, detect_hardware, facts_of, plan_training
 from services.trainer.training_store import Training, TrainingStore
@@ -52,8 +57,14 @@ class JobRunner:
     def __init__(self, trainings: TrainingStore, events: TrainingEvents, stage: Stage, store: ObjectStore, *,
                  work_root: Path, progress_seconds: float, outage_window_s: float, retry_seconds: float,
                  open_data: DataOpener, hardware: Hardware | None, is_closing: Callable[[], bool],
-                 leases: Leases):
+                 leases: Leases, max_workers: int = 4, worker_restarts: int = 1, worker_launch: str = "local",
+                 external_workers_timeout: float = 86400.0):
         self.leases = leases  # every write of a run to the model prefix checks the job's lease first
+        self.worker_launch = worker_launch
+        self.external_workers_timeout = external_workers_timeout
+        self.max_workers = max_workers
+        self.worker_restarts = worker_restarts
+        self.active_group: WorkerGroup | None = None  # the worker processes of the job training now, if any
         self.trainings = trainings
         self.events = events
         self.stage = stage
@@ -99,6 +110,9 @@ class JobRunner:
                 data = self.open_data(training.records_uri, training.config, workdir / "cache")
                 if not training.plan.recipe:  # the first start: the data is known now, the plan is made once
                     training = self._plan(job_id, data)
+                workers = check_worker_count(training.config.workers, self.max_workers)
+                if workers > 1:
+                    return self._train_group(job_id, stop, workdir, workers)
                 # A plan already sized by the budget (a resumed run) keeps its epochs.
                 budget = 0.0 if training.plan.planned_epochs else parse_duration(training.config.time_budget)
                 fenced = FencedStore(self.store, job_id, self.leases)
@@ -136,15 +150,60 @@ class JobRunner:
 
     def _export(self, job_id: str, training: Training, result: RunResult, data: TrainingData, workdir: Path,
                 store: ObjectStore) -> None:
-        """The model and what the evaluator and the model server read beside it, under models/<job>/
-        (export.py); the manifest says where the run came from and what it planned."""
-        prefix = model_prefix(job_id)
-        extra = {"job_id": job_id, "records_uri": training.records_uri,
-                 "resumed_from": result.resumed_from, "early_stopped": result.early_stopped,
-                 "initial_weights": result.initial_weights,
-                 "plan": json_format.MessageToDict(training.plan, preserving_proto_field_name=True)}
-        export.publish(result.network, data.label_map(), to_json(training.config), result.history,
-                       training.config.input_size, store, prefix, workdir / "run", extra)
+        export_run(store, job_id, training, result, data, workdir)
+
+    def _train_group(self, job_id: str, stop: StopSignal, workdir: Path, workers: int) -> RunResult | None:
+        """Trains on `workers` local processes (services/trainer/mwms_worker.py), which export the model
+        themselves. A worker that dies ends the group; it is started again from the chief's last
+        checkpoint up to `worker_restarts` times, then the job fails with the worker's reason. With
+        external workers (a TFJob or indexed Job started for this job), waits for the chief's export."""
+        if self.worker_launch == "external":
+            return self._wait_for_external_workers(job_id, stop, workers)
+        env = {STORE_DIR_ENV: str(self.store.local_path())} if isinstance(self.store, LocalObjectStore) else {}
+        env["CLASSFORGE_TRAINER_WORK_DIR"] = str(workdir / "workers")
+        failures: list[str] = []
+        while True:
+            # The worker processes write to the store directly, past FencedStore: a replica that lost the job's
+            # lease must not start (or restart) them. LeaseLost ends the run like a fenced write does.
+            self.leases.check_writable(job_id)
+            self.active_group = group = WorkerGroup(job_id, workers, env=env, log_dir=workdir / "worker-logs")
+            try:
+                outcome = group.wait(stop.event)
+            finally:
+                self.active_group = None
+            checkpoint = CheckpointStore(self.store, model_prefix(job_id), workdir).latest()
+            checkpoint_uri = (self.store.uri(checkpoint["key"].rstrip("/")) + "/") if checkpoint else ""
+            if checkpoint_uri:
+                self.trainings.update(job_id, lambda t, u=checkpoint_uri: setattr(t, "last_checkpoint_uri", u))
+            if outcome.status == "succeeded":
+                if not self.store.exists(model_prefix(job_id) + "manifest.json"):
+                    self.fail(job_id, f"the {workers} workers ended without the chief's export "
+                                      f"({model_prefix(job_id)}manifest.json is missing)")
+                    return None
+                return RunResult("succeeded", None, [], checkpoint_uri)  # type: ignore[arg-type]
+            if outcome.status == "stopped":
+                return RunResult("stopped", None, [], checkpoint_uri)  # type: ignore[arg-type]
+            failures.append(outcome.message)
+            if len(failures) > self.worker_restarts:
+                self.fail(job_id, f"multi-worker training failed {len(failures)} time(s); last: {outcome.message}")
+                return None
+            log.warning("a worker failed; restarting the group from the chief's last checkpoint",
+                        extra={"job_id": job_id, "error": outcome.message, "checkpoint": checkpoint_uri})
+
+    def _wait_for_external_workers(self, job_id: str, stop: StopSignal, workers: int) -> RunResult | None:
+        manifest = model_prefix(job_id) + "manifest.json"
+        log.info("waiting for the job's external workers (TFJob or indexed Job with CLASSFORGE_MWMS_JOB_ID=%s)",
+                 job_id, extra={"job_id": job_id, "workers": workers})
+        deadline = time.monotonic() + self.external_workers_timeout
+        while not self.store.exists(manifest):
+            if time.monotonic() >= deadline:
+                self.fail(job_id, f"no export from the job's {workers} external workers within "
+                                  f"{self.external_workers_timeout:.0f}s: is a TFJob or indexed Job running with "
+                                  f"CLASSFORGE_MWMS_JOB_ID={job_id}?")
+                return None
+            if stop.event.wait(min(self.retry_seconds, 5.0)):
+                return RunResult("stopped", None, [], "")  # type: ignore[arg-type]
+        return RunResult("succeeded", None, [], "")  # type: ignore[arg-type]
 
     def _plan(self, job_id: str, data: TrainingData) -> Training:
         """Chooses the effective config (services/trainer/recipe.py) from the spec's config, the data and
@@ -212,3 +271,17 @@ class JobRunner:
                 self.trainings.save(training)
             except Exception:  # noqa: BLE001 - reported above; the job has ended either way
                 log.warning("could not save the failed training's state", extra={"job_id": job_id}, exc_info=True)
+
+
+def export_run(store: ObjectStore, job_id: str, training: Training, result: RunResult, data: TrainingData,
+               workdir: Path) -> None:
+    """The model and what the evaluator and the model server read beside it, under models/<job>/
+    (export.py); the manifest says where the run came from and what it planned. Also run by every
+    worker of a multi-worker job (the non-chief ones into a store that is discarded)."""
+    prefix = model_prefix(job_id)
+    extra = {"job_id": job_id, "records_uri": training.records_uri,
+             "resumed_from": result.resumed_from, "early_stopped": result.early_stopped,
+             "initial_weights": result.initial_weights, "workers": max(training.config.workers, 1),
+             "plan": json_format.MessageToDict(training.plan, preserving_proto_field_name=True)}
+    export.publish(result.network, data.label_map(), to_json(training.config), result.history,
+                   training.config.input_size, store, prefix, workdir / "run", extra)

@@ -102,7 +102,8 @@ def stages_of(config: common_pb2.TrainingConfig) -> list[Stage]:
 
 def choose_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy over the local GPUs when there are two or more; otherwise the default strategy
-    (one GPU or the CPU), which places ops on the GPU by itself."""
+    (one GPU or the CPU), which places ops on the GPU by itself. A job with `workers: N` runs this loop
+    under MultiWorkerMirroredStrategy instead (services/trainer/mwms_worker.py passes it in)."""
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
@@ -118,10 +119,15 @@ def prefix_uri(store: ObjectStore, prefix: str) -> str:
 
 
 class CheckpointStore:
-    def __init__(self, store: ObjectStore, prefix: str, workdir: Path):
+    """`write=False` (a multi-worker job's non-chief worker): checkpoints are saved to the local work
+    directory only and never uploaded, so that one writer owns the prefix; reading (resume) still comes
+    from the store: every worker resumes from the chief's checkpoint."""
+
+    def __init__(self, store: ObjectStore, prefix: str, workdir: Path, write: bool = True):
         self.store = store
         self.prefix = f"{prefix}checkpoints/"
         self.workdir = Path(workdir)
+        self.write = write
 
     def latest(self) -> dict | None:
         try:
@@ -146,6 +152,8 @@ class CheckpointStore:
             arrays["centers"] = losses.centers.numpy()
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
+        if not self.write:  # saved like the chief's (same code on every worker), then thrown away
+            return ""
         self.store.put_file(key + "model.weights.h5", local / "model.weights.h5")
         self.store.put_bytes(key + "optimizer.npz", buffer.getvalue())
         self.store.put_bytes(key + "state.json", json.dumps(state).encode(), "application/json")  # last
@@ -311,6 +319,8 @@ class Trainer:
     progress_seconds: float = 10.0
     strategy: tf.distribute.Strategy | None = None
     log_fn: Callable[[str], None] | None = None
+    # False on a multi-worker job's non-chief workers: they train, but write no checkpoint to the store.
+    chief: bool = True
     # Steps of every stage as planned, sent with each progress event (progress bars and time estimates).
     planned_steps: int = field(default=0, init=False)
     # Seconds for training plus export and evaluation (0: none); counted from `budget_started`
@@ -323,7 +333,7 @@ class Trainer:
     def __post_init__(self):
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = CheckpointStore(self.store, self.prefix, self.workdir)
+        self.checkpoints = CheckpointStore(self.store, self.prefix, self.workdir, write=self.chief)
         self.strategy = self.strategy or choose_strategy()
         self.budget_measured: dict = {}  # the probe's throughputs, when a time budget sized the run
 

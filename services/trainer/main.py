@@ -18,7 +18,9 @@ def build(context: ServiceContext) -> None:
     domain = TrainerDomain(context.bus, context.store, work_root=settings.work_dir,
                            progress_seconds=settings.progress_seconds, outage_window_s=settings.outage_window_seconds,
                            heartbeat_seconds=settings.heartbeat_seconds, replica_id=settings.replica_id,
-                           lease_seconds=settings.lease_seconds)
+                           lease_seconds=settings.lease_seconds, max_workers=settings.max_workers,
+                           worker_restarts=settings.worker_restarts, worker_launch=settings.worker_launch,
+                           external_workers_timeout=settings.external_workers_timeout)
     context.server.readiness_checks["training_worker"] = domain.check_worker
     context.server.add_service(trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server,
                                TrainerServicer(domain), SERVICE_NAME)

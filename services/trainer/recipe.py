@@ -30,7 +30,7 @@ Backbone = common_pb2.Backbone
 
 AUTO, IMAGENET_GPU = RECIPES
 # Fields that steer the recipe rather than name a training choice: setting only these still means "auto".
-RECIPE_FIELDS = {"recipe", "time_budget", "mirror_invariant", "seed"}
+RECIPE_FIELDS = {"recipe", "time_budget", "mirror_invariant", "seed", "workers"}
 
 SMALL_IMAGE_SIDE = 32  # at or below: no random crop; box jitter keeps most of the image
 MIN_KEPT_AREA_SMALL = 0.5  # no augmentation may cut away more than half of a small image

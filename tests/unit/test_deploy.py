@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ["dev", "gpu", "operators"]
+OVERLAYS = ["dev", "gpu", "operators", "multiworker"]
 KUBERNETES_VERSION = "1.32.0"
 # Custom resources of the operators overlay: their CRDs (Strimzi, MinIO operator) are not shipped, so
 # only their shape is checked here.
@@ -58,7 +58,8 @@ OLD_CREDENTIALS = ["classforge-secret", "change-me", "change-me-too", "change-me
 CUSTOM_KINDS = {("kafka.strimzi.io/v1beta2", "Kafka"), ("kafka.strimzi.io/v1beta2", "KafkaNodePool"),
                 ("kafka.strimzi.io/v1beta2", "KafkaTopic"), ("minio.min.io/v2", "Tenant"),
                 ("kafka.strimzi.io/v1beta2", "KafkaUser"),
-                ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+                ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
+                ("kubeflow.org/v1", "TFJob")}
 # The classforge services that run in containers (the model-server stand-in is replaced by TF Serving).
 SERVICES = ["jobs", "ingest", "tfrecords", "trainer", "evaluator", "inference"]
 
@@ -990,3 +991,117 @@ def test_light_images_install_every_distribution_their_service_imports(service):
             if re.sub(r"[-_.]+", "-", dist).lower() not in installed and dist.lower() != "classforge":
                 missing[module] = dist
     assert not missing, f"{service} imports modules its image does not install: {missing}"
+
+
+# --------------------------------------------------------------------------- issue #19: one job on several workers
+
+
+def _worker_pods() -> dict[str, tuple[dict, dict]]:
+    """variant -> (the object, its worker pod spec): the indexed Job (multiworker overlay) and the TFJob
+    (operators overlay)."""
+    job = _by_kind(rendered("multiworker"), "Job")["trainer-workers"]
+    tfjob = _by_kind(rendered("operators"), "TFJob")["trainer-workers"]
+    return {"indexed-job": (job, job["spec"]["template"]["spec"]),
+            "tfjob": (tfjob, tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"])}
+
+
+def test_multi_worker_variants_run_the_worker_entry_point_like_the_trainer():
+    from services.trainer.settings import TrainerSettings, WorkerSettings
+
+    known = {r[0] for r in TrainerSettings.describe()} | {r[0] for r in WorkerSettings.describe()} | {
+        "CLASSFORGE_MWMS_WORKERS", "CLASSFORGE_MWMS_JOB_NAME", "CLASSFORGE_MWMS_SERVICE", "CLASSFORGE_MWMS_NAMESPACE",
+        "CLASSFORGE_MWMS_PORT"}  # services/trainer/multiworker.py INDEXED_ENV
+    for variant, (doc, pod) in _worker_pods().items():
+        overlay = "multiworker" if variant == "indexed-job" else "operators"
+        trainer = _by_kind(rendered(overlay), "Deployment")["trainer"]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == ["python", "-m", "services.trainer.mwms_worker"], variant
+        assert container["image"] == trainer["containers"][0]["image"], variant
+        assert container["envFrom"] == trainer["containers"][0]["envFrom"], variant  # ConfigMap and S3 Secret
+        assert pod["securityContext"] == trainer["securityContext"], variant
+        assert container["securityContext"] == trainer["containers"][0]["securityContext"], variant
+        assert pod["automountServiceAccountToken"] is False, variant
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        trainer_volumes = {v["name"]: v for v in trainer["volumes"]}
+        assert volumes["tls"] == trainer_volumes["tls"], variant  # the object store's CA
+        assert "emptyDir" in volumes["tmp"], variant
+        env = {e["name"] for e in container["env"]}
+        unknown = sorted(v for v in env if v.startswith("CLASSFORGE_") and v not in known)
+        assert not unknown, f"{variant} sets {unknown}, which no settings class reads"
+        assert "CLASSFORGE_MWMS_JOB_ID" in env, variant
+        assert (doc["spec"].get("suspend") or doc["spec"].get("runPolicy", {}).get("suspend")) is True, \
+            f"{variant}: a template must not start before a job id is set"
+    assert _by_kind(rendered("operators"), "TFJob")["trainer-workers"]["spec"]["tfReplicaSpecs"]["Worker"][
+        "template"]["spec"]["containers"][0]["name"] == "tensorflow"  # the container the operator configures
+
+
+def _env_of(container: dict, namespace: str) -> dict[str, str]:
+    env = {}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+    return env
+
+
+def test_indexed_job_workers_compute_a_tf_config_that_names_each_pod():
+    """What each pod of the indexed Job computes (the worker entry point's own function), against the pod
+    DNS names the headless Service gives: <job>-<index>.<subdomain>.<namespace>.svc, on the port it opens."""
+    from services.trainer.multiworker import is_chief, resolve_tf_config
+
+    docs = rendered("multiworker")
+    job = _by_kind(docs, "Job")["trainer-workers"]
+    pod = job["spec"]["template"]["spec"]
+    service = _by_kind(docs, "Service")[pod["subdomain"]]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    (container,) = pod["containers"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["collective"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [port]
+    namespace = job["metadata"].get("namespace", "default")
+    env = _env_of(container, namespace)
+    workers = job["spec"]["completions"]
+    assert job["spec"]["parallelism"] == workers == int(env["CLASSFORGE_MWMS_WORKERS"])
+    expected = [f"{job['metadata']['name']}-{i}.{pod['subdomain']}.{namespace}.svc:{port}" for i in range(workers)]
+    for index in range(workers):
+        config = resolve_tf_config(env | {"JOB_COMPLETION_INDEX": str(index)})
+        assert config == {"cluster": {"worker": expected}, "task": {"type": "worker", "index": index}}
+        assert is_chief(config) == (index == 0)
+    _check_collective_policy(docs, labels, port)
+    trainer_env = _by_kind(docs, "Deployment")["trainer"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "CLASSFORGE_TRAINER_WORKER_LAUNCH", "value": "external"} in trainer_env  # waits for the Job
+
+
+def test_tfjob_workers_accept_the_tf_config_the_operator_sets():
+    """The Training Operator's TF_CONFIG for Worker replicas (kubeflow/training-operator, tensorflow.go:
+    <name>-worker-<i>.<namespace>.svc:<tfjob-port>), as the worker entry point reads it."""
+    from services.trainer.multiworker import is_chief, peers_of, resolve_tf_config
+
+    docs = rendered("operators")
+    tfjob = _by_kind(docs, "TFJob")["trainer-workers"]
+    worker = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
+    assert set(tfjob["spec"]["tfReplicaSpecs"]) == {"Worker"}  # no Chief replica: worker 0 is the chief
+    (container,) = worker["template"]["spec"]["containers"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["tfjob-port"]
+    namespace, name = tfjob["metadata"]["namespace"], tfjob["metadata"]["name"]
+    hosts = [f"{name}-worker-{i}.{namespace}.svc:{port}" for i in range(worker["replicas"])]
+    assert worker["replicas"] >= 2
+    for index in range(worker["replicas"]):
+        operator_env = {"TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
+                                                 "task": {"type": "worker", "index": index}, "environment": "cloud"})}
+        config = resolve_tf_config(operator_env)
+        assert is_chief(config) == (index == 0)
+        assert peers_of(config) == [h for i, h in enumerate(hosts) if i != index]
+    _check_collective_policy(docs, worker["template"]["metadata"]["labels"], port)
+
+
+def _check_collective_policy(docs: list[dict], labels: dict, port: int) -> None:
+    """The workers reach each other's collective port, and only that port is opened for them."""
+    policy = _by_kind(docs, "NetworkPolicy")["trainer-workers-collective"]
+    assert _selected(policy, labels)
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": port, "protocol": "TCP"}]
+    assert all(_selected({"spec": {"podSelector": source["podSelector"]}}, labels) for source in ingress["from"])

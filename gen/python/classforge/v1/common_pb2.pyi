@@ -165,7 +165,7 @@ class TaskLoss(_message.Message):
     def __init__(self, task: _Optional[str] = ..., weight: _Optional[float] = ..., regression: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("input_size", "batch_size", "seed", "backbone", "squeeze_excitation", "group_norm", "small_input_stem", "initial_weights_uri", "augmentation", "label_smoothing", "class_weights", "center_loss_weight", "task_losses", "weight_decay", "optimizer", "momentum", "nesterov", "lr_schedule", "warmup_epochs", "head_stage", "full_stage", "validate_every_epochs", "early_stopping_patience", "mixed_precision", "xla", "max_steps_per_epoch", "width_multiplier", "dropout", "recipe", "time_budget", "mirror_invariant")
+    __slots__ = ("input_size", "batch_size", "seed", "backbone", "squeeze_excitation", "group_norm", "small_input_stem", "initial_weights_uri", "augmentation", "label_smoothing", "class_weights", "center_loss_weight", "task_losses", "weight_decay", "optimizer", "momentum", "nesterov", "lr_schedule", "warmup_epochs", "head_stage", "full_stage", "validate_every_epochs", "early_stopping_patience", "mixed_precision", "xla", "max_steps_per_epoch", "width_multiplier", "dropout", "recipe", "time_budget", "mirror_invariant", "workers")
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class TrainingConfig(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_FIELD_NUMBER: _ClassVar[int]
     MIRROR_INVARIANT_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     input_size: int
     batch_size: int
     seed: int
@@ -228,7 +229,8 @@ class TrainingConfig(_message.Message):
     recipe: str
     time_budget: str
     mirror_invariant: bool
-    def __init__(self, input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., backbone: _Optional[_Union[Backbone, str]] = ..., squeeze_excitation: _Optional[bool] = ..., group_norm: _Optional[bool] = ..., small_input_stem: _Optional[bool] = ..., initial_weights_uri: _Optional[str] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., label_smoothing: _Optional[float] = ..., class_weights: _Optional[bool] = ..., center_loss_weight: _Optional[float] = ..., task_losses: _Optional[_Iterable[_Union[TaskLoss, _Mapping]]] = ..., weight_decay: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., warmup_epochs: _Optional[int] = ..., head_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., full_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., validate_every_epochs: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., mixed_precision: _Optional[bool] = ..., xla: _Optional[bool] = ..., max_steps_per_epoch: _Optional[int] = ..., width_multiplier: _Optional[float] = ..., dropout: _Optional[float] = ..., recipe: _Optional[str] = ..., time_budget: _Optional[str] = ..., mirror_invariant: _Optional[bool] = ...) -> None: ...
+    workers: int
+    def __init__(self, input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., backbone: _Optional[_Union[Backbone, str]] = ..., squeeze_excitation: _Optional[bool] = ..., group_norm: _Optional[bool] = ..., small_input_stem: _Optional[bool] = ..., initial_weights_uri: _Optional[str] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., label_smoothing: _Optional[float] = ..., class_weights: _Optional[bool] = ..., center_loss_weight: _Optional[float] = ..., task_losses: _Optional[_Iterable[_Union[TaskLoss, _Mapping]]] = ..., weight_decay: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., warmup_epochs: _Optional[int] = ..., head_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., full_stage: _Optional[_Union[TrainingStage, _Mapping]] = ..., validate_every_epochs: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., mixed_precision: _Optional[bool] = ..., xla: _Optional[bool] = ..., max_steps_per_epoch: _Optional[int] = ..., width_multiplier: _Optional[float] = ..., dropout: _Optional[float] = ..., recipe: _Optional[str] = ..., time_budget: _Optional[str] = ..., mirror_invariant: _Optional[bool] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class PlanChoice(_message.Message):
     __slots__ = ("field", "value", "reason")
