@@ -77,3 +77,17 @@ def test_outputs_are_the_ones_before_streaming(tmp_path):
     golden = json.loads(GOLDEN_FILE.read_text())
     assert sorted(got) == sorted(golden)  # the same objects
     assert {k: v for k, v in got.items() if golden[k] != v} == {}  # with the same bytes
+
+
+def test_records_from_worker_processes_are_the_same_bytes(tmp_path):
+    """The pool path takes its chunks lazily too: the shards it writes equal the golden ones."""
+    _source(tmp_path / "source")
+    store = LocalObjectStore(tmp_path / "store")
+    prepare_dataset(tmp_path / "source", store, "datasets/flat/", IngestOptions(seed=3, val_fraction=0.2,
+                                                                                 test_fraction=0.1),
+                    dataset_id="flat", source={"kind": "local_path", "path": "/fixed/for/the/test"}, workers=1)
+    RecordsBuilder(workers=2, inline_below=0).build(store, "flat", BuildOptions(shard_bytes=2048, min_shards=3),
+                                                    out_store=LocalObjectStore(tmp_path / "pool"))
+    golden = json.loads(GOLDEN_FILE.read_text())
+    got = _digests(tmp_path / "pool")
+    assert got and got == {k: v for k, v in golden.items() if k.startswith("records/")}
