@@ -294,6 +294,7 @@ def _deduplicate(tasks: tuple[str, ...], valid: list[tuple[Candidate, ImageCheck
     uniques: list[_Unique] = []
     duplicates: list[dict] = []
     conflicts: list[dict] = []
+    combos: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}  # one tuple per label combination
     for sha, group in itertools.groupby(valid, key=lambda pair: pair[1].sha256):
         members = list(group)
         merged: list[str | None] = []
@@ -320,7 +321,8 @@ def _deduplicate(tasks: tuple[str, ...], valid: list[tuple[Candidate, ImageCheck
             duplicates.append({"sha256": sha, "kept": kept.name, "dropped": names[1:]})
             for candidate, _ in members[1:]:
                 rejects.add(candidate, f"{DUPLICATE}: same content as {kept.name}, which is kept")
-        uniques.append(_Unique(sha, check, tuple(merged), kept.path, kept.name))
+        labels = tuple(merged)
+        uniques.append(_Unique(sha, check, combos.setdefault(labels, labels), kept.path, kept.name))
     return _Deduplicated(uniques, duplicates, conflicts)
 
 
@@ -344,8 +346,15 @@ def _label(collection: Collection, uniques: list[_Unique], rejects: _Rejects) ->
         raise FailedPrecondition(f"a classifier needs at least two labels, but task {tasks[0]!r} has "
                                  f"{len(classes[0])}: {classes[0]}")
     index = [{label: i for i, label in enumerate(c)} for c in classes]
-    examples = [Example(u.key, tuple(index[t][label] if label is not None else -1 for t, label in enumerate(u.labels)))
-                for u in uniques]
+    ids: dict[tuple[str | None, ...], tuple[int, ...]] = {}  # one tuple per label combination, not per image
+
+    def class_ids(labels: tuple[str | None, ...]) -> tuple[int, ...]:
+        found = ids.get(labels)
+        if found is None:
+            found = ids[labels] = tuple(index[t][label] if label is not None else -1 for t, label in enumerate(labels))
+        return found
+
+    examples = [Example(u.key, class_ids(u.labels)) for u in uniques]
     return _Labelled(tasks, classes, collection.declared, examples)
 
 

@@ -434,8 +434,8 @@ class _Uploader:
 def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
     """The size of every listed image, by its key relative to the dataset; DatasetError for one that
     is missing (before anything is written)."""
-    keys = {e.key for entries in dataset.splits.values() for e in entries}
     sizes: dict[str, int] = {}
+    missing: set[str] = set()
     # Files in place: one stat per file (keys are checked: no '..', no absolute path).
     if (directory := store.local_path(dataset.prefix)) is not None:
         try:
@@ -443,11 +443,16 @@ def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
         except FileNotFoundError:
             base = None
         try:
-            for key in keys if base is not None else ():
-                try:
-                    sizes[key] = os.stat(key, dir_fd=base).st_size
-                except (FileNotFoundError, NotADirectoryError):
-                    pass
+            for entries in dataset.splits.values():
+                for key, _ in entries:
+                    if key in sizes or key in missing:  # oversampled lines repeat an image
+                        continue
+                    try:
+                        if base is None:
+                            raise FileNotFoundError(key)
+                        sizes[key] = os.stat(key, dir_fd=base).st_size
+                    except (FileNotFoundError, NotADirectoryError):
+                        missing.add(key)
         finally:
             if base is not None:
                 os.close(base)
@@ -455,11 +460,12 @@ def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
         start = len(dataset.prefix) + 1
         for info in store.list(f"{dataset.prefix}/images/"):
             sizes[info.key[start:]] = info.size
-    missing = sorted(keys - sizes.keys())
+        missing = {e.key for entries in dataset.splits.values() for e in entries if e.key not in sizes}
     if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        absent = sorted(missing)
+        more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
         raise DatasetError(f"dataset {dataset.dataset_id!r} lists images that are not stored: "
-                           f"{', '.join(missing[:3])}{more}; prepare the dataset again")
+                           f"{', '.join(absent[:3])}{more}; prepare the dataset again")
     return sizes
 
 
