@@ -36,6 +36,7 @@ class Plan:
     steps: int  # steps per epoch
     epochs: int  # the first is warm-up (tracing, autotuning) and is not counted
     mixed_precision: bool
+    backbone: str = "resnet50"  # a Backbone name without its prefix
 
     @property
     def images(self) -> int:
@@ -56,8 +57,9 @@ def training_config(plan: Plan):
     from classforge.v1 import common_pb2
     from services.trainer.config import with_defaults
 
+    backbone = common_pb2.Backbone.Value(f"BACKBONE_{plan.backbone.upper()}")
     return with_defaults(common_pb2.TrainingConfig(
-        input_size=plan.size, batch_size=plan.batch, backbone=common_pb2.Backbone.BACKBONE_RESNET50,
+        input_size=plan.size, batch_size=plan.batch, backbone=backbone,
         mixed_precision=plan.mixed_precision, full_stage=common_pb2.TrainingStage(epochs=plan.epochs,
                                                                                    learning_rate=0.01)))
 
@@ -123,7 +125,7 @@ def measure(plan: Plan, gpus: list[str]) -> list[dict]:
     setups = [("1 GPU" if gpus else "CPU", tf.distribute.OneDeviceStrategy(gpus[0]) if gpus
                else tf.distribute.get_strategy(), plan)]
     if len(gpus) >= 2:  # the global batch doubles, so each card keeps the per-card batch of the 1-GPU row
-        two = Plan(plan.size, plan.batch * 2, plan.steps, plan.epochs, plan.mixed_precision)
+        two = Plan(plan.size, plan.batch * 2, plan.steps, plan.epochs, plan.mixed_precision, plan.backbone)
         setups.append(("2 GPUs MirroredStrategy", tf.distribute.MirroredStrategy(gpus[:2]), two))
     rows = []
     for name, strategy, setup in setups:
@@ -132,8 +134,8 @@ def measure(plan: Plan, gpus: list[str]) -> list[dict]:
             ours = trainer_rate(setup, strategy, images, labels, Path(work))
         bare = keras_rate(setup, strategy, images, labels)
         row = {"setup": name, "size": setup.size, "batch": setup.batch, "mixed_precision": setup.mixed_precision,
-               "trainer_images_per_second": round(ours, 1), "keras_images_per_second": round(bare, 1),
-               "ratio": round(ours / bare, 3) if bare else None}
+               "trainer_images_per_second": ours, "keras_images_per_second": bare,
+               "ratio": ours / bare if bare else None}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -154,11 +156,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny sizes (32 px, batch 4, 2 steps an epoch) that run anywhere, the CPU included")
     parser.add_argument("--batch", type=int, default=0, help=f"global batch of the 1-GPU row (default {FULL.batch})")
     parser.add_argument("--steps", type=int, default=0, help=f"steps per epoch (default {FULL.steps})")
+    parser.add_argument("--backbone", default="resnet50",
+                        help="backbone name (default resnet50; the unit test's smoke run uses small_cnn to stay quick)")
     args = parser.parse_args(argv)
     if args.batch < 0 or args.steps < 0:
         parser.error("--batch and --steps must be positive")
+    from classforge.v1 import common_pb2
+
+    if f"BACKBONE_{args.backbone.upper()}" not in common_pb2.Backbone.keys() or args.backbone.lower() == "unspecified":
+        choices = ", ".join(k[9:].lower() for k in common_pb2.Backbone.keys() if k != "BACKBONE_UNSPECIFIED")
+        parser.error(f"--backbone {args.backbone!r} is not one of {choices}")
     plan = SMOKE if args.smoke else FULL
-    plan = Plan(plan.size, args.batch or plan.batch, args.steps or plan.steps, plan.epochs, plan.mixed_precision)
+    plan = Plan(plan.size, args.batch or plan.batch, args.steps or plan.steps, plan.epochs, plan.mixed_precision,
+                args.backbone.lower())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     gpus = gpu_names()
     if not gpus and not args.smoke:
@@ -166,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
               "empty), so the GPU check did not run. Run it on a machine with an NVIDIA GPU and a CUDA build of "
               "TensorFlow, or pass --smoke to exercise the code path on the CPU.", file=sys.stderr)
         return NO_GPU_EXIT
-    print(f"devices: {', '.join(gpus) or 'CPU only (smoke)'}; ResNet50 {plan.size}px, global batch {plan.batch}, "
+    print(f"devices: {', '.join(gpus) or 'CPU only (smoke)'}; {plan.backbone} {plan.size}px, "
+          f"global batch {plan.batch}, "
           f"{plan.steps} steps x {plan.epochs} epochs (first not counted), mixed precision "
           f"{'on' if plan.mixed_precision else 'off'}", flush=True)
     rows = measure(plan, gpus)
