@@ -13,7 +13,7 @@ Every path goes through `dhash_image`, so the hashes are the same bit for bit.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -51,7 +51,12 @@ def draft_changes_decoding(image: Image.Image) -> bool:
 
 def format_hashes(rows: Iterable[tuple[str, int | None]]) -> str:
     """hashes.tsv from (sha256, dhash) pairs; images without a hash are left out."""
-    return "".join(f"{sha}\t{value:016x}\n" for sha, value in sorted(r for r in rows if r[1] is not None))
+    return "".join(hash_lines(rows))
+
+
+def hash_lines(rows: Iterable[tuple[str, int | None]]) -> Iterator[str]:
+    """hashes.tsv's lines, one at a time (for writing it without holding the whole text)."""
+    return (f"{sha}\t{value:016x}\n" for sha, value in sorted(r for r in rows if r[1] is not None))
 
 
 def parse_hashes(text: bytes | str, where: str = HASHES_FILE) -> dict[str, int]:

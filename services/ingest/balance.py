@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)  # slots: one per image, ~100 bytes less each
 class Example:
     """One line of a list file: the image key (relative to the dataset) and a class id per task."""
 

@@ -19,13 +19,16 @@ valid image; the first task has at least two labels.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import logging
 import statistics
+import tempfile
 import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,7 +71,7 @@ class Prepared:
         return self.manifest["counts"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Unique:
     sha256: str
     check: ImageCheck
@@ -200,6 +203,10 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
 def _prepare(request: _Request, rejects: _Rejects, started: float) -> Prepared:
     validated = _collect_and_validate(request, rejects)
     deduplicated = _deduplicate(validated.collection.tasks, validated.valid, rejects)
+    # Every candidate is now a unique image or a reject: what the walk and validation kept per file
+    # (paths, names, checks) is let go before the lists and the report are made.
+    validated.valid.clear()
+    validated.collection.candidates.clear()
     labelled = _label(validated.collection, deduplicated.uniques, rejects)
     split = _split_and_balance(labelled.examples, request.options)
     files = _DatasetFiles(request.store, request.prefix, request.dataset_id)
@@ -207,14 +214,16 @@ def _prepare(request: _Request, rejects: _Rejects, started: float) -> Prepared:
     _write_images(request, deduplicated.uniques)
     tasks_doc = [{"name": task, "classes": labelled.classes[t]} for t, task in enumerate(labelled.tasks)]
     files.put_text("labels.json", json.dumps({"tasks": tasks_doc}, indent=2) + "\n", "application/json")
+    # The list files and hashes.tsv are written line by line into a scratch file and uploaded from
+    # there: never one string (and its encoded copy) the size of the whole list.
     for name, rows in zip(LIST_FILES, (split.train, split.splits.val, split.splits.test), strict=True):
-        files.put_text(name, "".join(example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
+        files.put_lines(name, (example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
         files.written[name]["lines"] = len(rows)
     # Each image's difference hash, computed while validating: the records carry it to the evaluator,
     # which then need not decode every image a second time (services/common/image_hash.py).
-    files.put_text(image_hash.HASHES_FILE, image_hash.format_hashes((u.sha256, u.check.dhash)
-                                                                    for u in deduplicated.uniques),
-                   image_hash.HASHES_CONTENT_TYPE)
+    files.put_lines(image_hash.HASHES_FILE, image_hash.hash_lines((u.sha256, u.check.dhash)
+                                                                  for u in deduplicated.uniques),
+                    image_hash.HASHES_CONTENT_TYPE)
     counts = _counts(validated, deduplicated, split, rejects)
     report = _report(request, labelled, deduplicated, split, rejects, counts)
     files.put_text("report.json", json.dumps(report, indent=2) + "\n", "application/json")
@@ -279,13 +288,15 @@ def _deduplicate(tasks: tuple[str, ...], valid: list[tuple[Candidate, ImageCheck
                  rejects: _Rejects) -> _Deduplicated:
     """2. One image per content: copies are `duplicate` rejects, copies labelled differently are all
     `label-conflict` rejects (module docstring)."""
-    groups: dict[str, list[tuple[Candidate, ImageCheck]]] = defaultdict(list)
-    for candidate, check in sorted(valid, key=lambda pair: pair[0].name):
-        groups[check.sha256].append((candidate, check))
+    # Sorted in place by content, then name (no second list, no dict of groups): each run of one
+    # sha256 is a group of copies, in name order.
+    valid.sort(key=lambda pair: (pair[1].sha256, pair[0].name))
     uniques: list[_Unique] = []
     duplicates: list[dict] = []
     conflicts: list[dict] = []
-    for sha, members in sorted(groups.items()):
+    combos: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}  # one tuple per label combination
+    for sha, group in itertools.groupby(valid, key=lambda pair: pair[1].sha256):
+        members = list(group)
         merged: list[str | None] = []
         disagreeing: dict[str, list[str]] = {}
         for t, task in enumerate(tasks):
@@ -310,7 +321,8 @@ def _deduplicate(tasks: tuple[str, ...], valid: list[tuple[Candidate, ImageCheck
             duplicates.append({"sha256": sha, "kept": kept.name, "dropped": names[1:]})
             for candidate, _ in members[1:]:
                 rejects.add(candidate, f"{DUPLICATE}: same content as {kept.name}, which is kept")
-        uniques.append(_Unique(sha, check, tuple(merged), kept.path, kept.name))
+        labels = tuple(merged)
+        uniques.append(_Unique(sha, check, combos.setdefault(labels, labels), kept.path, kept.name))
     return _Deduplicated(uniques, duplicates, conflicts)
 
 
@@ -334,8 +346,15 @@ def _label(collection: Collection, uniques: list[_Unique], rejects: _Rejects) ->
         raise FailedPrecondition(f"a classifier needs at least two labels, but task {tasks[0]!r} has "
                                  f"{len(classes[0])}: {classes[0]}")
     index = [{label: i for i, label in enumerate(c)} for c in classes]
-    examples = [Example(u.key, tuple(index[t][label] if label is not None else -1 for t, label in enumerate(u.labels)))
-                for u in uniques]
+    ids: dict[tuple[str | None, ...], tuple[int, ...]] = {}  # one tuple per label combination, not per image
+
+    def class_ids(labels: tuple[str | None, ...]) -> tuple[int, ...]:
+        found = ids.get(labels)
+        if found is None:
+            found = ids[labels] = tuple(index[t][label] if label is not None else -1 for t, label in enumerate(labels))
+        return found
+
+    examples = [Example(u.key, class_ids(u.labels)) for u in uniques]
     return _Labelled(tasks, classes, collection.declared, examples)
 
 
@@ -362,8 +381,16 @@ def _write_images(request: _Request, uniques: list[_Unique]) -> None:
     # Remote stores answer each upload after a round trip, so several go at once; a local directory is
     # bound by the kernel's own work per file, where more threads than cores only add contention.
     threads = request.write_threads or request.store.useful_write_threads
+    # At most a few uploads per thread queued (pool.map would make a future for every image at once).
+    window = threads * 4
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-write") as pool:
-        list(pool.map(put_image, uniques))
+        pending: collections.deque = collections.deque()
+        for unique in uniques:
+            if len(pending) >= window:
+                pending.popleft().result()
+            pending.append(pool.submit(put_image, unique))
+        while pending:
+            pending.popleft().result()
 
 
 @dataclass
@@ -383,6 +410,25 @@ class _DatasetFiles:
                       extra={"dataset_id": self.dataset_id, "file": name})
             data = text.encode("utf-8", "backslashreplace")
         info = self.store.put_bytes(self.prefix + name, data, content_type)
+        self.written[name] = {"sha256": info.sha256, "bytes": info.size}
+
+    def put_lines(self, name: str, lines: Iterable[str], content_type: str) -> None:
+        """put_text of "".join(lines), written through a scratch file: the same bytes, with memory
+        for one line at a time."""
+        escaped = False
+        with tempfile.NamedTemporaryFile(prefix="classforge-ingest-", suffix=".txt", buffering=1 << 20) as scratch:
+            out = scratch.file
+            for line in lines:
+                try:
+                    out.write(line.encode("utf-8"))
+                except UnicodeEncodeError:  # as put_text: a name that is not text is written with escapes
+                    escaped = True
+                    out.write(line.encode("utf-8", "backslashreplace"))
+            out.flush()
+            if escaped:
+                log.error("text that is not valid UTF-8 in a dataset file; written with escapes",
+                          extra={"dataset_id": self.dataset_id, "file": name})
+            info = self.store.put_file(self.prefix + name, scratch.name, content_type)
         self.written[name] = {"sha256": info.sha256, "bytes": info.size}
 
 
@@ -434,15 +480,14 @@ def _report(request: _Request, labelled: _Labelled, deduplicated: _Deduplicated,
 
 def _label_rows(labelled: _Labelled, uniques: list[_Unique], split: _Split, rejects: _Rejects) -> list[dict]:
     """The report's "labels": per task and class, its images per split, their bytes and its rejects."""
-    by_key = {u.key: u for u in uniques}
     rows = []
     for t, task in enumerate(labelled.tasks):
         count, train_n, val_n, test_n, balanced_n = (
             class_counts(x, t) for x in (labelled.examples, split.splits.train, split.splits.val, split.splits.test,
                                          split.train))
         size = Counter()
-        for example in labelled.examples:
-            size[example.labels[t]] += by_key[example.path].check.size
+        for example, unique in zip(labelled.examples, uniques, strict=True):  # examples are made from uniques
+            size[example.labels[t]] += unique.check.size
         lost = Counter(labels[t] for labels in rejects.labels.values() if labels[t] is not None)
         for class_id, label in enumerate(labelled.classes[t]):
             rows.append({"task": task, "class_id": class_id, "label": label,

@@ -151,6 +151,7 @@ def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | Non
         return
     candidates, rejected, subdirs = found.candidates, found.rejected, []
     first = len(candidates)
+    labels = (label,)  # shared by the folder's candidates: one tuple per folder, not per file
     for entry in entries:
         # Every name of a folder source, an extracted archive or a downloaded prefix enters here. One that
         # is not valid UTF-8 (a str with surrogate escapes, see names.py) is rejected, and is only ever
@@ -187,7 +188,7 @@ def _walk(found: Collection, directory: str, label: str, on_batch: OnBatch | Non
                 found.declared.setdefault((0, label), label)
                 found.rejected_labels[printable(shown)] = (label,)
         else:
-            candidates.append(Candidate(path, shown, (label,)))
+            candidates.append(Candidate(path, shown, labels))
             found.declared.setdefault((0, label), label)
     if on_batch is not None and len(candidates) > first:
         on_batch([c.path for c in candidates[first:]])

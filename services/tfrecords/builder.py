@@ -30,6 +30,7 @@ id, so a repeated request finds the finished build.
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import itertools
 import json
@@ -40,6 +41,7 @@ import queue
 import tempfile
 import threading
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -230,16 +232,21 @@ class RecordsBuilder:
             overhead = _Overhead(dataset.class_names)
             for split in SPLITS:
                 entries = dataset.splits[split]
-                est = estimates[split] = [sizes[e.key] + len(e.key) + overhead(e.labels) for e in entries]
+                # 8 bytes per example (an array, not a list of ints): memory per image stays small
+                est = estimates[split] = array("q", (sizes[e.key] + len(e.key) + overhead(e.labels)
+                                                     for e in entries))
                 ranges = plan_shards(est, options.shard_bytes, options.min_shards)
                 shards += [_Shard(split, i, len(ranges), a, b) for i, (a, b) in enumerate(ranges)]
+            del sizes  # the plan is made: the size of each image is no longer needed
             log.info("building records", extra={"build_id": build_id, "dataset_id": dataset_id, "examples": examples,
                                                 "shards": len(shards), "workers": 0 if pool is None else self.workers,
                                                 "estimated_bytes": sum(map(sum, estimates.values()))})
-            chunks = [(shard, chunk) for shard in shards
-                      for chunk in _chunks(dataset.splits[shard.split], estimates[shard.split], shard, dataset.dhash)]
-            payloads = (_encode_inline(job, store, [c for _, c in chunks]) if pool is None
-                        else pool.imap(job, [c for _, c in chunks]))
+            # The chunks are made as the encoders take them, never all at once (_Chunks).
+            chunks = _Chunks((shard, chunk) for shard in shards
+                             for chunk in _chunks(dataset.splits[shard.split], estimates[shard.split], shard,
+                                                  dataset.dhash))
+            payloads = (_encode_inline(job, store, chunks.for_encoder()) if pool is None
+                        else pool.imap(job, chunks.for_encoder()))
             written = self._write_shards(out, prefix, chunks, payloads)
         except BaseException:
             if pool is not None:
@@ -258,7 +265,7 @@ class RecordsBuilder:
 
     # -- the pipeline
 
-    def _write_shards(self, out: ObjectStore, prefix: str, chunks: list[tuple[_Shard, list]],
+    def _write_shards(self, out: ObjectStore, prefix: str, chunks: _Chunks,
                       payloads: Iterator[bytes]) -> dict[str, dict]:
         """Writes the encoded chunks, in order, into one scratch file per shard; uploads each finished
         shard while the next is written. Returns the uploaded shards' manifest entries by file name."""
@@ -269,12 +276,15 @@ class RecordsBuilder:
                 _Uploader(out) as uploader:
             current: _ShardFile | None = None
             try:
-                for (shard, chunk), payload in zip(chunks, payloads, strict=True):
+                for payload in payloads:
+                    shard, count = chunks.encoded()
                     if current is None or current.shard != shard:
                         if current is not None:
                             uploader.put(f"{prefix}/{current.shard.name}", current.finish(), written)
                         current = _ShardFile(shard, Path(scratch) / shard.name)
-                    current.write(payload, len(chunk))
+                    current.write(payload, count)
+                if chunks.left():
+                    raise RuntimeError(f"the encoders returned {chunks.left()} chunk(s) fewer than they took")
                 if current is not None:
                     uploader.put(f"{prefix}/{current.shard.name}", current.finish(), written)
             finally:
@@ -314,7 +324,30 @@ def _chunks(entries: list[Entry], estimates: list[int], shard: _Shard,
         yield chunk
 
 
-def _encode_inline(job: EncodeJob, store: ObjectStore, chunks: list) -> Iterator[bytes]:
+class _Chunks:
+    """One lazy stream of (shard, chunk) read by two consumers in step: the encoders (who run ahead
+    by the chunks in flight) and the writer (who needs each chunk's shard and length when its payload
+    comes back). Only the chunks between the two are held: at most the in-flight ones."""
+
+    def __init__(self, pairs: Iterator[tuple[_Shard, list]]):
+        self._pairs = pairs
+        self._pending: collections.deque = collections.deque()
+
+    def for_encoder(self) -> Iterator[list]:
+        for pair in self._pairs:
+            self._pending.append((pair[0], len(pair[1])))
+            yield pair[1]
+
+    def encoded(self) -> tuple[_Shard, int]:
+        """(shard, number of examples) of the oldest chunk not yet written: call it once per payload,
+        after the payload came back (so the encoders have taken its chunk)."""
+        return self._pending.popleft()
+
+    def left(self) -> int:
+        return len(self._pending)
+
+
+def _encode_inline(job: EncodeJob, store: ObjectStore, chunks: Iterable[list]) -> Iterator[bytes]:
     encoder = ChunkEncoder(job, store)
     try:
         for chunk in chunks:
@@ -401,8 +434,8 @@ class _Uploader:
 def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
     """The size of every listed image, by its key relative to the dataset; DatasetError for one that
     is missing (before anything is written)."""
-    keys = {e.key for entries in dataset.splits.values() for e in entries}
     sizes: dict[str, int] = {}
+    missing: set[str] = set()
     # Files in place: one stat per file (keys are checked: no '..', no absolute path).
     if (directory := store.local_path(dataset.prefix)) is not None:
         try:
@@ -410,11 +443,16 @@ def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
         except FileNotFoundError:
             base = None
         try:
-            for key in keys if base is not None else ():
-                try:
-                    sizes[key] = os.stat(key, dir_fd=base).st_size
-                except (FileNotFoundError, NotADirectoryError):
-                    pass
+            for entries in dataset.splits.values():
+                for key, _ in entries:
+                    if key in sizes or key in missing:  # oversampled lines repeat an image
+                        continue
+                    try:
+                        if base is None:
+                            raise FileNotFoundError(key)
+                        sizes[key] = os.stat(key, dir_fd=base).st_size
+                    except (FileNotFoundError, NotADirectoryError):
+                        missing.add(key)
         finally:
             if base is not None:
                 os.close(base)
@@ -422,11 +460,12 @@ def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
         start = len(dataset.prefix) + 1
         for info in store.list(f"{dataset.prefix}/images/"):
             sizes[info.key[start:]] = info.size
-    missing = sorted(keys - sizes.keys())
+        missing = {e.key for entries in dataset.splits.values() for e in entries if e.key not in sizes}
     if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        absent = sorted(missing)
+        more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
         raise DatasetError(f"dataset {dataset.dataset_id!r} lists images that are not stored: "
-                           f"{', '.join(missing[:3])}{more}; prepare the dataset again")
+                           f"{', '.join(absent[:3])}{more}; prepare the dataset again")
     return sizes
 
 

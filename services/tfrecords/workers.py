@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,18 +251,28 @@ class WorkerPool:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(kill=exc_type is not None)
 
-    def imap(self, job: EncodeJob, chunks: Sequence[Chunk]) -> Iterator[bytes]:
-        """Encodes `chunks` for `job` (one job per pool) and yields the results in order."""
+    def imap(self, job: EncodeJob, chunks: Iterable[Chunk]) -> Iterator[bytes]:
+        """Encodes `chunks` for `job` (one job per pool) and yields the results in order. The chunks
+        are taken from the iterable only as workers have room: at most TASKS_PER_WORKER each."""
         for index, proc in enumerate(self._procs):
             try:
                 _send(proc.stdin, job)
             except OSError:
                 raise RuntimeError(self._error or f"encoding worker {index} did not start") from None
+        source = iter(chunks)
         submitted = 0
-        for wanted in range(len(chunks)):
-            while submitted < len(chunks) and min(self._load) < TASKS_PER_WORKER:
-                self._submit(submitted, chunks[submitted])
+        exhausted = False
+        wanted = 0
+        while True:
+            while not exhausted and min(self._load) < TASKS_PER_WORKER:
+                chunk = next(source, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                self._submit(submitted, chunk)
                 submitted += 1
+            if wanted >= submitted:
+                return
             with self._cond:
                 self._cond.wait_for(lambda wanted=wanted: wanted in self._results or self._error is not None)
                 if wanted not in self._results:
@@ -272,6 +282,7 @@ class WorkerPool:
             if not ok:
                 raise value
             yield value
+            wanted += 1
 
     def _submit(self, task_id: int, chunk: Chunk) -> None:
         with self._cond:
