@@ -413,7 +413,8 @@ def test_the_cli_sends_the_token_from_a_file_or_the_environment_and_shows_the_ow
     monkeypatch.delenv("CLASSFORGE_TOKEN", raising=False)
     monkeypatch.delenv("CLASSFORGE_TOKEN_FILE", raising=False)
     token_file = str(tmp_path / "token")
-    assert cli.main(["--jobs", jobs.address, "--plaintext", "--token-file", token_file, "status", job_id]) == 0
+    status = ["--jobs", jobs.address, "--plaintext", "--token-file", token_file, "--json", "status", job_id]
+    assert cli.main(status) == 0
     assert json.loads(capsys.readouterr().out)["owner"] == "alice"
 
     assert cli.main(["--jobs", jobs.address, "--plaintext", "list"]) == 1
