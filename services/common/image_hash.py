@@ -61,10 +61,20 @@ def hash_lines(rows: Iterable[tuple[str, int | None]]) -> Iterator[str]:
 
 def parse_hashes(text: bytes | str, where: str = HASHES_FILE) -> dict[str, int]:
     """sha256 -> dhash from hashes.tsv; ValueError naming the line for anything malformed."""
+    return dict(iter_hashes(text, where))
+
+
+def iter_hashes(text: bytes | str, where: str = HASHES_FILE) -> Iterator[tuple[str, int]]:
+    """(sha256, dhash) per line of hashes.tsv, in file order, one line at a time (the records build keeps
+    them compactly rather than in a dict); ValueError naming the line for anything malformed."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    out: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    number, start = 0, 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end].rstrip("\r")
+        number, start = number + 1, end + 1
         if not line:
             continue
         sha, sep, value = line.partition("\t")
@@ -72,7 +82,7 @@ def parse_hashes(text: bytes | str, where: str = HASHES_FILE) -> dict[str, int]:
             raise ValueError(f"{where} line {number}: expected '<sha256>\\t<16 hex digits>', got {line[:120]!r}")
         try:
             int(sha, 16)
-            out[sha] = int(value, 16)
+            dhash = int(value, 16)
         except ValueError:
             raise ValueError(f"{where} line {number}: not hexadecimal: {line[:120]!r}") from None
-    return out
+        yield sha, dhash
