@@ -56,7 +56,13 @@ def format_hashes(rows: Iterable[tuple[str, int | None]]) -> str:
 
 def hash_lines(rows: Iterable[tuple[str, int | None]]) -> Iterator[str]:
     """hashes.tsv's lines, one at a time (for writing it without holding the whole text)."""
-    return (f"{sha}\t{value:016x}\n" for sha, value in sorted(r for r in rows if r[1] is not None))
+    return (hash_line(sha, value) for sha, value in sorted(r for r in rows if r[1] is not None))
+
+
+def hash_line(sha: str, value: int) -> str:
+    """One line of hashes.tsv (whose lines are sorted by sha256: a writer with rows in that order already
+    writes them one by one, without hash_lines' sorted copy)."""
+    return f"{sha}\t{value:016x}\n"
 
 
 def parse_hashes(text: bytes | str, where: str = HASHES_FILE) -> dict[str, int]:
