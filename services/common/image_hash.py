@@ -70,17 +70,15 @@ def parse_hashes(text: bytes | str, where: str = HASHES_FILE) -> dict[str, int]:
     return dict(iter_hashes(text, where))
 
 
-def iter_hashes(text: bytes | str, where: str = HASHES_FILE) -> Iterator[tuple[str, int]]:
-    """(sha256, dhash) per line of hashes.tsv, in file order, one line at a time (the records build keeps
-    them compactly rather than in a dict); ValueError naming the line for anything malformed."""
+def iter_hashes(text: bytes | str | Iterable[bytes], where: str = HASHES_FILE) -> Iterator[tuple[str, int]]:
+    """(sha256, dhash) per line of hashes.tsv (its text, or its lines as ObjectStore.iter_lines gives them),
+    in file order, one line at a time (the records build keeps them compactly rather than in a dict);
+    ValueError naming the line for anything malformed."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    number, start = 0, 0
-    while start < len(text):
-        end = text.find("\n", start)
-        end = len(text) if end < 0 else end
-        line = text[start:end].rstrip("\r")
-        number, start = number + 1, end + 1
+    lines = text.split("\n") if isinstance(text, str) else (line.decode("utf-8") for line in text)
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\r\n")
         if not line:
             continue
         sha, sep, value = line.partition("\t")

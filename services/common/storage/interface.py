@@ -186,6 +186,22 @@ class ObjectStore(ABC):
             _verify(key, recorded, sha)
         return ObjectInfo(key, size, sha)
 
+    def iter_lines(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The object's lines, each with its b"\\n" (the last maybe without), read in chunks: a large list
+        file is never in memory whole. Checked like get_bytes, once its end is read: ObjectCorrupted
+        then, after every line was yielded, so a reader must not act on the lines before the end."""
+        with self._open(key) as (stream, recorded):
+            sha, rest = hashlib.sha256(), b""
+            while data := stream.read(chunk_bytes):
+                sha.update(data)
+                lines = (rest + data).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    yield line + b"\n"
+            if rest:
+                yield rest
+        _verify(key, recorded, sha.hexdigest())
+
     @contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
         """Streaming read; unlike get_*, not checked against the recorded sha256 (readers may stop early)."""
