@@ -27,7 +27,7 @@ import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -166,7 +166,9 @@ class _Rejects:
 class _Validated:
     collection: Collection
     checks: CheckList  # one per candidate, in the same order
-    valid: list[int]  # indices of the valid candidates
+    # The valid candidates' indices, in 256 buckets by their digest's first byte: 4 bytes an image, and
+    # deduplication sorts one bucket at a time (a sort makes a key object per item it sorts).
+    valid: list[array]
     files_seen: int  # candidates and the files rejected before validation
 
 
@@ -305,16 +307,16 @@ def _collect_and_validate(request: _Request, rejects: _Rejects) -> _Validated:
 
     if len(checks) != len(collection.candidates):  # a bug, never a data problem
         raise AssertionError(f"{len(checks)} validation outcomes for {len(collection.candidates)} files")
-    valid: list[int] = []
+    valid = [array("I") for _ in range(256)]
     for index in range(len(checks)):
         if checks.ok(index):
             metrics.IMAGES.labels("valid").inc()
-            valid.append(index)
+            valid[checks.digest(index)[0]].append(index)
         else:
             check = checks[index]
             metrics.IMAGES.labels(reason_code(check.reason)).inc()
             rejects.add(collection.candidates[index], check.reason)
-    if not valid:
+    if not any(valid):
         if not files_seen:
             raise FailedPrecondition("the source holds no files: expected one folder per label with images in "
                                      "it, or a list file")
@@ -327,20 +329,12 @@ def _deduplicate(validated: _Validated, rejects: _Rejects) -> _Deduplicated:
     """2. One image per content: copies are `duplicate` rejects, copies labelled differently are all
     `label-conflict` rejects (module docstring)."""
     tasks = validated.collection.tasks
-    candidates, checks, valid = validated.collection.candidates, validated.checks, validated.valid
-    # Sorted in place by content (the raw digest), then each run of one digest, a group of copies, by
-    # name: the order of (sha256, name) without a key tuple per image.
-    valid.sort(key=checks.digest)
+    candidates, checks = validated.collection.candidates, validated.checks
     uniques = _Uniques(candidates, checks)
     duplicates: list[dict] = []
     conflicts: list[dict] = []
-    start = 0
-    while start < len(valid):
-        digest, end = checks.digest(valid[start]), start + 1
-        while end < len(valid) and checks.digest(valid[end]) == digest:
-            end += 1
-        group = sorted(valid[start:end], key=candidates.name)
-        start = end
+    for group in _copies(validated.valid, checks, candidates):
+        digest = checks.digest(group[0])
         members = [candidates[i] for i in group]
         sha = digest.hex()
         merged: list[str | None] = []
@@ -369,6 +363,20 @@ def _deduplicate(validated: _Validated, rejects: _Rejects) -> _Deduplicated:
                 rejects.add(candidate, f"{DUPLICATE}: same content as {kept.name}, which is kept")
         uniques.add(group[0], tuple(merged))
     return _Deduplicated(uniques, duplicates, conflicts)
+
+
+def _copies(buckets: list[array], checks: CheckList, candidates: CandidateList) -> Iterator[list[int]]:
+    """The valid candidates in groups of one content, groups in content order, each group's copies in
+    name order: the order of (sha256, name), sorting one bucket (one first byte of the digest) at a time."""
+    for bucket in buckets:
+        ordered = sorted(bucket, key=checks.digest)
+        start = 0
+        while start < len(ordered):
+            digest, end = checks.digest(ordered[start]), start + 1
+            while end < len(ordered) and checks.digest(ordered[end]) == digest:
+                end += 1
+            yield sorted(ordered[start:end], key=candidates.name)
+            start = end
 
 
 def _label(collection: Collection, uniques: _Uniques, rejects: _Rejects) -> _Labelled:
