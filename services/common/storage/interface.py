@@ -235,13 +235,15 @@ class ObjectStore(ABC):
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A temp file beside `path` that is renamed to `path` only if the block completes, so an error or
-    crash mid-write never leaves a partial file under the final name. Creates missing parents."""
+    crash mid-write never leaves a partial file under the final name. Creates missing parents. (Plain
+    strings inside: see LocalObjectStore._file on Paths per object.)"""
+    parent = os.path.dirname(os.fspath(path))
     for attempt in range(3):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{RESERVED_PREFIX}-tmp-")
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f"{RESERVED_PREFIX}-tmp-")
             break
         except FileNotFoundError:  # a concurrent delete pruned the new directory: make it again
             if attempt == 2:
