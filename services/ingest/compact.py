@@ -138,3 +138,18 @@ class CandidateList(Indexed[Candidate]):
 
     def clear(self) -> None:
         self.__init__()
+
+
+class PathsView(Indexed[str]):
+    """The paths of candidates [start, end), read when asked for: what the walk hands validation for
+    each folder, so that the paths waiting to be validated (nearly all of them: listing is far faster
+    than decoding) are not copied."""
+
+    def __init__(self, candidates: CandidateList, start: int, end: int):
+        self._candidates, self._start, self._end = candidates, start, end
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def _at(self, index: int) -> str:
+        return self._candidates.path(self._start + index)

@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.common import image_hash
 from services.common.dataset_options import DEFAULT_MAX_PIXELS
-from services.ingest.compact import DIGEST_BYTES, Indexed, Interned, TextColumn
+from services.ingest.compact import DIGEST_BYTES, Indexed, Interned
 from services.ingest.options import DEFAULT_LIMITS
 
 log = logging.getLogger("classforge.ingest")
@@ -310,29 +310,26 @@ def start_method() -> str:
 
 
 class _PathQueue:
-    """Paths waiting for validation, in order. The walk lists a source far faster than it is decoded, so
-    nearly every path waits here at some point: each added batch is one blob (~70 bytes a path rather than
-    a str and a list slot, ~100), dropped once taken."""
+    """Paths waiting for validation, in order: the batches as handed over (the walk's are PathsViews
+    over its compact candidates, so a waiting path costs nothing), each path read when it is taken.
+    A batch must not change once added."""
 
     def __init__(self):
-        self._batches: collections.deque[TextColumn] = collections.deque()
+        self._batches: collections.deque[Sequence[str | os.PathLike]] = collections.deque()
         self._taken = 0  # of the first batch
         self._len = 0
 
-    def extend(self, paths: Iterable[str | os.PathLike]) -> None:
-        batch = TextColumn()
-        for path in paths:
-            batch.append(os.fspath(path))
-        if len(batch):
-            self._batches.append(batch)
-            self._len += len(batch)
+    def extend(self, paths: Sequence[str | os.PathLike]) -> None:
+        if len(paths):
+            self._batches.append(paths)
+            self._len += len(paths)
 
     def take(self, count: int) -> list[str]:
         out: list[str] = []
         while len(out) < count and self._batches:
             batch = self._batches[0]
             end = min(len(batch), self._taken + count - len(out))
-            out.extend(batch[i] for i in range(self._taken, end))
+            out.extend(os.fspath(batch[i]) for i in range(self._taken, end))
             self._taken = end
             if end == len(batch):
                 self._batches.popleft()
@@ -384,7 +381,7 @@ class ValidationPool:
         self.close()
 
     def add(self, paths: Sequence[str | os.PathLike]) -> None:
-        self._pending.extend(os.fspath(p) for p in paths)
+        self._pending.extend(paths if isinstance(paths, Sequence) else list(paths))
         if self._pool is None and (self.workers <= 1 or len(self._pending) < self.pool_threshold):
             return
         if self._pool is None:
