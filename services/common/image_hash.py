@@ -56,15 +56,29 @@ def format_hashes(rows: Iterable[tuple[str, int | None]]) -> str:
 
 def hash_lines(rows: Iterable[tuple[str, int | None]]) -> Iterator[str]:
     """hashes.tsv's lines, one at a time (for writing it without holding the whole text)."""
-    return (f"{sha}\t{value:016x}\n" for sha, value in sorted(r for r in rows if r[1] is not None))
+    return (hash_line(sha, value) for sha, value in sorted(r for r in rows if r[1] is not None))
+
+
+def hash_line(sha: str, value: int) -> str:
+    """One line of hashes.tsv (whose lines are sorted by sha256: a writer with rows in that order already
+    writes them one by one, without hash_lines' sorted copy)."""
+    return f"{sha}\t{value:016x}\n"
 
 
 def parse_hashes(text: bytes | str, where: str = HASHES_FILE) -> dict[str, int]:
     """sha256 -> dhash from hashes.tsv; ValueError naming the line for anything malformed."""
+    return dict(iter_hashes(text, where))
+
+
+def iter_hashes(text: bytes | str | Iterable[bytes], where: str = HASHES_FILE) -> Iterator[tuple[str, int]]:
+    """(sha256, dhash) per line of hashes.tsv (its text, or its lines as ObjectStore.iter_lines gives them),
+    in file order, one line at a time (the records build keeps them compactly rather than in a dict);
+    ValueError naming the line for anything malformed."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    out: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.split("\n") if isinstance(text, str) else (line.decode("utf-8") for line in text)
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\r\n")
         if not line:
             continue
         sha, sep, value = line.partition("\t")
@@ -72,7 +86,7 @@ def parse_hashes(text: bytes | str, where: str = HASHES_FILE) -> dict[str, int]:
             raise ValueError(f"{where} line {number}: expected '<sha256>\\t<16 hex digits>', got {line[:120]!r}")
         try:
             int(sha, 16)
-            out[sha] = int(value, 16)
+            dhash = int(value, 16)
         except ValueError:
             raise ValueError(f"{where} line {number}: not hexadecimal: {line[:120]!r}") from None
-    return out
+        yield sha, dhash

@@ -24,8 +24,9 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, order=True, slots=True)  # slots: one per image, ~100 bytes less each
@@ -65,10 +66,20 @@ def share(n: int, fraction: float) -> int:
     return math.floor(n * fraction + 0.5) if fraction > 0 else 0
 
 
-def stratified_split(examples: Iterable[Example], val_fraction: float, test_fraction: float, seed: int) -> Splits:
+def first_label(example: Example) -> int:
+    return example.labels[0]
+
+
+# Splitting and balancing take any items that sort like their Examples would, with `label_of` giving an
+# item's first-task class id: ingest passes the index of each unique image (its images are in content
+# order, which is the order of their keys), so that no Example object is made per image.
+
+
+def stratified_split(examples: Iterable[Any], val_fraction: float, test_fraction: float, seed: int,
+                     label_of: Callable[[Any], int] = first_label) -> Splits:
     strata: dict[int, list[Example]] = defaultdict(list)
     for example in examples:
-        strata[example.labels[0]].append(example)
+        strata[label_of(example)].append(example)
     splits = Splits([], [], [])
     for label in sorted(strata):
         group = sorted(strata[label])
@@ -93,15 +104,16 @@ def ratio(counts: Iterable[int]) -> float:
     return max(values) / min(values) if values else 1.0
 
 
-def balance(train: Sequence[Example], max_ratio: float, seed: int, max_per_class: int = 0
-            ) -> tuple[list[Example], Balance]:
+def balance(train: Sequence[Any], max_ratio: float, seed: int, max_per_class: int = 0,
+            label_of: Callable[[Any], int] = first_label) -> tuple[list[Any], Balance]:
     """The balanced, shuffled training stream and what was done to it."""
     if max_ratio < 1:
         raise ValueError(f"max_ratio must be >= 1, got {max_ratio}")
     classes: dict[int, list[Example]] = defaultdict(list)
     unknown: list[Example] = []
     for example in train:
-        (unknown if example.labels[0] < 0 else classes[example.labels[0]]).append(example)
+        first = label_of(example)
+        (unknown if first < 0 else classes[first]).append(example)
     before = {label: len(group) for label, group in sorted(classes.items())}
     capped: dict[int, int] = {}
     if max_per_class:

@@ -20,15 +20,14 @@ valid image; the first task has at least two labels.
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 import logging
-import statistics
 import tempfile
 import threading
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,13 +38,14 @@ from services.common.dataset_options import IngestOptions
 from services.common.errors import ClassforgeError, FailedPrecondition
 from services.common.storage import ObjectStore
 from services.ingest import metrics
-from services.ingest.balance import Balance, Example, Splits, balance, class_counts, stratified_split
+from services.ingest.balance import Balance, Splits, balance, stratified_split
+from services.ingest.compact import CandidateList, Interned
 from services.ingest.confine import LocalRoots
 from services.ingest.names import printable
 from services.ingest.options import DEFAULT_LIMITS
 from services.ingest.report import balance_section, render_markdown
 from services.ingest.sources import Candidate, Collection, collect
-from services.ingest.validation import CONTENT_TYPES, ImageCheck, Reject, ValidationPool, reason_code
+from services.ingest.validation import CONTENT_TYPES, FORMATS, CheckList, Reject, ValidationPool, reason_code
 
 log = logging.getLogger("classforge.ingest")
 
@@ -71,17 +71,40 @@ class Prepared:
         return self.manifest["counts"]
 
 
-@dataclass(frozen=True, slots=True)
-class _Unique:
-    sha256: str
-    check: ImageCheck
-    labels: tuple[str | None, ...]
-    path: str  # local file of the kept copy
-    name: str  # its name in the source
+class _Uniques:
+    """The kept images, one per content, in content order (which is the order of their keys): per image
+    the index of its kept copy in the walk's candidates and validation's checks, and its merged labels.
+    Two ints an image: the copy's path, name, digest, size and format are read from those compact lists
+    (services.ingest.compact) when needed, never held as objects per image."""
 
-    @property
-    def key(self) -> str:
-        return f"images/{self.sha256[:2]}/{self.sha256}.{self.check.ext}"
+    def __init__(self, candidates: CandidateList, checks: CheckList):
+        self.candidates, self.checks = candidates, checks
+        self.copy = array("I")
+        self.label_id = array("I")  # index in label_sets
+        self.label_sets: Interned[tuple[str | None, ...]] = Interned()
+
+    def add(self, index: int, labels: tuple[str | None, ...]) -> None:
+        self.copy.append(index)
+        self.label_id.append(self.label_sets.id(labels))
+
+    def __len__(self) -> int:
+        return len(self.copy)
+
+    def sha256(self, u: int) -> str:
+        return self.checks.digest(self.copy[u]).hex()
+
+    def ext(self, u: int) -> str:
+        return FORMATS[self.checks.format(self.copy[u])]
+
+    def key(self, u: int) -> str:
+        sha = self.sha256(u)
+        return f"images/{sha[:2]}/{sha}.{self.ext(u)}"
+
+    def path(self, u: int) -> str:
+        return self.candidates.path(self.copy[u])
+
+    def size(self, u: int) -> int:
+        return self.checks.size(self.copy[u])
 
 
 def _reasons_summary(rejects: list[Reject], limit: int = 6) -> str:
@@ -142,13 +165,16 @@ class _Rejects:
 @dataclass(frozen=True)
 class _Validated:
     collection: Collection
-    valid: list[tuple[Candidate, ImageCheck]]
+    checks: CheckList  # one per candidate, in the same order
+    # The valid candidates' indices, in 256 buckets by their digest's first byte: 4 bytes an image, and
+    # deduplication sorts one bucket at a time (a sort makes a key object per item it sorts).
+    valid: list[array]
     files_seen: int  # candidates and the files rejected before validation
 
 
 @dataclass(frozen=True)
 class _Deduplicated:
-    uniques: list[_Unique]
+    uniques: _Uniques
     duplicates: list[dict]  # report entries: sha256, kept, dropped
     conflicts: list[dict]  # report entries: sha256, paths, labels (task -> the disagreeing labels)
 
@@ -158,13 +184,24 @@ class _Labelled:
     tasks: tuple[str, ...]
     classes: list[list[str]]  # per task, its labels sorted: a class id is an index in this list
     declared: dict[tuple[int, str], str]  # (task index, label) -> where the source names it
-    examples: list[Example]  # one per unique image, with class ids (-1: unknown)
+    # A list line's class ids (-1: unknown) per label set of _Uniques.label_sets: an image's are
+    # class_ids[uniques.label_id[u]]; first_class[u] is its first task's, for splitting.
+    class_ids: list[tuple[int, ...]]
+    first_class: array
+
+    def line(self, uniques: _Uniques, u: int) -> str:
+        """The image's list line (balance.Example.line)."""
+        return " ".join([uniques.key(u), *map(str, self.class_ids[uniques.label_id[u]])])
+
+    def class_counts(self, uniques: _Uniques, images: Iterable[int], task: int) -> Counter:
+        return Counter(self.class_ids[uniques.label_id[u]][task] for u in images)
 
 
 @dataclass(frozen=True)
 class _Split:
+    # The images (indices in _Uniques) of each split, and the balanced, shuffled training stream.
     splits: Splits  # on unique images
-    train: list[Example]  # the balanced, shuffled training stream
+    train: list[int]
     balance: Balance  # what balancing did to it
 
 
@@ -202,27 +239,27 @@ def prepare_dataset(root: Path, store: ObjectStore, prefix: str, options: Ingest
 
 def _prepare(request: _Request, rejects: _Rejects, started: float) -> Prepared:
     validated = _collect_and_validate(request, rejects)
-    deduplicated = _deduplicate(validated.collection.tasks, validated.valid, rejects)
-    # Every candidate is now a unique image or a reject: what the walk and validation kept per file
-    # (paths, names, checks) is let go before the lists and the report are made.
-    validated.valid.clear()
-    validated.collection.candidates.clear()
+    deduplicated = _deduplicate(validated, rejects)
+    validated.valid.clear()  # every valid candidate is now a unique image or a reject
     labelled = _label(validated.collection, deduplicated.uniques, rejects)
-    split = _split_and_balance(labelled.examples, request.options)
+    uniques = deduplicated.uniques
+    split = _split_and_balance(labelled, len(uniques), request.options)
     files = _DatasetFiles(request.store, request.prefix, request.dataset_id)
     # Written in this order, manifest last: a dataset with a manifest is complete.
-    _write_images(request, deduplicated.uniques)
+    _write_images(request, uniques)
     tasks_doc = [{"name": task, "classes": labelled.classes[t]} for t, task in enumerate(labelled.tasks)]
     files.put_text("labels.json", json.dumps({"tasks": tasks_doc}, indent=2) + "\n", "application/json")
     # The list files and hashes.tsv are written line by line into a scratch file and uploaded from
     # there: never one string (and its encoded copy) the size of the whole list.
     for name, rows in zip(LIST_FILES, (split.train, split.splits.val, split.splits.test), strict=True):
-        files.put_lines(name, (example.line() + "\n" for example in rows), "text/plain; charset=utf-8")
+        files.put_lines(name, (labelled.line(uniques, u) + "\n" for u in rows), "text/plain; charset=utf-8")
         files.written[name]["lines"] = len(rows)
     # Each image's difference hash, computed while validating: the records carry it to the evaluator,
     # which then need not decode every image a second time (services/common/image_hash.py).
-    files.put_lines(image_hash.HASHES_FILE, image_hash.hash_lines((u.sha256, u.check.dhash)
-                                                                  for u in deduplicated.uniques),
+    # The images are in content order already: hashes.tsv's order, without sorting a copy of every row.
+    files.put_lines(image_hash.HASHES_FILE,
+                    (image_hash.hash_line(uniques.sha256(u), value) for u in range(len(uniques))
+                     if (value := uniques.checks.dhash(uniques.copy[u])) is not None),
                     image_hash.HASHES_CONTENT_TYPE)
     counts = _counts(validated, deduplicated, split, rejects)
     report = _report(request, labelled, deduplicated, split, rejects, counts)
@@ -236,7 +273,7 @@ def _prepare(request: _Request, rejects: _Rejects, started: float) -> Prepared:
         "options": request.options.as_dict(),
         "tasks": tasks_doc,
         "counts": counts,
-        "images": {"count": len(deduplicated.uniques), "bytes": sum(u.check.size for u in deduplicated.uniques),
+        "images": {"count": len(uniques), "bytes": sum(uniques.size(u) for u in range(len(uniques))),
                    "prefix": "images/"},
         "files": files.written,
         "duration_seconds": round(time.perf_counter() - started, 3),
@@ -268,69 +305,86 @@ def _collect_and_validate(request: _Request, rejects: _Rejects) -> _Validated:
     rejects.labels.update(collection.rejected_labels)
     files_seen = len(collection.candidates) + len(rejects.items)
 
-    valid: list[tuple[Candidate, ImageCheck]] = []
-    for candidate, check in zip(collection.candidates, checks, strict=True):
-        metrics.IMAGES.labels(reason_code(check.reason) if check.reason else "valid").inc()
-        if check.ok:
-            valid.append((candidate, check))
+    if len(checks) != len(collection.candidates):  # a bug, never a data problem
+        raise AssertionError(f"{len(checks)} validation outcomes for {len(collection.candidates)} files")
+    valid = [array("I") for _ in range(256)]
+    for index in range(len(checks)):
+        if checks.ok(index):
+            metrics.IMAGES.labels("valid").inc()
+            valid[checks.digest(index)[0]].append(index)
         else:
-            rejects.add(candidate, check.reason)
-    if not valid:
+            check = checks[index]
+            metrics.IMAGES.labels(reason_code(check.reason)).inc()
+            rejects.add(collection.candidates[index], check.reason)
+    if not any(valid):
         if not files_seen:
             raise FailedPrecondition("the source holds no files: expected one folder per label with images in "
                                      "it, or a list file")
         raise FailedPrecondition(f"the dataset would be empty: none of the {files_seen} files is a valid image "
                                  f"({_reasons_summary(rejects.items)})")
-    return _Validated(collection, valid, files_seen)
+    return _Validated(collection, checks, valid, files_seen)
 
 
-def _deduplicate(tasks: tuple[str, ...], valid: list[tuple[Candidate, ImageCheck]],
-                 rejects: _Rejects) -> _Deduplicated:
+def _deduplicate(validated: _Validated, rejects: _Rejects) -> _Deduplicated:
     """2. One image per content: copies are `duplicate` rejects, copies labelled differently are all
     `label-conflict` rejects (module docstring)."""
-    # Sorted in place by content, then name (no second list, no dict of groups): each run of one
-    # sha256 is a group of copies, in name order.
-    valid.sort(key=lambda pair: (pair[1].sha256, pair[0].name))
-    uniques: list[_Unique] = []
+    tasks = validated.collection.tasks
+    candidates, checks = validated.collection.candidates, validated.checks
+    uniques = _Uniques(candidates, checks)
     duplicates: list[dict] = []
     conflicts: list[dict] = []
-    combos: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}  # one tuple per label combination
-    for sha, group in itertools.groupby(valid, key=lambda pair: pair[1].sha256):
-        members = list(group)
+    for group in _copies(validated.valid, checks, candidates):
+        digest = checks.digest(group[0])
+        members = [candidates[i] for i in group]
+        sha = digest.hex()
         merged: list[str | None] = []
         disagreeing: dict[str, list[str]] = {}
         for t, task in enumerate(tasks):
-            known = sorted({c.labels[t] for c, _ in members if c.labels[t] is not None})
+            known = sorted({c.labels[t] for c in members if c.labels[t] is not None})
             merged.append(known[0] if known else None)
             if len(known) > 1:
                 disagreeing[task] = known
-        names = [c.name for c, _ in members]
+        names = [c.name for c in members]
         if disagreeing:
             conflicts.append({"sha256": sha, "paths": names, "labels": disagreeing})
             detail = "; ".join(
                 (f"task {task!r}: " if len(tasks) > 1 else "")
-                + ", ".join(f"{c.labels[tasks.index(task)]!r} ({c.name})" for c, _ in members
+                + ", ".join(f"{c.labels[tasks.index(task)]!r} ({c.name})" for c in members
                             if c.labels[tasks.index(task)] is not None)
                 for task in disagreeing)
-            for candidate, _ in members:
+            for candidate in members:
                 rejects.add(candidate, f"{LABEL_CONFLICT}: the same image is labelled {detail}; "
                                        f"every copy is left out as a suspected mislabel")
             continue
-        kept, check = members[0]
+        kept = members[0]
         if len(members) > 1:
             duplicates.append({"sha256": sha, "kept": kept.name, "dropped": names[1:]})
-            for candidate, _ in members[1:]:
+            for candidate in members[1:]:
                 rejects.add(candidate, f"{DUPLICATE}: same content as {kept.name}, which is kept")
-        labels = tuple(merged)
-        uniques.append(_Unique(sha, check, combos.setdefault(labels, labels), kept.path, kept.name))
+        uniques.add(group[0], tuple(merged))
     return _Deduplicated(uniques, duplicates, conflicts)
 
 
-def _label(collection: Collection, uniques: list[_Unique], rejects: _Rejects) -> _Labelled:
+def _copies(buckets: list[array], checks: CheckList, candidates: CandidateList) -> Iterator[list[int]]:
+    """The valid candidates in groups of one content, groups in content order, each group's copies in
+    name order: the order of (sha256, name), sorting one bucket (one first byte of the digest) at a time."""
+    for bucket in buckets:
+        ordered = sorted(bucket, key=checks.digest)
+        start = 0
+        while start < len(ordered):
+            digest, end = checks.digest(ordered[start]), start + 1
+            while end < len(ordered) and checks.digest(ordered[end]) == digest:
+                end += 1
+            yield sorted(ordered[start:end], key=candidates.name)
+            start = end
+
+
+def _label(collection: Collection, uniques: _Uniques, rejects: _Rejects) -> _Labelled:
     """3. The label maps, and the preconditions on them: every label the source names keeps an image,
     the first task has two labels at least."""
     tasks = collection.tasks
-    classes = [sorted({u.labels[t] for u in uniques if u.labels[t] is not None}) for t in range(len(tasks))]
+    classes = [sorted({labels[t] for labels in uniques.label_sets if labels[t] is not None})
+               for t in range(len(tasks))]
     present = [set(c) for c in classes]
     lost = [(t, label) for (t, label) in sorted(collection.declared) if label not in present[t]]
     if lost:
@@ -346,34 +400,30 @@ def _label(collection: Collection, uniques: list[_Unique], rejects: _Rejects) ->
         raise FailedPrecondition(f"a classifier needs at least two labels, but task {tasks[0]!r} has "
                                  f"{len(classes[0])}: {classes[0]}")
     index = [{label: i for i, label in enumerate(c)} for c in classes]
-    ids: dict[tuple[str | None, ...], tuple[int, ...]] = {}  # one tuple per label combination, not per image
-
-    def class_ids(labels: tuple[str | None, ...]) -> tuple[int, ...]:
-        found = ids.get(labels)
-        if found is None:
-            found = ids[labels] = tuple(index[t][label] if label is not None else -1 for t, label in enumerate(labels))
-        return found
-
-    examples = [Example(u.key, class_ids(u.labels)) for u in uniques]
-    return _Labelled(tasks, classes, collection.declared, examples)
+    class_ids = [tuple(index[t][label] if label is not None else -1 for t, label in enumerate(labels))
+                 for labels in uniques.label_sets]
+    first_class = array("i", (class_ids[label_id][0] for label_id in uniques.label_id))
+    return _Labelled(tasks, classes, collection.declared, class_ids, first_class)
 
 
-def _split_and_balance(examples: list[Example], options: IngestOptions) -> _Split:
+def _split_and_balance(labelled: _Labelled, count: int, options: IngestOptions) -> _Split:
     """4. Splits on unique images (a copy never lands in two splits), and balances the training split
-    only: validation and test keep the natural distribution."""
-    splits = stratified_split(examples, options.val_fraction, options.test_fraction, options.seed)
-    train, balanced = balance(splits.train, options.max_class_ratio, options.seed, options.max_per_class)
+    only: validation and test keep the natural distribution. The images are their indices, which sort
+    as their keys do (_Uniques)."""
+    first = labelled.first_class.__getitem__
+    splits = stratified_split(range(count), options.val_fraction, options.test_fraction, options.seed, first)
+    train, balanced = balance(splits.train, options.max_class_ratio, options.seed, options.max_per_class, first)
     return _Split(splits, train, balanced)
 
 
-def _write_images(request: _Request, uniques: list[_Unique]) -> None:
+def _write_images(request: _Request, uniques: _Uniques) -> None:
     """5. Uploads every kept image under images/; a cancel is checked before each upload."""
     written, written_lock = 0, threading.Lock()
 
-    def put_image(unique: _Unique) -> None:
+    def put_image(u: int) -> None:
         nonlocal written
         request.stop_check()
-        request.store.put_file(request.prefix + unique.key, unique.path, CONTENT_TYPES[unique.check.ext])
+        request.store.put_file(request.prefix + uniques.key(u), uniques.path(u), CONTENT_TYPES[uniques.ext(u)])
         with written_lock:
             written += 1
             request.progress("writing images", written, len(uniques), "images")
@@ -385,10 +435,10 @@ def _write_images(request: _Request, uniques: list[_Unique]) -> None:
     window = threads * 4
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-write") as pool:
         pending: collections.deque = collections.deque()
-        for unique in uniques:
+        for u in range(len(uniques)):
             if len(pending) >= window:
                 pending.popleft().result()
-            pending.append(pool.submit(put_image, unique))
+            pending.append(pool.submit(put_image, u))
         while pending:
             pending.popleft().result()
 
@@ -439,19 +489,40 @@ def _counts(validated: _Validated, deduplicated: _Deduplicated, split: _Split, r
             "label_conflicts": len(deduplicated.conflicts), "ignored": validated.collection.ignored}
 
 
-def _stats(values: list[int]) -> dict:
-    """min, max, mean and median: the trainer's automatic recipe sizes its input from the median, which a
-    few huge images do not move."""
-    if not values:
+def _stats(values: Counter) -> dict:
+    """min, max, mean and median of the values counted (each value -> how many times), the same numbers
+    statistics.median and friends give on the list of every value, without that list: the trainer's
+    automatic recipe sizes its input from the median, which a few huge images do not move."""
+    count = sum(values.values())
+    if not count:
         return {}
-    return {"min": min(values), "max": max(values), "mean": round(sum(values) / len(values), 2),
-            "median": statistics.median(values)}
+    ordered = sorted(values)
+
+    def nth(n: int) -> int:  # the n-th smallest value, from 0
+        for value in ordered:
+            n -= values[value]
+            if n < 0:
+                return value
+        raise IndexError(n)
+
+    middle = count // 2
+    median = nth(middle) if count % 2 else (nth(middle - 1) + nth(middle)) / 2
+    return {"min": ordered[0], "max": ordered[-1], "mean": round(sum(v * n for v, n in values.items()) / count, 2),
+            "median": median}
 
 
 def _report(request: _Request, labelled: _Labelled, deduplicated: _Deduplicated, split: _Split,
             rejects: _Rejects, counts: dict) -> dict:
     """6. report.json's content (report.md is rendered from it)."""
-    checks = [u.check for u in deduplicated.uniques]
+    uniques = deduplicated.uniques
+    widths, heights, formats, modes, total = Counter(), Counter(), Counter(), Counter(), 0
+    for u in range(len(uniques)):  # one image at a time, in content order (the order of the counts' ties)
+        check = uniques.checks[uniques.copy[u]]
+        widths[check.width] += 1
+        heights[check.height] += 1
+        formats[check.format] += 1
+        modes[check.mode] += 1
+        total += check.size
     rejected_sorted = sorted(rejects.items, key=lambda r: (r.path, r.reason))
     return {
         "dataset_id": request.dataset_id,
@@ -459,15 +530,15 @@ def _report(request: _Request, labelled: _Labelled, deduplicated: _Deduplicated,
         "options": request.options.as_dict(),
         "tasks": [{"name": task, "classes": labelled.classes[t]} for t, task in enumerate(labelled.tasks)],
         "counts": counts,
-        "labels": _label_rows(labelled, deduplicated.uniques, split, rejects),
+        "labels": _label_rows(labelled, uniques, split, rejects),
         "balance": balance_section(labelled.tasks[0], labelled.classes[0], split.balance),
         "images": {
-            "count": len(checks),
-            "bytes": sum(c.size for c in checks),
-            "width": _stats([c.width for c in checks]),
-            "height": _stats([c.height for c in checks]),
-            "formats": dict(Counter(c.format for c in checks).most_common()),
-            "modes": dict(Counter(c.mode for c in checks).most_common()),
+            "count": len(uniques),
+            "bytes": total,
+            "width": _stats(widths),
+            "height": _stats(heights),
+            "formats": dict(formats.most_common()),
+            "modes": dict(modes.most_common()),
         },
         "rejected": [{"path": r.path, "reason": r.reason} for r in rejected_sorted],
         "rejected_by_reason": dict(Counter(r.code for r in rejected_sorted).most_common()),
@@ -478,16 +549,17 @@ def _report(request: _Request, labelled: _Labelled, deduplicated: _Deduplicated,
     }
 
 
-def _label_rows(labelled: _Labelled, uniques: list[_Unique], split: _Split, rejects: _Rejects) -> list[dict]:
+def _label_rows(labelled: _Labelled, uniques: _Uniques, split: _Split, rejects: _Rejects) -> list[dict]:
     """The report's "labels": per task and class, its images per split, their bytes and its rejects."""
     rows = []
+    every = range(len(uniques))
     for t, task in enumerate(labelled.tasks):
         count, train_n, val_n, test_n, balanced_n = (
-            class_counts(x, t) for x in (labelled.examples, split.splits.train, split.splits.val, split.splits.test,
-                                         split.train))
+            labelled.class_counts(uniques, x, t) for x in (every, split.splits.train, split.splits.val,
+                                                             split.splits.test, split.train))
         size = Counter()
-        for example, unique in zip(labelled.examples, uniques, strict=True):  # examples are made from uniques
-            size[example.labels[t]] += unique.check.size
+        for u in every:
+            size[labelled.class_ids[uniques.label_id[u]][t]] += uniques.size(u)
         lost = Counter(labels[t] for labels in rejects.labels.values() if labels[t] is not None)
         for class_id, label in enumerate(labelled.classes[t]):
             rows.append({"task": task, "class_id": class_id, "label": label,

@@ -21,6 +21,7 @@ GIL), in chunks so that the per-image cost of the pool stays small next to a dec
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import io
@@ -29,7 +30,8 @@ import multiprocessing
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
@@ -37,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.common import image_hash
 from services.common.dataset_options import DEFAULT_MAX_PIXELS
+from services.ingest.compact import DIGEST_BYTES, Indexed, Interned
 from services.ingest.options import DEFAULT_LIMITS
 
 log = logging.getLogger("classforge.ingest")
@@ -81,6 +84,87 @@ class ImageCheck(NamedTuple):
     @property
     def ext(self) -> str:
         return FORMATS[self.format]
+
+
+class CheckList(Indexed[ImageCheck]):
+    """Validation outcomes (ValidationPool.results), compact (services.ingest.compact): the sha256 as 32 raw
+    bytes, sizes and hashes as ints in arrays, ~60 bytes a valid image where an ImageCheck with its
+    strings and ints takes ~300. A rejected file's outcome (rare, and with a reason text) is kept whole."""
+
+    _SIDE = 0xFF  # format id of an outcome kept whole in _side (a reject)
+    _HAS_DHASH = 1
+
+    def __init__(self, checks: Iterable[ImageCheck] = ()):
+        self._sha = bytearray()
+        self._size = array("q")
+        self._width = array("I")
+        self._height = array("I")
+        self._format = array("B")
+        self._mode = array("B")
+        self._flags = array("B")
+        self._dhash = array("Q")
+        self._formats: Interned[str] = Interned()
+        self._modes: Interned[str] = Interned()
+        self._side: dict[int, ImageCheck] = {}
+        self.extend(checks)
+
+    def append(self, check: ImageCheck) -> None:
+        compact = (check.ok and len(check.sha256) == 2 * DIGEST_BYTES and len(self._formats) < self._SIDE
+                   and len(self._modes) < 0xFF and check.width < 2**32 and check.height < 2**32)
+        if compact:
+            self._sha += bytes.fromhex(check.sha256)
+            self._format.append(self._formats.id(check.format))
+            self._mode.append(self._modes.id(check.mode))
+            self._flags.append(0 if check.dhash is None else self._HAS_DHASH)
+            self._dhash.append(check.dhash or 0)
+            self._width.append(check.width)
+            self._height.append(check.height)
+        else:
+            self._side[len(self._size)] = check
+            self._sha += bytes(DIGEST_BYTES)
+            self._format.append(self._SIDE)
+            self._mode.append(0)
+            self._flags.append(0)
+            self._dhash.append(0)
+            self._width.append(0)
+            self._height.append(0)
+        self._size.append(check.size)
+
+    def extend(self, checks: Iterable[ImageCheck]) -> None:
+        for check in checks:
+            self.append(check)
+
+    def __len__(self) -> int:
+        return len(self._size)
+
+    def ok(self, index: int) -> bool:
+        return self._format[index] != self._SIDE or self._side[index].ok
+
+    def digest(self, index: int) -> bytes:
+        """The raw sha256 of a valid image (the hex string's 32 bytes)."""
+        if self._format[index] == self._SIDE:
+            return bytes.fromhex(self._side[index].sha256)
+        return bytes(self._sha[index * DIGEST_BYTES:(index + 1) * DIGEST_BYTES])
+
+    def size(self, index: int) -> int:
+        return self._size[index]
+
+    def format(self, index: int) -> str:
+        fmt = self._format[index]
+        return self._side[index].format if fmt == self._SIDE else self._formats[fmt]
+
+    def dhash(self, index: int) -> int | None:
+        if self._format[index] == self._SIDE:
+            return self._side[index].dhash
+        return self._dhash[index] if self._flags[index] & self._HAS_DHASH else None
+
+    def _at(self, index: int) -> ImageCheck:
+        fmt = self._format[index]
+        if fmt == self._SIDE:
+            return self._side[index]
+        return ImageCheck(self._sha[index * DIGEST_BYTES:(index + 1) * DIGEST_BYTES].hex(), self._size[index],
+                          self._formats[fmt], self._width[index], self._height[index], self._modes[self._mode[index]],
+                          "", self._dhash[index] if self._flags[index] & self._HAS_DHASH else None)
 
 
 class Reject(NamedTuple):
@@ -225,6 +309,38 @@ def start_method() -> str:
     return "fork" if threading.active_count() == 1 else "forkserver"
 
 
+class _PathQueue:
+    """Paths waiting for validation, in order: the batches as handed over (the walk's are PathsViews
+    over its compact candidates, so a waiting path costs nothing), each path read when it is taken.
+    A batch must not change once added."""
+
+    def __init__(self):
+        self._batches: collections.deque[Sequence[str | os.PathLike]] = collections.deque()
+        self._taken = 0  # of the first batch
+        self._len = 0
+
+    def extend(self, paths: Sequence[str | os.PathLike]) -> None:
+        if len(paths):
+            self._batches.append(paths)
+            self._len += len(paths)
+
+    def take(self, count: int) -> list[str]:
+        out: list[str] = []
+        while len(out) < count and self._batches:
+            batch = self._batches[0]
+            end = min(len(batch), self._taken + count - len(out))
+            out.extend(os.fspath(batch[i]) for i in range(self._taken, end))
+            self._taken = end
+            if end == len(batch):
+                self._batches.popleft()
+                self._taken = 0
+        self._len -= len(out)
+        return out
+
+    def __len__(self) -> int:
+        return self._len
+
+
 class ValidationPool:
     """Validates files as they are found: `add` hands over each batch the walk of the source yields,
     so workers decode while the rest of the source is still being listed; `results` returns every
@@ -251,8 +367,11 @@ class ValidationPool:
         self.chunk_files = chunk_files
         self.queue_depth = 3  # chunks waiting per worker, so it never idles while this process decodes
         self.context = context
-        self._pending: list[str] = []
-        self._parts: list = []  # per chunk, in order: a Future from the pool, or the list computed here
+        self._pending = _PathQueue()
+        self._parts: collections.deque = collections.deque()  # per chunk, in order: a Future or a list
+        # Outcomes of the chunks done so far, in order: finished chunks are moved here as soon as every
+        # earlier one is done, so that their ImageCheck tuples are not all held until the end.
+        self._checks = CheckList()
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ValidationPool:
@@ -262,7 +381,7 @@ class ValidationPool:
         self.close()
 
     def add(self, paths: Sequence[str | os.PathLike]) -> None:
-        self._pending.extend(os.fspath(p) for p in paths)
+        self._pending.extend(paths if isinstance(paths, Sequence) else list(paths))
         if self._pool is None and (self.workers <= 1 or len(self._pending) < self.pool_threshold):
             return
         if self._pool is None:
@@ -275,13 +394,12 @@ class ValidationPool:
         # While this process walks, keep each worker fed with up to two full chunks; the rest waits
         # for results(), where the chunks shrink.
         while len(self._pending) >= self.chunk_files and self._in_flight() < self.queue_depth * (self.workers - 1):
-            self._submit(self._pending[:self.chunk_files])
-            del self._pending[:self.chunk_files]
+            self._submit(self._pending.take(self.chunk_files))
+        self._drain()
 
     def _next_chunk(self) -> list[str]:
         size = max(MIN_CHUNK, min(self.chunk_files, len(self._pending) // (self.workers * 2)))
-        chunk, self._pending = self._pending[:size], self._pending[size:]
-        return chunk
+        return self._pending.take(size)
 
     def _submit(self, names: list[str]) -> None:
         assert self._pool is not None
@@ -290,11 +408,16 @@ class ValidationPool:
     def _in_flight(self) -> int:
         return sum(1 for part in self._parts if not isinstance(part, list) and not part.done())
 
-    def results(self) -> list[ImageCheck]:
+    def _drain(self) -> None:
+        """Moves the leading finished chunks' outcomes into the compact list."""
+        while self._parts and (isinstance(self._parts[0], list) or self._parts[0].done()):
+            part = self._parts.popleft()
+            self._checks.extend(part if isinstance(part, list) else part.result())
+
+    def results(self) -> CheckList:
         if self._pool is None:
             if self._pending:
-                self._parts.append(_check_chunk((self._pending, *self._limits)))
-                self._pending = []
+                self._parts.append(_check_chunk((self._pending.take(len(self._pending)), *self._limits)))
         else:
             pool_size = self.workers - 1
             while self._pending:
@@ -302,10 +425,11 @@ class ValidationPool:
                     self._submit(self._next_chunk())
                 if self._pending:  # this process takes a chunk too
                     self._parts.append(_check_chunk((self._next_chunk(), *self._limits)))
-        out: list[ImageCheck] = []
-        for part in self._parts:
-            out.extend(part if isinstance(part, list) else part.result())
-        self._parts = []
+                self._drain()
+        while self._parts:
+            part = self._parts.popleft()
+            self._checks.extend(part if isinstance(part, list) else part.result())
+        out, self._checks = self._checks, CheckList()
         return out
 
     def close(self) -> None:

@@ -53,7 +53,7 @@ from services.common.errors import DataLoss, InvalidArgument
 from services.common.records import FORMAT, SPLITS, example
 from services.common.storage import ObjectNotFound, ObjectStore
 from services.tfrecords import metrics
-from services.tfrecords.dataset import Dataset, DatasetError, Entry, load_dataset
+from services.tfrecords.dataset import CONTENT_KEY, Dataset, DatasetError, DigestTable, Entry, EntryList, load_dataset
 from services.tfrecords.workers import ChunkEncoder, EncodeJob, WorkerPool
 
 log = logging.getLogger("classforge.tfrecords")
@@ -227,24 +227,18 @@ class RecordsBuilder:
         # Started now, so that the workers boot while the images are sized and the shards planned.
         pool = None if in_process else WorkerPool(self.workers)
         try:
-            sizes = _image_sizes(store, dataset)
-            shards, estimates = [], {}
-            overhead = _Overhead(dataset.class_names)
+            # 8 bytes per line (an array, not a list of ints): memory per image stays small
+            estimates = _estimates(store, dataset, _Overhead(dataset.class_names))
+            shards = []
             for split in SPLITS:
-                entries = dataset.splits[split]
-                # 8 bytes per example (an array, not a list of ints): memory per image stays small
-                est = estimates[split] = array("q", (sizes[e.key] + len(e.key) + overhead(e.labels)
-                                                     for e in entries))
-                ranges = plan_shards(est, options.shard_bytes, options.min_shards)
+                ranges = plan_shards(estimates[split], options.shard_bytes, options.min_shards)
                 shards += [_Shard(split, i, len(ranges), a, b) for i, (a, b) in enumerate(ranges)]
-            del sizes  # the plan is made: the size of each image is no longer needed
             log.info("building records", extra={"build_id": build_id, "dataset_id": dataset_id, "examples": examples,
                                                 "shards": len(shards), "workers": 0 if pool is None else self.workers,
                                                 "estimated_bytes": sum(map(sum, estimates.values()))})
             # The chunks are made as the encoders take them, never all at once (_Chunks).
             chunks = _Chunks((shard, chunk) for shard in shards
-                             for chunk in _chunks(dataset.splits[shard.split], estimates[shard.split], shard,
-                                                  dataset.dhash))
+                             for chunk in _chunks(dataset, estimates[shard.split], shard))
             payloads = (_encode_inline(job, store, chunks.for_encoder()) if pool is None
                         else pool.imap(job, chunks.for_encoder()))
             written = self._write_shards(out, prefix, chunks, payloads)
@@ -311,11 +305,13 @@ class _Overhead:
         return size
 
 
-def _chunks(entries: list[Entry], estimates: list[int], shard: _Shard,
-            dhash: Callable[[str], int | None]) -> Iterator[list[tuple[str, tuple[int, ...], int | None]]]:
+def _chunks(dataset: Dataset, estimates: Sequence[int], shard: _Shard
+            ) -> Iterator[list[tuple[str, tuple[int, ...], int | None]]]:
+    """The shard's lines as chunks of (key, labels, dhash), made only as the encoders take them."""
+    entries = dataset.splits[shard.split]
     chunk, size = [], 0
     for index in range(shard.start, shard.end):
-        chunk.append((entries[index].key, entries[index].labels, dhash(entries[index].key)))
+        chunk.append((entries.key(index), entries.labels(index), dataset.entry_dhash(entries, index)))
         size += estimates[index]
         if len(chunk) >= _CHUNK_EXAMPLES or size >= _CHUNK_BYTES:
             yield chunk
@@ -431,47 +427,98 @@ class _Uploader:
             self._raise()
 
 
-def _image_sizes(store: ObjectStore, dataset: Dataset) -> dict[str, int]:
-    """The size of every listed image, by its key relative to the dataset; DatasetError for one that
-    is missing (before anything is written)."""
-    sizes: dict[str, int] = {}
+def _estimates(store: ObjectStore, dataset: Dataset, overhead: _Overhead) -> dict[str, array]:
+    """Per split and line, the bytes its record is planned at: the image's size, its key and the framing.
+    Every listed image's size is looked up first, so a missing one fails the build (DatasetError) before
+    anything is written. Line by line, into arrays: no per-image object is kept."""
+    estimates: dict[str, array] = {}
     missing: set[str] = set()
-    # Files in place: one stat per file (keys are checked: no '..', no absolute path).
-    if (directory := store.local_path(dataset.prefix)) is not None:
-        try:
-            base = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            base = None
-        try:
-            for entries in dataset.splits.values():
-                for key, _ in entries:
-                    if key in sizes or key in missing:  # oversampled lines repeat an image
-                        continue
-                    try:
-                        if base is None:
-                            raise FileNotFoundError(key)
-                        sizes[key] = os.stat(key, dir_fd=base).st_size
-                    except (FileNotFoundError, NotADirectoryError):
-                        missing.add(key)
-        finally:
-            if base is not None:
-                os.close(base)
-    else:
-        start = len(dataset.prefix) + 1
-        for info in store.list(f"{dataset.prefix}/images/"):
-            sizes[info.key[start:]] = info.size
-        missing = {e.key for entries in dataset.splits.values() for e in entries if e.key not in sizes}
+    with _ImageSizes(store, dataset) as sizes:
+        for split in SPLITS:
+            entries = dataset.splits[split]
+            est = estimates[split] = array("q")
+            for index in range(len(entries)):
+                key = entries.key(index)
+                size = sizes.of(entries, index, key)
+                if size is None:
+                    missing.add(key)
+                    size = 0
+                est.append(size + len(key) + overhead(entries.labels(index)))
     if missing:
         absent = sorted(missing)
         more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
         raise DatasetError(f"dataset {dataset.dataset_id!r} lists images that are not stored: "
                            f"{', '.join(absent[:3])}{more}; prepare the dataset again")
-    return sizes
+    return estimates
+
+
+class _ImageSizes:
+    """The stored size of a listed image. Files in place: one stat per line (keys are checked: no '..', no
+    absolute path), nothing held. A remote store: one listing of the dataset's images, kept as a
+    DigestTable of size and extension packed in one int (~40 bytes an image; a store lists keys sorted,
+    hence by digest, so no sort is needed), with the rare keys not named by content, or a second
+    extension of one content, on the side."""
+
+    def __init__(self, store: ObjectStore, dataset: Dataset):
+        self._store, self._dataset = store, dataset
+        self._base: int | None = None
+        self._directory = store.local_path(dataset.prefix)
+        self._by_digest = DigestTable("q")  # size << 8 | extension id
+        self._exts: dict[str, int] = {}
+        self._by_key: dict[str, int] = {}
+
+    def __enter__(self) -> _ImageSizes:
+        if self._directory is not None:
+            try:
+                self._base = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                self._base = None
+            return self
+        start = len(self._dataset.prefix) + 1
+        last = b""
+        for info in self._store.list(f"{self._dataset.prefix}/images/"):
+            key = info.key[start:]
+            match = CONTENT_KEY.fullmatch(key)
+            digest = bytes.fromhex(match.group(2)) if match else b""
+            ext = self._ext_id(key) if match else None
+            if match and digest != last and ext is not None:
+                self._by_digest.add(digest, info.size << 8 | ext)
+                last = digest
+            else:
+                self._by_key[key] = info.size
+        return self
+
+    def _ext_id(self, key: str) -> int | None:
+        """A small id for the key's extension (None past 256 of them: such keys go on the side)."""
+        ext = key.rpartition(".")[2]
+        found = self._exts.get(ext)
+        if found is None and len(self._exts) < 256:
+            found = self._exts[ext] = len(self._exts)
+        return found
+
+    def of(self, entries: EntryList, index: int, key: str) -> int | None:
+        if self._directory is not None:
+            if self._base is None:
+                return None
+            try:
+                return os.stat(key, dir_fd=self._base).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        digest = entries.digest(index)
+        packed = self._by_digest.get(digest) if digest is not None else None
+        if packed is not None and packed & 0xFF == self._exts.get(key.rpartition(".")[2]):
+            return packed >> 8
+        return self._by_key.get(key)
+
+    def __exit__(self, *exc) -> None:
+        if self._base is not None:
+            os.close(self._base)
+            self._base = None
 
 
 def class_counts(entries: Iterable[Entry], class_names: list[list[str]]) -> tuple[list[dict], list[int]]:
     """Per task: examples per class name (in class order), and how many have no label for the task."""
-    combos = Counter(e.labels for e in entries)
+    combos = entries.label_counts() if isinstance(entries, EntryList) else Counter(e.labels for e in entries)
     counts, unknown = [], []
     for task, classes in enumerate(class_names):
         per_class = [0] * len(classes)

@@ -232,3 +232,19 @@ def test_a_network_store_has_no_local_path_and_writes_with_more_threads():
     minio = MinioObjectStore("minio.internal:9000", "ak", "sk", "artefacts")  # no network until used
     assert minio.local_path("records/b1") is None
     assert minio.useful_write_threads > LocalObjectStore.useful_write_threads >= 1
+
+
+def test_iter_lines_streams_an_object_line_by_line_and_checks_it_at_the_end(tmp_path):
+    store = LocalObjectStore(tmp_path / "store")
+    text = b"first\n\nthird line\r\n" + b"x" * 50 + b"\nno newline at the end"
+    store.put_bytes("lists/a.list", text)
+    lines = list(store.iter_lines("lists/a.list", chunk_bytes=7))  # lines cut across chunks
+    assert lines == text.splitlines(keepends=True) and b"".join(lines) == text
+    path = tmp_path / "store" / "lists" / "a.list"
+    st = path.stat()
+    with path.open("r+b") as f:  # bit rot: same size and times, other bytes
+        f.seek(3)
+        f.write(b"X")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ObjectCorrupted):
+        list(store.iter_lines("lists/a.list"))

@@ -186,6 +186,22 @@ class ObjectStore(ABC):
             _verify(key, recorded, sha)
         return ObjectInfo(key, size, sha)
 
+    def iter_lines(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The object's lines, each with its b"\\n" (the last maybe without), read in chunks: a large list
+        file is never in memory whole. Checked like get_bytes, once its end is read: ObjectCorrupted
+        then, after every line was yielded, so a reader must not act on the lines before the end."""
+        with self._open(key) as (stream, recorded):
+            sha, rest = hashlib.sha256(), b""
+            while data := stream.read(chunk_bytes):
+                sha.update(data)
+                lines = (rest + data).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    yield line + b"\n"
+            if rest:
+                yield rest
+        _verify(key, recorded, sha.hexdigest())
+
     @contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
         """Streaming read; unlike get_*, not checked against the recorded sha256 (readers may stop early)."""
@@ -219,13 +235,15 @@ class ObjectStore(ABC):
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A temp file beside `path` that is renamed to `path` only if the block completes, so an error or
-    crash mid-write never leaves a partial file under the final name. Creates missing parents."""
+    crash mid-write never leaves a partial file under the final name. Creates missing parents. (Plain
+    strings inside: see LocalObjectStore._file on Paths per object.)"""
+    parent = os.path.dirname(os.fspath(path))
     for attempt in range(3):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{RESERVED_PREFIX}-tmp-")
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f"{RESERVED_PREFIX}-tmp-")
             break
         except FileNotFoundError:  # a concurrent delete pruned the new directory: make it again
             if attempt == 2:
