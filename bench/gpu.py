@@ -21,9 +21,10 @@ import json
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.keras_timing import fit_epoch_seconds
 
 NO_GPU_EXIT = 2
 CLASSES = 10
@@ -106,16 +107,7 @@ def keras_rate(plan: Plan, strategy, images, labels) -> float:
     x = images.astype(np.float32) / 127.5 - 1.0
     dataset = (tf.data.Dataset.from_tensor_slices((x, {"label": labels})).shuffle(len(x))
                .batch(plan.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    times: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    model.fit(dataset, epochs=plan.epochs, verbose=0, callbacks=[Timer()])
+    times = fit_epoch_seconds(model, dataset, plan.epochs)
     return plan.images / min(times[1:] or times)
 
 

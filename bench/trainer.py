@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.keras_timing import fit_epoch_seconds
 from bench.table import Row
 
 TRAIN_IMAGES = int(os.environ.get("CLASSFORGE_BENCH_TRAINER_IMAGES", "6144"))
@@ -64,20 +65,12 @@ def _fit_rate(config, data, images: np.ndarray, labels: np.ndarray) -> float:
     model.compile(optimizer=make_optimizer(config, config.full_stage.learning_rate, steps, TIMED_EPOCHS + 1, 1),
                   loss={"label": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
     x = np.repeat(images[..., None], 3, -1).astype(np.float32) / 127.5 - 1.0
-    times: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
 
     import tensorflow as tf
 
     dataset = (tf.data.Dataset.from_tensor_slices((x, {"label": labels.astype(np.int64)}))
                .shuffle(len(x)).batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    model.fit(dataset, epochs=WARM_EPOCHS + TIMED_EPOCHS, verbose=0, callbacks=[Timer()])
+    times = fit_epoch_seconds(model, dataset, WARM_EPOCHS + TIMED_EPOCHS)
     return steps * config.batch_size / min(times[WARM_EPOCHS:])
 
 

@@ -26,16 +26,12 @@ LEASE_SECONDS = 4
 
 
 def test_two_replicas_train_three_jobs_once_each_through_a_kill_9(infra, start_service, tmp_path):
-    from services.tfrecords import builder
     from tests.support import sample_dataset
 
     bucket = f"it-replicas-{uuid.uuid4().hex[:8]}"
     store = MinioObjectStore(infra["CLASSFORGE_S3_ENDPOINT"], infra["CLASSFORGE_S3_ACCESS_KEY"],
                              infra["CLASSFORGE_S3_SECRET_KEY"], bucket)
-    items = sample_dataset.digits_items(240, size=16)
-    sample_dataset.write_dataset(store, "digits", {"train": items[:192], "val": items[192:], "test": []},
-                                 sample_dataset.DIGIT_TASKS[:1])
-    records = builder.RecordsBuilder(workers=1).build(store, "digits", builder.BuildOptions(min_shards=2))
+    records = sample_dataset.small_digits_records(store)
 
     services, channels = {}, {}
     for name, (grpc_port, metrics_port) in REPLICAS.items():

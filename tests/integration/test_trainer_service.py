@@ -23,16 +23,12 @@ TRAINER_GRPC, TRAINER_METRICS = 50054, 9104
 
 
 def test_records_built_on_kafka_becomes_a_model_in_minio(infra, prometheus, start_service, tmp_path):
-    from services.tfrecords import builder
     from tests.support import sample_dataset
 
     bucket = f"it-trainer-{uuid.uuid4().hex[:8]}"
     store = MinioObjectStore(infra["CLASSFORGE_S3_ENDPOINT"], infra["CLASSFORGE_S3_ACCESS_KEY"],
                              infra["CLASSFORGE_S3_SECRET_KEY"], bucket)
-    items = sample_dataset.digits_items(240, size=16)
-    sample_dataset.write_dataset(store, "digits", {"train": items[:192], "val": items[192:], "test": []},
-                                 sample_dataset.DIGIT_TASKS[:1])
-    records = builder.RecordsBuilder(workers=1).build(store, "digits", builder.BuildOptions(min_shards=2))
+    records = sample_dataset.small_digits_records(store)
 
     env = {**infra, "CLASSFORGE_S3_BUCKET": bucket, "CLASSFORGE_GRPC_PORT": str(TRAINER_GRPC),
            "CLASSFORGE_METRICS_PORT": str(TRAINER_METRICS), "CLASSFORGE_GRACE_SECONDS": "5",

@@ -103,3 +103,13 @@ def oversample(items: Sequence[Item], times: Iterable[int]) -> list[Item]:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(out))
     return [out[i] for i in order]
+
+
+def small_digits_records(store: ObjectStore, dataset_id: str = "digits"):
+    """240 16-px digits as a dataset (192 train, 48 val, no test) and its records build, in `store`: the
+    smallest data a trainer run takes. Returns the build (its `prefix` is the records URI's key)."""
+    from services.tfrecords import builder  # TensorFlow-free, but only the tests that train need it
+
+    items = digits_items(240, size=16)
+    write_dataset(store, dataset_id, {"train": items[:192], "val": items[192:], "test": []}, DIGIT_TASKS[:1])
+    return builder.RecordsBuilder(workers=1).build(store, dataset_id, builder.BuildOptions(min_shards=2))
