@@ -32,3 +32,32 @@ def test_the_bus_shows_its_topics_and_attempts_as_every_event_bus_does():
 def test_a_config_that_could_never_deliver_is_refused(bad):
     with pytest.raises(ValueError):
         KafkaBusConfig("127.0.0.1:9", "nowhere", **bad)
+
+
+def test_a_send_that_fails_drops_its_producer_so_the_next_send_makes_a_new_one(monkeypatch):
+    """kafka-python's producer can stay stuck after a broker restart; a failed send must not keep it."""
+    from kafka.errors import KafkaTimeoutError
+
+    from services.common.errors import Unavailable
+
+    class StuckProducer:
+        closed = False
+
+        def send(self, *args, **kwargs):
+            raise KafkaTimeoutError("Timeout after waiting for 16.0 secs.")
+
+        def close(self, timeout=None):
+            self.closed = True
+
+    bus = KafkaEventBus(KafkaBusConfig("127.0.0.1:9", "nowhere"))
+    stuck = StuckProducer()
+    made = []
+    monkeypatch.setattr(bus, "_ensure_topics", lambda: None)
+    monkeypatch.setattr(bus, "_check_reachable", lambda: None)
+    monkeypatch.setattr("services.common.events.kafka.KafkaProducer", lambda **kwargs: made.append(kwargs) or stuck)
+    with pytest.raises(Unavailable, match="did not acknowledge"):
+        bus.publish_raw(b"job", b"payload")
+    assert stuck.closed and bus._producer is None and len(made) == 1
+    with pytest.raises(Unavailable):
+        bus.publish_raw(b"job", b"payload")
+    assert len(made) == 2  # a new client for the next send, not the stuck one

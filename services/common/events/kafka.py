@@ -441,8 +441,23 @@ class KafkaEventBus(EventBus):
         except Unavailable:
             raise
         except Exception as exc:
+            self._discard_producer(producer)
             raise Unavailable(f"Kafka at {self.config.bootstrap} did not acknowledge the message on {topic!r}: "
                               f"{failure_reason(exc)}") from exc
+
+    def _discard_producer(self, producer) -> None:
+        """A send that failed drops its producer; the next send makes a new one. kafka-python's producer can
+        stay stuck after a broker restart (every send timing out on metadata while the broker answers other
+        clients: seen in the Kafka-restart fault test on a loaded machine), and a new client recovers at
+        once. Callers retry a failed send anyway, and consumers drop duplicates."""
+        with self._lock:
+            if self._producer is not producer:
+                return  # another sender already replaced it
+            self._producer = None
+        try:
+            producer.close(timeout=0)
+        except Exception:  # noqa: BLE001 - a broken client may fail to close; it is dropped either way
+            log.debug("closing a failed producer raised", exc_info=True)
 
     def publish(self, event: events_pb2.Event) -> None:
         check_publishable(event)
