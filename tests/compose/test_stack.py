@@ -195,7 +195,8 @@ def test_a_plaintext_client_is_refused(address):
     stub = jobs_grpc.JobsServiceStub(grpc.insecure_channel(address))
     with pytest.raises(grpc.RpcError) as refused:
         stub.ListJobs(jobs_pb.ListJobsRequest(), timeout=10, metadata=bearer())
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+    # its connection fails (UNAVAILABLE), or the deadline passes while gRPC is still reconnecting
+    assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), refused.value
 
 
 def test_a_client_that_does_not_trust_the_stacks_ca_is_refused():
