@@ -310,6 +310,11 @@ class TrainerDomain:
 
     def _cancel(self, job_id: str, reason: str, from_event: bool) -> Training:
         self.trainings.check_job_id(job_id)
+        # An ended training is answered before the lease is touched: its worker may be releasing the
+        # lease right now (a race that made acquire fail), and an ended job must not take a new lease.
+        ended = self.trainings.load_fresh(job_id)
+        if ended is not None and ended.status in TERMINAL:
+            return self._already_ended(ended, from_event)
         if not self.worker.holds(job_id) and self.leases.acquire(job_id) is None:
             # Another replica trains it (a takeover moved it off the partition's consumer): that one
             # sees the cancel marker on its next lease renewal and stops the job.
@@ -325,10 +330,7 @@ class TrainerDomain:
                                    error=f"cancelled before training started: {reason}")
                 announce = False
             elif training.status in TERMINAL:
-                if from_event:
-                    return copy_of(training)
-                raise FailedPrecondition(f"training {job_id!r} already ended as {Status.Name(training.status)}; "
-                                         f"only queued or running trainings can be stopped")
+                return self._already_ended(training, from_event)
             elif self.worker.is_active(job_id):  # the worker checkpoints, then publishes job_cancelled
                 self.worker.stop_active("cancel")
                 log.info("stop requested", extra={"job_id": job_id, "reason": reason})
@@ -344,3 +346,10 @@ class TrainerDomain:
         if announce:
             self.events.cancelled(job_id, changed.last_checkpoint_uri)
         return copy_of(changed)
+
+    @staticmethod
+    def _already_ended(training: Training, from_event: bool) -> Training:
+        if from_event:  # a redelivered cancel: nothing to do
+            return copy_of(training)
+        raise FailedPrecondition(f"training {training.job_id!r} already ended as {Status.Name(training.status)}; "
+                                 f"only queued or running trainings can be stopped")
