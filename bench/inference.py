@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.table import Row, render
+from bench.table import Row, machine, render
 from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.grpc_server import wait_until_serving
@@ -140,13 +140,49 @@ def _serve_inference(args) -> int:
     return 0
 
 
+def _serve_floor(args) -> int:
+    """The floor: the fewest Python steps a forwarding hop can take (grpc.aio on both sides, no image checks,
+    no metrics, no interceptors, top-k straight from the response's float_val). Not a product: it shows what
+    any Python service in front of the model server costs on this machine, whatever its code."""
+    import asyncio
+
+    async def serve() -> None:
+        upstream = grpc.aio.insecure_channel(args.model_server)
+        predict = tfs.prediction_service_pb2_grpc.PredictionServiceStub(upstream).Predict
+
+        class Floor(pb_grpc.InferenceServiceServicer):
+            async def Classify(self, request, context):
+                forward = tfs.predict_pb2.PredictRequest()
+                forward.model_spec.name = request.model_name
+                forward.model_spec.version_label = "stable"
+                forward.inputs["image_bytes"].CopyFrom(tfs.string_tensor([request.image]))
+                answer = await predict(forward, timeout=context.time_remaining())
+                response = pb.ClassifyResponse(model_name=request.model_name, version=answer.model_spec.version.value)
+                for key, tensor in answer.outputs.items():
+                    if key.startswith("probabilities_"):
+                        scores = tensor.float_val
+                        best = sorted(range(len(scores)), key=lambda i: -scores[i])[:request.top_k]
+                        response.predictions.add(task=key.removeprefix("probabilities_"), top=[
+                            pb.ClassScore(label=str(i), class_id=i, probability=scores[i]) for i in best])
+                return response
+
+        server = grpc.aio.server()
+        pb_grpc.add_InferenceServiceServicer_to_server(Floor(), server)
+        server.add_insecure_port(f"127.0.0.1:{args.port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+    return 0
+
+
 def run(models: list[str] | None = None) -> list[Row]:
     models = models or list(MODELS)
     with tempfile.TemporaryDirectory() as root:
         base = Path(root) / "models"
         for name in models:
             MODELS[name][0](base / name / "1")
-        server_port, inference_port = _free_port(), _free_port()
+        server_port, inference_port, floor_port = _free_port(), _free_port(), _free_port()
         env = {**os.environ, "CLASSFORGE_LOG_LEVEL": "WARNING", "CLASSFORGE_METRICS_PORT": "-1",
                "CLASSFORGE_MODEL_BASE_PATH": str(base), "TF_CPP_MIN_LOG_LEVEL": "2",
                # Loopback processes of the bench: plaintext and no auth, said explicitly.
@@ -158,9 +194,12 @@ def run(models: list[str] | None = None) -> list[Row]:
             subprocess.Popen([sys.executable, "-m", "bench.inference", "serve-inference", "--port", str(inference_port),
                               "--base", str(base), "--model-server", f"127.0.0.1:{server_port}"], cwd=REPO_ROOT,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen([sys.executable, "-m", "bench.inference", "serve-floor", "--port", str(floor_port),
+                              "--model-server", f"127.0.0.1:{server_port}"], cwd=REPO_ROOT,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]
         try:
-            return _measure(server_port, inference_port, models)
+            return _measure(server_port, inference_port, floor_port, models)
         finally:
             for process in processes:
                 process.terminate()
@@ -168,24 +207,27 @@ def run(models: list[str] | None = None) -> list[Row]:
                 process.wait(30)
 
 
-def _measure(server_port: int, inference_port: int, models: list[str]) -> list[Row]:
+def _measure(server_port: int, inference_port: int, floor_port: int, models: list[str]) -> list[Row]:
     direct = grpc.insecure_channel(f"127.0.0.1:{server_port}")
     ours = grpc.insecure_channel(f"127.0.0.1:{inference_port}")
+    floor = grpc.insecure_channel(f"127.0.0.1:{floor_port}")
     wait_until_serving(direct, timeout=120)
-    wait_until_serving(ours, timeout=120)
+    wait_until_serving(ours, timeout=120)  # its start pushed the `stable` labels the floor asks for
+    grpc.channel_ready_future(floor).result(timeout=120)
     rows = []
     for model in models:
-        rows += _measure_model(direct, ours, model)
-    direct.close()
-    ours.close()
+        rows += _measure_model(direct, ours, floor, model)
+    for channel in (direct, ours, floor):
+        channel.close()
     return rows
 
 
-def _measure_model(direct: grpc.Channel, ours: grpc.Channel, model: str) -> list[Row]:
+def _measure_model(direct: grpc.Channel, ours: grpc.Channel, floor: grpc.Channel, model: str) -> list[Row]:
     side = MODELS[model][1]
     images = [toy_model.png(side, side, seed=i) for i in range(16)]
     predict = tfs.prediction_service_pb2_grpc.PredictionServiceStub(direct).Predict
     classify = pb_grpc.InferenceServiceStub(ours).Classify
+    classify_floor = pb_grpc.InferenceServiceStub(floor).Classify
     predict_requests = []
     for image in images:
         request = tfs.predict_pb2.PredictRequest()
@@ -201,13 +243,17 @@ def _measure_model(direct: grpc.Channel, ours: grpc.Channel, model: str) -> list
     def call_classify(i):
         classify(classify_requests[i % len(images)], timeout=30)
 
+    def call_floor(i):
+        classify_floor(classify_requests[i % len(images)], timeout=30)
+
     rows = []
     for concurrency, total in LEVELS.items():
         total = total if model == "tiny" else total // 4
-        _run(call_predict, concurrency, WARMUP)
-        _run(call_classify, concurrency, WARMUP)
+        for call in (call_predict, call_classify, call_floor):
+            _run(call, concurrency, WARMUP)
         base_lat, base_wall = _run(call_predict, concurrency, total)
         our_lat, our_wall = _run(call_classify, concurrency, total)
+        floor_lat, floor_wall = _run(call_floor, concurrency, total)
         rows += [
             Row("inference", f"{model} p50 latency c={concurrency}", float(np.percentile(our_lat, 50) * 1000),
                 "Predict straight to the model server", float(np.percentile(base_lat, 50) * 1000), "ms",
@@ -217,6 +263,12 @@ def _measure_model(direct: grpc.Channel, ours: grpc.Channel, model: str) -> list
                 higher_is_better=False),
             Row("inference", f"{model} throughput c={concurrency}", total / our_wall,
                 "Predict straight to the model server", total / base_wall, "/s", target=0.9),
+            # The floor against the same baseline: how much of the ratio any Python hop costs here.
+            Row("inference", f"{model} floor p50 c={concurrency}", float(np.percentile(floor_lat, 50) * 1000),
+                "Predict straight (floor: bare grpc.aio forwarder)", float(np.percentile(base_lat, 50) * 1000), "ms",
+                higher_is_better=False),
+            Row("inference", f"{model} floor throughput c={concurrency}", total / floor_wall,
+                "Predict straight (floor: bare grpc.aio forwarder)", total / base_wall, "/s"),
         ]
     return rows
 
@@ -228,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--base", required=True)
     serve.add_argument("--model-server", required=True)
+    floor = sub.add_parser("serve-floor")
+    floor.add_argument("--port", type=int, required=True)
+    floor.add_argument("--model-server", required=True)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="only these models (default: all)")
     parser.add_argument("--load", action="store_true",
                         help="the load run of bench/inference_load.py instead of the overhead table")
@@ -237,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve-inference":
         return _serve_inference(args)
+    if args.command == "serve-floor":
+        return _serve_floor(args)
     if args.load:
         from bench.inference_load import run_load
 
@@ -244,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print(result.render())
         return 0 if result.passed else 1
     print(render(run(args.models)))
+    print(machine())
     return 0
 
 
