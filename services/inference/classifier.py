@@ -122,6 +122,7 @@ class MicroBatcher:
         self._in_flight: dict[Target, int] = {}  # Predicts sent and not yet answered, per target
 
     def predict(self, target: Target, image: bytes, timeout: float | None) -> tuple[int, dict[str, np.ndarray]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             batch = self._open.get(target)
             leader = batch is None
@@ -154,8 +155,15 @@ class MicroBatcher:
         elif not batch.done.wait(timeout):
             raise DeadlineExceeded("deadline exceeded while waiting for the batch's Predict")
         if batch.error is not None:
-            if isinstance(batch.error, InvalidArgument) and len(batch.images) > 1:
-                return self.send(target, [image], timeout)
+            left = None if deadline is None else deadline - time.monotonic()
+            # One image the model cannot decode fails the whole batch: each image is tried alone, so only the
+            # bad image's caller gets the error.
+            undecodable = isinstance(batch.error, InvalidArgument) and len(batch.images) > 1
+            # The leader's deadline bounded the batch's Predict: a member with time left tries on its own.
+            time_left = left is None or left > _DEADLINE_MARGIN
+            late = isinstance(batch.error, DeadlineExceeded) and not leader and time_left
+            if undecodable or late:
+                return self.send(target, [image], left)
             raise batch.error
         version, outputs = batch.result
         return version, {key: value[index:index + 1] for key, value in outputs.items()}

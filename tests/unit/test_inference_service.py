@@ -284,6 +284,36 @@ def test_micro_batching_sends_a_lone_request_at_once_and_batches_while_the_model
     assert rows == [0.0, 1.0, 2.0] and all(outputs["probabilities_label"].shape == (1, 1) for _, outputs in answers)
 
 
+def test_micro_batching_a_short_deadline_does_not_fail_the_batch_members_with_time_left():
+    """The leader's deadline bounds the batch's Predict; a member whose own deadline is far off must not
+    inherit its DEADLINE_EXCEEDED: it is answered by a Predict of its own."""
+    send = RecordingSend()
+    sent_timeouts: list[float | None] = []
+
+    def slow_then_fine(target, images, timeout):
+        sent_timeouts.append(timeout)
+        if len(sent_timeouts) == 2:  # the batch led by the short-deadline request
+            raise DeadlineExceeded("the model server did not answer within the deadline")
+        return send(target, images, timeout)
+
+    batcher = MicroBatcher(slow_then_fine, max_size=2, wait_s=30.0)
+    target = Target("toy", label="stable")
+    with futures.ThreadPoolExecutor(4) as pool:
+        busy = pool.submit(batcher.predict, target, b"a", 10)  # keeps a Predict in flight, so the next ones batch
+        assert send.first_sent.wait(5)
+        short = pool.submit(batcher.predict, target, b"short", 0.5)  # leads the next batch
+        while not batcher._open:
+            time.sleep(0.01)
+        patient = pool.submit(batcher.predict, target, b"patient", 10)  # fills it: sent now
+        with pytest.raises(DeadlineExceeded):
+            short.result(10)
+        version, outputs = patient.result(10)  # answered by its own Predict, not the leader's error
+        send.release_first.set()
+        busy.result(10)
+    assert version == 1 and outputs["probabilities_label"].shape == (1, 1)
+    assert send.batches[-1] == [b"patient"] and 0 < sent_timeouts[-1] <= 10
+
+
 def test_micro_batching_gives_the_same_answers(tmp_path, exports):
     s = Stack(tmp_path, exports, batch_max_size=8)
     try:
