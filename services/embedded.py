@@ -102,6 +102,9 @@ class EmbeddedPlatform:
             "CLASSFORGE_INGEST_LOCAL_ROOTS": _roots_setting(local_roots),
             # Embedded mode answers over its one gRPC endpoint; REST would claim a fixed port (8086) per run.
             "CLASSFORGE_HTTP_PORT": "-1",
+            # The stand-in model server does not batch, so concurrent Classify calls are batched before it
+            # (bench.inference, c=8 and 32: 0.64-0.81x of direct Predict's throughput without, 0.97-1.41x with).
+            "CLASSFORGE_BATCH_MAX_SIZE": "8",
             # Heartbeats and training progress move the bars; in one process they cost next to nothing.
             "CLASSFORGE_HEARTBEAT_SECONDS": "2",
             "CLASSFORGE_TRAINER_PROGRESS_SECONDS": "2",

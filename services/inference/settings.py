@@ -41,9 +41,9 @@ class InferenceSettings(ServiceSettings):
                                    "how often the model server's config (versions, labels) is re-sent, so a "
                                    "restarted model server serves the right versions again; 0 disables")
     stream_window: int = env("CLASSFORGE_STREAM_WINDOW", 8, "images of one ClassifyStream in flight at once")
-    # On by default: at concurrency 8 and 32 it took Classify from 0.64-0.81x of direct Predict's throughput to
-    # 0.97-1.41x (bench.inference, demo model), and a lone caller never waits (see batch_wait_ms).
-    batch_max_size: int = env("CLASSFORGE_BATCH_MAX_SIZE", 8,
+    # Off by default: batching is the model server's job (Compose and k8s run TF Serving with --enable_batching),
+    # and batching twice adds both waits. On where the model server does not batch: the embedded mode's stand-in.
+    batch_max_size: int = env("CLASSFORGE_BATCH_MAX_SIZE", 0,
                               "client-side micro-batching: most images per Predict; 0 or 1 disables")
     batch_wait_ms: float = env("CLASSFORGE_BATCH_WAIT_MS", 2.0,
                                "client-side micro-batching: how long the first request waits for others, only while a "
