@@ -34,6 +34,7 @@ import numpy as np
 from bench.table import Row, machine, render
 from classforge.v1 import inference_service_pb2 as pb
 from classforge.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common import serving_signature as contract
 from services.common.grpc_server import wait_until_serving
 from services.inference import tfs_api as tfs
 from tests.support import toy_model
@@ -155,14 +156,14 @@ def _serve_floor(args) -> int:
                 forward = tfs.predict_pb2.PredictRequest()
                 forward.model_spec.name = request.model_name
                 forward.model_spec.version_label = "stable"
-                forward.inputs["image_bytes"].CopyFrom(tfs.string_tensor([request.image]))
+                forward.inputs[contract.INPUT_KEY].CopyFrom(tfs.string_tensor([request.image]))
                 answer = await predict(forward, timeout=context.time_remaining())
                 response = pb.ClassifyResponse(model_name=request.model_name, version=answer.model_spec.version.value)
                 for key, tensor in answer.outputs.items():
-                    if key.startswith("probabilities_"):
+                    if key.startswith(contract.PROBABILITIES_PREFIX):
                         scores = tensor.float_val
                         best = sorted(range(len(scores)), key=lambda i: -scores[i])[:request.top_k]
-                        response.predictions.add(task=key.removeprefix("probabilities_"), top=[
+                        response.predictions.add(task=key.removeprefix(contract.PROBABILITIES_PREFIX), top=[
                             pb.ClassScore(label=str(i), class_id=i, probability=scores[i]) for i in best])
                 return response
 

@@ -36,17 +36,13 @@ def render(rows: list[Row]) -> str:
 def machine() -> str:
     """The CPU and its load, printed beside every table: absolute times mean nothing without them (an AVX-512
     machine trains 6-7x faster than a 2-core AVX2 one) and a loaded machine moves every ratio."""
-    model, flags = platform.processor() or platform.machine(), []
+    from services.trainer.recipe import detect_hardware  # what the trainer's recipe sees: cores, ISA, GPUs
+
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in value.split()]
-                    break
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
     except OSError:
         pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"CPU {model}, {os.cpu_count()} cores, {' '.join(flags) or 'no avx2'}; load average (1/5/15 min) {load}"
+    return f"{model}: {detect_hardware().describe()}; load average (1/5/15 min) {load}"

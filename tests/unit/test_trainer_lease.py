@@ -30,6 +30,13 @@ def store(tmp_path):
     return LocalObjectStore(tmp_path / "store")
 
 
+@pytest.fixture
+def bus():
+    bus = InProcessEventBus()
+    yield bus
+    bus.close()
+
+
 def test_the_first_replica_gets_the_lease_and_another_waits_while_it_is_renewed(store):
     clock = Clock()
     a, b = Leases(store, "a", 30, clock), Leases(store, "b", 30, clock)
@@ -138,6 +145,13 @@ class Replica:
 
         self.domain.worker._run_job = run
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.gate.set()  # lets a run in progress end, so close() does not wait for it
+        self.domain.close(5)
+
 
 def wait_until(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
@@ -151,9 +165,8 @@ def put_training(store, job_id, status):
                     Training(job_id=job_id, records_uri=f"records/{job_id}/", status=status).SerializeToString())
 
 
-def test_the_sweep_takes_over_only_jobs_without_a_live_lease(tmp_path, store):
+def test_the_sweep_takes_over_only_jobs_without_a_live_lease(tmp_path, store, bus):
     clock = Clock()
-    bus = InProcessEventBus()
     dead = Leases(store, "dead", 30, clock)
     alive = Leases(store, "alive", 30, clock)
     for job_id, status in [("orphan", Status.TRAINING_STATUS_RUNNING), ("held", Status.TRAINING_STATUS_RUNNING),
@@ -163,8 +176,7 @@ def test_the_sweep_takes_over_only_jobs_without_a_live_lease(tmp_path, store):
     clock.now += 20
     alive.acquire("held")
     clock.now += 11  # dead's lease on "orphan" expired; alive's on "held" has 19 s left
-    replica = Replica(tmp_path, store, bus, "b", clock)
-    try:
+    with Replica(tmp_path, store, bus, "b", clock) as replica:
         assert replica.domain.take_over() == 2
         wait_until(lambda: replica.ran)
         assert replica.ran == ["orphan"]  # RUNNING first; "unleased" waits behind it
@@ -173,18 +185,12 @@ def test_the_sweep_takes_over_only_jobs_without_a_live_lease(tmp_path, store):
         assert replica.domain.leases.read("held").holder == "alive"
         assert replica.domain.take_over() == 0  # nothing more, and ended jobs are not read again
         assert "ended" in replica.domain._settled
-    finally:
-        replica.gate.set()
-        replica.domain.close(5)
-        bus.close()
 
 
-def test_a_replica_drops_a_job_whose_lease_another_took(tmp_path, store):
+def test_a_replica_drops_a_job_whose_lease_another_took(tmp_path, store, bus):
     clock = Clock()
-    bus = InProcessEventBus()
     put_training(store, "job-1", Status.TRAINING_STATUS_RUNNING)
-    replica = Replica(tmp_path, store, bus, "a", clock)
-    try:
+    with Replica(tmp_path, store, bus, "a", clock) as replica:
         replica.domain.take_over()
         wait_until(lambda: replica.ran == ["job-1"])
         clock.now += 31  # a was paused past its lease
@@ -196,33 +202,22 @@ def test_a_replica_drops_a_job_whose_lease_another_took(tmp_path, store):
             replica.domain.trainings.save(Training(job_id="job-1", status=Status.TRAINING_STATUS_FAILED))
         assert Training.FromString(store.get_bytes("state/trainer/job-1/training.pb")).status == \
             Status.TRAINING_STATUS_RUNNING
-    finally:
-        replica.gate.set()
-        replica.domain.close(5)
-        bus.close()
 
 
-def test_records_built_for_a_job_another_live_replica_holds_is_left_to_it(tmp_path, store):
+def test_records_built_for_a_job_another_live_replica_holds_is_left_to_it(tmp_path, store, bus):
     clock = Clock()
-    bus = InProcessEventBus()
     Leases(store, "other", 30, clock).acquire("job-1")
     put_training(store, "job-1", Status.TRAINING_STATUS_RUNNING)
-    replica = Replica(tmp_path, store, bus, "a", clock)
-    try:
+    with Replica(tmp_path, store, bus, "a", clock) as replica:
         replica.domain.handle(new_event("job-1", "tfrecords", records_built=events_pb2.RecordsBuilt(
             records_uri="records/job-1/")))
         assert not replica.domain.worker.holds("job-1") and replica.ran == []
-    finally:
-        replica.domain.close(5)
-        bus.close()
 
 
-def test_waiting_jobs_publish_their_queue_position(tmp_path, store):
-    bus = InProcessEventBus()
+def test_waiting_jobs_publish_their_queue_position(tmp_path, store, bus):
     beats: list[events_pb2.Event] = []
     bus.subscribe("observer", beats.append, kinds=["stage_heartbeat"])
-    replica = Replica(tmp_path, store, bus, "a", Clock(time.time()))
-    try:
+    with Replica(tmp_path, store, bus, "a", Clock(time.time())) as replica:
         for job_id in ("first", "second", "third"):
             replica.domain.start(job_id, f"records/{job_id}/")
 
@@ -234,10 +229,6 @@ def test_waiting_jobs_publish_their_queue_position(tmp_path, store):
         assert "position 2 of 2" in queued.stage_heartbeat.activity and "trainer a" in queued.stage_heartbeat.activity
         assert "first" in queued.stage_heartbeat.activity  # behind the running job
         assert all(payload_kind(e) == "stage_heartbeat" for e in beats)
-    finally:
-        replica.gate.set()
-        replica.domain.close(5)
-        bus.close()
 
 
 # ------------------------------------------------------------------------------- a real run, two replicas
@@ -291,15 +282,13 @@ def test_a_paused_replica_is_fenced_and_the_job_completes_once_on_the_other(tmp_
         world.bus.close()
 
 
-def test_a_cancel_consumed_by_a_replica_that_does_not_hold_the_job_reaches_the_holder(tmp_path, store):
+def test_a_cancel_consumed_by_a_replica_that_does_not_hold_the_job_reaches_the_holder(tmp_path, store, bus):
     from services.common.stage_work import Cancellations
 
-    bus = InProcessEventBus()
     cancelled: list[events_pb2.Event] = []
     bus.subscribe("observer", cancelled.append, kinds=["job_cancelled"])
     clock = Clock(time.time())
-    holder, other = Replica(tmp_path, store, bus, "a", clock), Replica(tmp_path, store, bus, "b", clock)
-    try:
+    with Replica(tmp_path, store, bus, "a", clock) as holder, Replica(tmp_path, store, bus, "b", clock) as other:
         holder.domain.start("busy", "records/busy/")
         holder.domain.start("waiting", "records/waiting/")
         wait_until(lambda: holder.ran == ["busy"])
@@ -314,11 +303,6 @@ def test_a_cancel_consumed_by_a_replica_that_does_not_hold_the_job_reaches_the_h
         assert not holder.domain.worker.holds("waiting") and holder.domain.leases.read("waiting").done
         bus.drain(10)
         assert [e.job_id for e in cancelled] == ["waiting"]
-    finally:
-        holder.gate.set()
-        holder.domain.close(5)
-        other.domain.close(5)
-        bus.close()
 
 
 @pytest.mark.parametrize("seconds", ["1", "0", "-5"])
