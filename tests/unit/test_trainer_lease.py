@@ -8,6 +8,7 @@ import time
 import pytest
 
 from classforge.v1 import events_pb2, trainer_service_pb2
+from services.common.errors import FailedPrecondition
 from services.common.events import InProcessEventBus, new_event, payload_kind
 from services.common.storage import LocalObjectStore
 from services.trainer.domain import TrainerDomain
@@ -212,6 +213,21 @@ def test_records_built_for_a_job_another_live_replica_holds_is_left_to_it(tmp_pa
         replica.domain.handle(new_event("job-1", "tfrecords", records_built=events_pb2.RecordsBuilt(
             records_uri="records/job-1/")))
         assert not replica.domain.worker.holds("job-1") and replica.ran == []
+
+
+def test_a_stop_of_an_ended_training_is_refused_whoever_holds_its_lease(tmp_path, store, bus):
+    """The worker of an ended job releases its lease after saving the end; a stop arriving meanwhile must
+    not mistake the job for one another replica trains (it once returned quietly then)."""
+    clock = Clock()
+    put_training(store, "job-1", Status.TRAINING_STATUS_STOPPED)
+    Leases(store, "other", 30, clock).acquire("job-1")  # this replica cannot acquire it
+    with Replica(tmp_path, store, bus, "a", clock) as replica:
+        with pytest.raises(FailedPrecondition, match="already ended as TRAINING_STATUS_STOPPED"):
+            replica.domain.stop("job-1")
+        redelivered = new_event("job-1", "jobs", cancel_requested=events_pb2.CancelRequested(reason="again"))
+        replica.domain.handle(redelivered)  # a redelivered cancel changes nothing
+        assert replica.domain.get("job-1").status == Status.TRAINING_STATUS_STOPPED
+        assert replica.domain.leases.read("job-1").holder == "other"
 
 
 def test_waiting_jobs_publish_their_queue_position(tmp_path, store, bus):
